@@ -1,0 +1,35 @@
+# Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
+"""ccf-llm: CCF-LLM (CIKM'24) for CTR prediction, as a Hugging Face model package.
+
+Importing the package registers `ccf_llama` with `AutoConfig` / `AutoModel`, so `AutoModel.from_pretrained(dir)`
+returns a `CCFLlamaForCTR`; saved checkpoints also carry the code (`auto_map`) for `trust_remote_code=True`.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_ccf_llama import FUSION_MODES, CCFLlamaConfig
+from .modeling_ccf_llama import CCFCTROutput, CCFLlamaForCTR, CCFLlamaPreTrainedModel, ccf_ctr_loss
+from .pretrained_llm import DEFAULT_LLM, load_llm, resolve_llm
+from .processing_ccf_llama import PAPER_TEMPLATE, CCFDataCollator, CCFLlamaProcessor
+
+AutoConfig.register(CCFLlamaConfig.model_type, CCFLlamaConfig, exist_ok=True)
+AutoModel.register(CCFLlamaConfig, CCFLlamaForCTR, exist_ok=True)
+CCFLlamaConfig.register_for_auto_class()
+CCFLlamaForCTR.register_for_auto_class("AutoModel")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_LLM",
+    "FUSION_MODES",
+    "PAPER_TEMPLATE",
+    "CCFCTROutput",
+    "CCFDataCollator",
+    "CCFLlamaProcessor",
+    "CCFLlamaConfig",
+    "CCFLlamaForCTR",
+    "CCFLlamaPreTrainedModel",
+    "ccf_ctr_loss",
+    "load_llm",
+    "resolve_llm",
+]

@@ -1,0 +1,133 @@
+# Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
+"""CCF-LLM model configuration (Liu et al., CIKM'24, "Collaborative Cross-modal Fusion with LLM for Recommendation")."""
+
+from typing import Literal
+
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.models.auto.configuration_auto import AutoConfig
+
+FUSION_MODES = ("gate", "token_gate", "add", "inject", "text")
+"""How the collaborative (CF) signal enters the prompt.
+
+* ``gate``: CCF-LLM (§3.3): every title token becomes ``x_SM[t] + α ⊙ ALG(x_i^CF)`` with a dimension-wise
+  ``α = MLP(ALG(x_i^CF)) + MLP(x_SM[t])`` (Eq. 3–4).
+* ``token_gate``: the ablation "α ∈ ℝ" of Fig. 3a: the GATE outputs one scalar per token.
+* ``add``: the ablation "α = 1" of Fig. 3a: ``x_SM[t] + ALG(x_i^CF)``.
+* ``inject``: CoLLM: ``ALG(x_i^CF)`` is an extra placeholder token after each title; titles stay pure text.
+* ``text``: TALLRec: no collaborative signal at all.
+"""
+
+
+class CCFLlamaConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`CCFLlamaForCTR`]: a decoder LLM (`text_config`) plus the collaborative-filtering side of
+    CCF-LLM — one or more CF sources (Eq. 7), the alignment network ALG (Eq. 2) and the GATE (Eq. 3).
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the decoder LLM, any causal LM that `AutoModelForCausalLM` can build. Llama by default.
+        num_users (`int`, *optional*, defaults to 1):
+            Number of users. Valid user ids are `1..num_users`; id 0 is the padding row of the CF tables.
+        num_items (`int`, *optional*, defaults to 1):
+            Number of items. Valid item ids are `1..num_items`; 0 means "no item" in `item_ids`.
+        cf_embedding_dims (`list[int]`, *optional*, defaults to `[128]`):
+            Size `l` of the CF embeddings `x^CF`, one entry per CF source. Two or more entries give the multi-source
+            fusion of Eq. 7 (one ALG and one GATE per source).
+        cf_source_names (`list[str]`, *optional*):
+            Names of the CF sources (e.g. `["lightgcn", "mf"]`), for model cards and logs.
+        fusion_mode (`str`, *optional*, defaults to `"gate"`):
+            One of `"gate"`, `"token_gate"`, `"add"`, `"inject"`, `"text"` (see `FUSION_MODES`).
+        alignment_hidden_size (`int`, *optional*):
+            Hidden size of the two-layer ALG MLP. Defaults to the LLM's hidden size.
+        gate_hidden_size (`int`, *optional*):
+            Hidden size of each of the two GATE MLPs. Defaults to the LLM's hidden size.
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the ALG and GATE MLPs.
+        zero_init_gate (`bool`, *optional*, defaults to `True`):
+            Zero-initialize the output layers of the GATE MLPs, so α = 0 and an untrained model reads pure text
+            titles (the state stage 1 of the two-stage schedule trains LoRA in).
+        train_cf_embeddings (`bool`, *optional*, defaults to `False`):
+            Whether the CF encoder's embeddings (Θ_E) receive gradients. The paper treats tuning Θ_E as optional.
+        user_token_id (`int`, *optional*):
+            Token id of the user placeholder `[User_u]`.
+        item_token_id (`int`, *optional*):
+            Token id of the item placeholder, used by `inject` mode (CoLLM's extra CF token after each title).
+        yes_token_id (`int`, *optional*):
+            Vocabulary id of the "Yes" answer token.
+        no_token_id (`int`, *optional*):
+            Vocabulary id of the "No" answer token.
+        bpr_weight (`float`, *optional*, defaults to 2.0):
+            The weight `k` of the BPR term in Eq. 5.
+
+    Example:
+
+    ```python
+    >>> from transformers import LlamaConfig
+    >>> from ccf_llm import CCFLlamaConfig, CCFLlamaForCTR
+
+    >>> text_config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...                           num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    >>> config = CCFLlamaConfig(text_config=text_config, num_users=10, num_items=20, cf_embedding_dims=[16],
+    ...                         user_token_id=98, item_token_id=99, yes_token_id=5, no_token_id=6)
+    >>> model = CCFLlamaForCTR(config)
+    ```
+    """
+
+    model_type = "ccf_llama"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    num_users: int = 1
+    num_items: int = 1
+    cf_embedding_dims: list[int] | None = None
+    cf_source_names: list[str] | None = None
+    fusion_mode: Literal["gate", "token_gate", "add", "inject", "text"] = "gate"
+    alignment_hidden_size: int | None = None
+    gate_hidden_size: int | None = None
+    projector_hidden_act: str = "gelu"
+    zero_init_gate: bool = True
+    train_cf_embeddings: bool = False
+    user_token_id: int | None = None
+    item_token_id: int | None = None
+    yes_token_id: int | None = None
+    no_token_id: int | None = None
+    bpr_weight: float = 2.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.cf_embedding_dims is None:
+            self.cf_embedding_dims = [128]
+        elif isinstance(self.cf_embedding_dims, int):
+            self.cf_embedding_dims = [self.cf_embedding_dims]
+        self.cf_embedding_dims = [int(d) for d in self.cf_embedding_dims]
+        self._check()
+
+    def _check(self):
+        if self.fusion_mode not in FUSION_MODES:
+            raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
+        if self.num_users < 1 or self.num_items < 1:
+            raise ValueError(
+                f"num_users and num_items must be >= 1, got {self.num_users} and {self.num_items}"
+            )
+        if not self.cf_embedding_dims or any(d < 1 for d in self.cf_embedding_dims):
+            raise ValueError(
+                f"cf_embedding_dims must be a non-empty list of positive sizes, got {self.cf_embedding_dims}"
+            )
+        if self.cf_source_names is not None and len(self.cf_source_names) != len(self.cf_embedding_dims):
+            raise ValueError(
+                f"cf_source_names has {len(self.cf_source_names)} names for {len(self.cf_embedding_dims)} CF sources"
+            )
+        if self.bpr_weight < 0:
+            raise ValueError(f"bpr_weight (k in Eq. 5) must be >= 0, got {self.bpr_weight}")
+
+    @property
+    def num_cf_sources(self) -> int:
+        return len(self.cf_embedding_dims)
+
+    @property
+    def uses_cf(self) -> bool:
+        """Whether the prompt carries the collaborative signal (every mode but `text`)."""
+        return self.fusion_mode != "text"
+
+
+__all__ = ["CCFLlamaConfig", "FUSION_MODES"]

@@ -1,0 +1,498 @@
+# Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch CCF-LLM: a decoder LLM that reads a hybrid prompt whose item title tokens carry fused CF embeddings.
+
+Paper: Liu, Zhang, Dong, Fang. "Collaborative Cross-modal Fusion with Large Language Model for Recommendation",
+CIKM'24. Section numbers and equations in the docstrings refer to it.
+
+This file imports only torch, transformers and its sibling configuration file, so that a checkpoint saved with
+`register_for_auto_class` loads with `trust_remote_code=True` without the `ccf_llm` package.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from .configuration_ccf_llama import CCFLlamaConfig
+
+
+@dataclass
+class CCFCTROutput(ModelOutput):
+    """
+    Output of [`CCFLlamaForCTR`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            Eq. 5: BCE(p_yes, y) + BCE(p_no, 1 - y) + k · BPR(p_yes, p_no, y), averaged over the batch.
+        logits (`torch.FloatTensor` of shape `(batch_size, 2)`):
+            The LM-head logits of the "Yes" (column 0) and "No" (column 1) tokens at the answer position.
+        p_yes (`torch.FloatTensor` of shape `(batch_size,)`):
+            P("Yes" | prompt) under the softmax over the full vocabulary.
+        p_no (`torch.FloatTensor` of shape `(batch_size,)`):
+            P("No" | prompt) under the softmax over the full vocabulary.
+        scores (`torch.FloatTensor` of shape `(batch_size,)`):
+            The click score p_yes / (p_yes + p_no) ("normalized p_yes", §4.1), the prediction used for AUC.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    p_yes: torch.FloatTensor | None = None
+    p_no: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+
+
+def _log1mexp(log_p: torch.Tensor) -> torch.Tensor:
+    """
+    log(1 - exp(log_p)) for log_p <= 0, stable at both ends (Mächler, 2012). `log_p` is capped at -1e-12 (p < 1)
+    as BCELoss caps its denominator, and each branch of the `where` sees only inputs it is finite on, so
+    gradients stay finite even at p = 1.
+    """
+    log_p = log_p.clamp(max=-1e-12)
+    near_zero = log_p > -0.6931471805599453
+    small = torch.log(-torch.expm1(torch.where(near_zero, log_p, -1.0)))
+    large = torch.log1p(-torch.exp(torch.where(near_zero, -1.0, log_p)))
+    return torch.where(near_zero, small, large)
+
+
+def ccf_ctr_loss(
+    log_p_yes: torch.Tensor, log_p_no: torch.Tensor, labels: torch.Tensor, bpr_weight: float = 2.0
+) -> torch.Tensor:
+    """
+    Eq. 5 of the paper: `L1(p_yes, y) + L1(p_no, 1 - y) + k · L2(p_yes, p_no, y)`, averaged over the batch.
+
+    L1 is binary cross-entropy on the full-vocabulary probabilities, computed from log-probabilities
+    (`log(1 - p)` via `log1mexp`; each log term clamped at -100 as `torch.nn.BCELoss` does). L2 is the BPR loss
+    -log σ(s · (log p_yes - log p_no)) with s = +1 for positives and -1 for negatives: it pushes p_yes above p_no
+    for clicks and below it otherwise. The BPR margin is taken on log-probabilities (equivalently on the Yes/No
+    logits, since both share the softmax normalizer), which keeps its gradient alive when both probabilities are
+    small.
+    """
+    y = labels.to(log_p_yes.dtype)
+    bce_yes = -(y * log_p_yes.clamp(min=-100) + (1 - y) * _log1mexp(log_p_yes).clamp(min=-100))
+    bce_no = -((1 - y) * log_p_no.clamp(min=-100) + y * _log1mexp(log_p_no).clamp(min=-100))
+    bpr = F.softplus(-(2 * y - 1) * (log_p_yes - log_p_no))
+    return (bce_yes + bce_no + bpr_weight * bpr).mean()
+
+
+class CCFMLP(nn.Module):
+    """Two-layer perceptron `Linear → act → Linear`, the "MLP" of Eq. 2 and Eq. 3."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = ACT2FN[act]
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CCFCollaborativeEncoder(nn.Module):
+    """
+    ENC of Eq. 1: the pretrained user and item embeddings of each CF source (Θ_E). Row 0 of each table is the
+    padding row. `forward(ids, kind)` returns one `(..., l_s)` tensor per source.
+    """
+
+    def __init__(self, config: CCFLlamaConfig):
+        super().__init__()
+        dims = config.cf_embedding_dims
+        self.user_embeddings = nn.ModuleList(
+            nn.Embedding(config.num_users + 1, d, padding_idx=0) for d in dims
+        )
+        self.item_embeddings = nn.ModuleList(
+            nn.Embedding(config.num_items + 1, d, padding_idx=0) for d in dims
+        )
+
+    def forward(self, ids: torch.LongTensor, kind: str) -> list[torch.Tensor]:
+        tables = self.user_embeddings if kind == "user" else self.item_embeddings
+        return [table(ids) for table in tables]
+
+
+class CCFAlignment(nn.Module):
+    """ALG of Eq. 2: one MLP per CF source mapping `x^CF ∈ R^l` to the LLM embedding space `R^d`."""
+
+    def __init__(self, config: CCFLlamaConfig):
+        super().__init__()
+        d = config.text_config.hidden_size
+        hidden = config.alignment_hidden_size or d
+        self.projections = nn.ModuleList(
+            CCFMLP(dim, hidden, d, config.projector_hidden_act) for dim in config.cf_embedding_dims
+        )
+
+    def forward(self, cf_embeddings: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [projection(x) for projection, x in zip(self.projections, cf_embeddings, strict=True)]
+
+
+class CCFGate(nn.Module):
+    """
+    GATE of Eq. 3 and the fusion of Eq. 4 / Eq. 7.
+
+    For each CF source s: `α_s = MLP(x̃_i^{CF_s}; Θ_G1) + MLP(x_i^SM[t]; Θ_G2)`, and the fused title token is
+    `x̃_i[t] = x_i^SM[t] + Σ_s α_s ⊙ x̃_i^{CF_s}`. `α_s ∈ R^d` in `gate` mode, `α_s ∈ R` in `token_gate` mode
+    (Fig. 3a, "α ∈ R") and `α_s = 1` in `add` mode (Fig. 3a, "α = 1", no parameters).
+    """
+
+    def __init__(self, config: CCFLlamaConfig):
+        super().__init__()
+        self.mode = config.fusion_mode
+        d = config.text_config.hidden_size
+        hidden = config.gate_hidden_size or d
+        out = 1 if self.mode == "token_gate" else d
+        n = config.num_cf_sources if self.mode != "add" else 0
+        act = config.projector_hidden_act
+        self.cf_gates = nn.ModuleList(CCFMLP(d, hidden, out, act) for _ in range(n))
+        self.semantic_gates = nn.ModuleList(CCFMLP(d, hidden, out, act) for _ in range(n))
+        for mlp in (*self.cf_gates, *self.semantic_gates):
+            mlp.fc2._ccf_gate_output = True  # zero-initialized when config.zero_init_gate (see _init_weights)
+
+    def gate_weights(self, semantic: torch.Tensor, aligned_cf: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The fusion weights α_s of Eq. 3, one `(..., d)` (or `(..., 1)`) tensor per CF source."""
+        if self.mode == "add":
+            return [torch.ones_like(x[..., :1]) for x in aligned_cf]
+        return [
+            cf_gate(x) + semantic_gate(semantic)
+            for cf_gate, semantic_gate, x in zip(self.cf_gates, self.semantic_gates, aligned_cf, strict=True)
+        ]
+
+    def forward(self, semantic: torch.Tensor, aligned_cf: list[torch.Tensor]) -> torch.Tensor:
+        fused = semantic
+        for alpha, x in zip(self.gate_weights(semantic, aligned_cf), aligned_cf, strict=True):
+            fused = fused + alpha * x
+        return fused
+
+
+class CCFLlamaPreTrainedModel(PreTrainedModel):
+    config: CCFLlamaConfig
+    config_class = CCFLlamaConfig
+    base_model_prefix = "ccf"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Trainer: the loss is a per-batch mean and forward takes no `num_items_in_batch`.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if getattr(module, "_ccf_gate_output", False) and self.config.zero_init_gate:
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+
+class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
+    """
+    CCF-LLM for click-through-rate prediction (§3).
+
+    The model builds the LLM's `inputs_embeds` from the hybrid prompt (§3.2–3.3):
+
+    * natural-language tokens → the LLM's input embeddings;
+    * the user placeholder `[User_u]` → `Σ_s ALG_s(x_u^{CF_s})` (Eq. 2);
+    * every token of an item title (positions where `item_ids > 0`) → `x_SM[t] + Σ_s α_s ⊙ ALG_s(x_i^{CF_s})`
+      (Eq. 3, 4, 7) in the fusion modes; in `inject` mode (CoLLM) the item placeholder tokens become
+      `Σ_s ALG_s(x_i^{CF_s})` and titles stay text; in `text` mode (TALLRec) nothing is replaced.
+
+    It then runs the LLM and applies the LM head to the last real position only, returning p_yes, p_no and the
+    click score p_yes / (p_yes + p_no) (§3.4).
+    """
+
+    def __init__(self, config: CCFLlamaConfig):
+        super().__init__(config)
+        try:
+            self.llm = AutoModelForCausalLM.from_config(config.text_config)
+        except ValueError as err:
+            raise ValueError(
+                f"text_config of model_type {config.text_config.model_type!r} cannot be built as a causal LM, "
+                f"so CCF-LLM cannot embed with it: {err}"
+            ) from err
+        if not isinstance(self.llm.get_input_embeddings(), nn.Embedding):
+            raise ValueError(
+                f"text_config of model_type {config.text_config.model_type!r} has no token-embedding table "
+                f"(got {type(self.llm.get_input_embeddings()).__name__}); CCF-LLM needs one to build inputs_embeds"
+            )
+        if config.uses_cf:
+            self.cf_encoder = CCFCollaborativeEncoder(config)
+            self.cf_encoder.requires_grad_(config.train_cf_embeddings)
+            self.alignment = CCFAlignment(config)
+        if config.fusion_mode in ("gate", "token_gate", "add"):
+            self.gate = CCFGate(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.llm.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module):
+        self.llm.set_output_embeddings(value)
+
+    def set_cf_embeddings(self, user_embeddings, item_embeddings):
+        """
+        Copy pretrained CF embeddings (ENC's output, Eq. 1) into the encoder: one `(num_users + 1, l_s)` user
+        table and one `(num_items + 1, l_s)` item table per source (a single tensor is accepted for one source).
+        """
+        users = [user_embeddings] if isinstance(user_embeddings, torch.Tensor) else list(user_embeddings)
+        items = [item_embeddings] if isinstance(item_embeddings, torch.Tensor) else list(item_embeddings)
+        encoder = self.cf_encoder
+        for name, given, tables in (
+            ("user", users, encoder.user_embeddings),
+            ("item", items, encoder.item_embeddings),
+        ):
+            if len(given) != len(tables):
+                raise ValueError(f"got {len(given)} {name} embedding tables for {len(tables)} CF sources")
+            for s, (weight, table) in enumerate(zip(given, tables, strict=True)):
+                if tuple(weight.shape) != tuple(table.weight.shape):
+                    raise ValueError(
+                        f"{name} embeddings of CF source {s} have shape {tuple(weight.shape)}, expected "
+                        f"{tuple(table.weight.shape)} (num_{name}s + 1 rows, row 0 = padding)"
+                    )
+                with torch.no_grad():
+                    table.weight.copy_(weight)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_cf_inputs(self, input_ids, attention_mask, user_ids, item_ids):
+        """Raise a ValueError naming the problem when the CF inputs do not match the prompt."""
+        cfg = self.config
+        user_slots = input_ids == cfg.user_token_id if cfg.user_token_id is not None else None
+        item_slots = input_ids == cfg.item_token_id if cfg.item_token_id is not None else None
+        if not cfg.uses_cf:
+            if user_ids is not None or item_ids is not None:
+                raise ValueError(
+                    "fusion_mode='text' uses no collaborative inputs, but user_ids/item_ids were given"
+                )
+            for name, slots in (("user", user_slots), ("item", item_slots)):
+                if slots is not None and slots.any():
+                    raise ValueError(f"fusion_mode='text' but the prompt contains {name} placeholder tokens")
+            return
+        if user_ids is None:
+            if user_slots is not None and user_slots.any():
+                raise ValueError("the prompt contains the user placeholder token but no user_ids were given")
+        else:
+            if user_ids.shape != input_ids.shape[:1]:
+                raise ValueError(
+                    f"user_ids must have shape (batch_size,) = {tuple(input_ids.shape[:1])}, got {tuple(user_ids.shape)}"
+                )
+            if user_slots is None:
+                raise ValueError("user_ids were given but config.user_token_id is not set")
+            counts = user_slots.sum(-1)
+            if (counts != 1).any():
+                rows = torch.nonzero(counts != 1).flatten().tolist()
+                raise ValueError(
+                    f"each prompt needs exactly one user placeholder for its user id; rows {rows[:10]} have "
+                    f"{counts[rows[:10]].tolist()}"
+                )
+            bad = (user_ids < 1) | (user_ids > cfg.num_users)
+            if bad.any():
+                raise ValueError(f"user ids out of range 1..{cfg.num_users}: {user_ids[bad][:10].tolist()}")
+        if item_ids is None:
+            if item_slots is not None and item_slots.any():
+                raise ValueError("the prompt contains item placeholder tokens but no item_ids were given")
+            return
+        if item_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"item_ids must be aligned with input_ids, shape {tuple(input_ids.shape)}, got {tuple(item_ids.shape)}"
+            )
+        bad = (item_ids < 0) | (item_ids > cfg.num_items)
+        if bad.any():
+            raise ValueError(
+                f"item ids out of range 1..{cfg.num_items} (0 = no item): {item_ids[bad][:10].tolist()}"
+            )
+        marked = item_ids > 0
+        if attention_mask is not None and (marked & (attention_mask == 0)).any():
+            raise ValueError("item_ids mark padding positions (attention_mask == 0)")
+        if cfg.fusion_mode == "inject":
+            slots = item_slots if item_slots is not None else torch.zeros_like(marked)
+            if (slots != marked).any():
+                raise ValueError(
+                    f"fusion_mode='inject' needs an item id exactly at each item placeholder token: "
+                    f"{int(slots.sum())} placeholders but {int(marked.sum())} positions with item ids, "
+                    f"{int((slots & ~marked).sum())} placeholders without an id"
+                )
+        elif item_slots is not None and item_slots.any():
+            raise ValueError(
+                f"fusion_mode={cfg.fusion_mode!r} fuses CF embeddings into title tokens, but the prompt contains "
+                f"{int(item_slots.sum())} item placeholder tokens (only 'inject' mode uses them)"
+            )
+
+    def embed_hybrid_prompt(
+        self,
+        input_ids: torch.LongTensor,
+        user_ids: torch.LongTensor | None = None,
+        item_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        The mapping and fusion phases of §3.3: `inputs_embeds` of shape `(batch_size, seq_len, d)`.
+
+        Args:
+            input_ids: `(batch_size, seq_len)` token ids of the hybrid prompt.
+            user_ids: `(batch_size,)` user id of each prompt, replacing its single user placeholder.
+            item_ids: `(batch_size, seq_len)`, aligned with `input_ids`: the item id each position belongs to
+                (every title token in the fusion modes, the item placeholder in `inject` mode), 0 elsewhere.
+            attention_mask: `(batch_size, seq_len)`, used to check that no item id sits on padding.
+        """
+        self._check_cf_inputs(input_ids, attention_mask, user_ids, item_ids)
+        embeds = self.get_input_embeddings()(input_ids)
+        if not self.config.uses_cf:
+            return embeds
+        if user_ids is not None:
+            aligned_users = self.alignment(self.cf_encoder(user_ids, "user"))
+            user_vec = torch.stack(aligned_users).sum(0).to(embeds.dtype)  # (B, d)
+            user_slots = (input_ids == self.config.user_token_id).unsqueeze(-1)
+            embeds = torch.where(user_slots, user_vec.unsqueeze(1), embeds)
+        if item_ids is not None:
+            marked = item_ids > 0
+            aligned_items = self.alignment(self.cf_encoder(item_ids[marked], "item"))  # per source: (N, d)
+            if self.config.fusion_mode == "inject":
+                values = torch.stack(aligned_items).sum(0)
+            else:
+                values = self.gate(embeds[marked], [x.to(embeds.dtype) for x in aligned_items])
+            embeds = embeds.masked_scatter(marked.unsqueeze(-1), values.to(embeds.dtype))
+        return embeds
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        user_ids: torch.LongTensor | None = None,
+        item_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> CCFCTROutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`):
+                The tokenized hybrid prompt, ending with the answer cue (`#Answer:`). Left or right padding.
+            attention_mask (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*):
+                1 for real tokens, 0 for padding.
+            user_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                The user of each prompt; replaces its user placeholder (not used in `text` mode).
+            item_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*):
+                Aligned with `input_ids`: the item each title token (or, in `inject` mode, each item placeholder)
+                belongs to; 0 elsewhere.
+            position_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*):
+                Defaults to `cumsum(attention_mask) - 1`, so padding never shifts positions.
+            labels (`torch.Tensor` of shape `(batch_size,)`, *optional*):
+                1 for a click (rating above the threshold), 0 otherwise; gives `loss` (Eq. 5).
+        """
+        if self.config.yes_token_id is None or self.config.no_token_id is None:
+            raise ValueError(
+                "config.yes_token_id and config.no_token_id must be set (see CCFLlamaForCTR.from_llm)"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs_embeds = self.embed_hybrid_prompt(input_ids, user_ids, item_ids, attention_mask)
+        hidden = self.llm.base_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        # The answer position is the last real token: the LM head runs on it alone, never on B x L x V.
+        seq = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = (seq * attention_mask.to(seq.dtype)).argmax(-1)
+        vocab_logits = self.get_output_embeddings()(
+            hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        )
+        log_probs = torch.log_softmax(vocab_logits.float(), dim=-1)
+        answer_ids = torch.tensor(
+            [self.config.yes_token_id, self.config.no_token_id], device=log_probs.device
+        )
+        log_p = log_probs[:, answer_ids]
+        loss = None
+        if labels is not None:
+            loss = ccf_ctr_loss(log_p[:, 0], log_p[:, 1], labels, self.config.bpr_weight)
+        return CCFCTROutput(
+            loss=loss,
+            logits=vocab_logits[:, answer_ids].float(),
+            p_yes=log_p[:, 0].exp(),
+            p_no=log_p[:, 1].exp(),
+            scores=torch.sigmoid(log_p[:, 0] - log_p[:, 1]),
+        )
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_llm(
+        cls,
+        llm: PreTrainedModel,
+        tokenizer,
+        num_users: int,
+        num_items: int,
+        user_embeddings=None,
+        item_embeddings=None,
+        *,
+        cf_embedding_dims: list[int] | None = None,
+        yes_token: str = " Yes",
+        no_token: str = " No",
+        user_token: str = "<|user_cf|>",
+        item_token: str = "<|item_cf|>",
+        **config_kwargs,
+    ) -> "CCFLlamaForCTR":
+        """
+        Build CCF-LLM around a pretrained causal LM and (optionally) pretrained CF embeddings.
+
+        Adds the placeholder tokens `user_token` and `item_token` to `tokenizer` (in place) as special tokens,
+        resizes the LLM's embeddings for them, reads the Yes/No answer ids from the tokenizer (each answer must be
+        a single token) and copies the LLM's weights and the CF tables into the new model.
+
+        Args:
+            llm: a causal LM, e.g. from `ccf_llm.load_llm()` or `AutoModelForCausalLM.from_pretrained`.
+            tokenizer: its tokenizer.
+            num_users, num_items: id ranges 1..num_users and 1..num_items (0 = padding).
+            user_embeddings, item_embeddings: CF tables `(num_users + 1, l)` / `(num_items + 1, l)`, or lists of
+                them (one per CF source, Eq. 7). Their widths give `cf_embedding_dims`.
+            yes_token, no_token: the answer strings as they follow `#Answer:` (BPE tokenizers: with a space).
+            **config_kwargs: any other [`CCFLlamaConfig`] field, e.g. `fusion_mode="inject"`.
+        """
+        answer_ids = []
+        for answer in (yes_token, no_token):
+            ids = tokenizer.encode(answer, add_special_tokens=False)
+            if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+                raise ValueError(
+                    f"the tokenizer has no single token for the answer {answer!r} (it encodes to {ids}); "
+                    "pass yes_token=/no_token= strings that are single tokens of this vocabulary"
+                )
+            answer_ids.append(ids[0])
+        tokenizer.add_special_tokens({"additional_special_tokens": [user_token, item_token]})
+        user_token_id, item_token_id = tokenizer.convert_tokens_to_ids([user_token, item_token])
+        if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+            llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        if user_embeddings is not None:
+            tables = [user_embeddings] if isinstance(user_embeddings, torch.Tensor) else list(user_embeddings)
+            cf_embedding_dims = [int(t.shape[1]) for t in tables]
+        config = CCFLlamaConfig(
+            text_config=llm.config.to_dict(),
+            num_users=num_users,
+            num_items=num_items,
+            cf_embedding_dims=cf_embedding_dims,
+            user_token_id=user_token_id,
+            item_token_id=item_token_id,
+            yes_token_id=answer_ids[0],
+            no_token_id=answer_ids[1],
+            **config_kwargs,
+        )
+        model = cls(config).to(llm.dtype)
+        model.llm.load_state_dict(llm.state_dict())
+        if user_embeddings is not None or item_embeddings is not None:
+            if user_embeddings is None or item_embeddings is None:
+                raise ValueError("pass both user_embeddings and item_embeddings, or neither")
+            if not config.uses_cf:
+                raise ValueError("fusion_mode='text' uses no CF embeddings, but some were given")
+            model.set_cf_embeddings(user_embeddings, item_embeddings)
+        model.name_or_path = getattr(llm, "name_or_path", "")
+        return model
+
+
+__all__ = ["CCFCTROutput", "CCFLlamaForCTR", "CCFLlamaPreTrainedModel", "ccf_ctr_loss"]

@@ -1,0 +1,441 @@
+"""Tests of CCFLlamaConfig / CCFLlamaForCTR on tiny configs built in code (LLaVA ModelTester style)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, LlamaConfig
+
+from ccf_llm import FUSION_MODES, CCFLlamaConfig, CCFLlamaForCTR, ccf_ctr_loss
+
+from .conftest import tiny_tokenizer
+
+USER, ITEM, YES, NO = 58, 59, 3, 4
+
+
+class CCFLlamaModelTester:
+    """Tiny config and a left-padded batch of two hybrid prompts (user placeholder + two item titles each)."""
+
+    def __init__(self, fusion_mode="gate", cf_embedding_dims=(8, 4), **config_kwargs):
+        self.fusion_mode = fusion_mode
+        self.text_config = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=60,
+            tie_word_embeddings=True,
+        )
+        self.config = CCFLlamaConfig(
+            text_config=self.text_config,
+            num_users=5,
+            num_items=7,
+            cf_embedding_dims=list(cf_embedding_dims),
+            fusion_mode=fusion_mode,
+            user_token_id=USER,
+            item_token_id=ITEM,
+            yes_token_id=YES,
+            no_token_id=NO,
+            **config_kwargs,
+        )
+
+    def prompt(self, user_id, items):
+        """`items`: list of (item_id, title token ids). Returns (input_ids, item_ids) as lists."""
+        segments = [([10, 11], 0), ([USER] if self.fusion_mode != "text" else [12], 0), ([13], 0)]
+        for item_id, title in items:
+            if self.fusion_mode == "inject":
+                segments += [(title, 0), ([ITEM], item_id), ([14], 0)]
+            elif self.fusion_mode == "text":
+                segments += [(title, 0), ([14], 0)]
+            else:
+                segments += [(title, item_id), ([14], 0)]
+        segments.append(([15, 16], 0))
+        ids = [t for tokens, _ in segments for t in tokens]
+        item_ids = [i for tokens, i in segments for _ in tokens]
+        return ids, item_ids
+
+    def batch(self, padding_side="left"):
+        rows = [self.prompt(1, [(2, [20, 21]), (5, [22, 23, 24])]), self.prompt(4, [(7, [25])])]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids, item_ids, mask = [], [], []
+        for ids, items in rows:
+            pad = [0] * (width - len(ids))
+            ones = [1] * len(ids)
+            if padding_side == "left":
+                input_ids.append(pad + ids), item_ids.append(pad + items), mask.append(pad + ones)
+            else:
+                input_ids.append(ids + pad), item_ids.append(items + pad), mask.append(ones + pad)
+        batch = {
+            "input_ids": torch.tensor(input_ids),
+            "attention_mask": torch.tensor(mask),
+            "labels": torch.tensor([1, 0]),
+        }
+        if self.fusion_mode != "text":
+            batch["user_ids"] = torch.tensor([1, 4])
+            batch["item_ids"] = torch.tensor(item_ids)
+        return batch
+
+    def model(self, seed=0):
+        torch.manual_seed(seed)
+        return CCFLlamaForCTR(self.config).eval()
+
+
+def _mlp(mlp, x):
+    """Hand computation of CCFMLP: W2 · gelu(W1 x + b1) + b2."""
+    h = x @ mlp.fc1.weight.T + mlp.fc1.bias
+    return F.gelu(h) @ mlp.fc2.weight.T + mlp.fc2.bias
+
+
+@pytest.mark.parametrize("mode", ["gate", "token_gate", "add"])
+def test_fusion_matches_hand_computation_of_eq_2_to_4_and_7(mode):
+    tester = CCFLlamaModelTester(mode, zero_init_gate=False)
+    model = tester.model()
+    batch = tester.batch()
+    with torch.no_grad():
+        embeds = model.embed_hybrid_prompt(
+            batch["input_ids"], batch["user_ids"], batch["item_ids"], batch["attention_mask"]
+        )
+        table = model.llm.get_input_embeddings().weight
+        enc, alg = model.cf_encoder, model.alignment.projections
+        # user placeholder of row 0 -> sum_s ALG_s(x_u^{CF_s})   (Eq. 2)
+        pos_user = (batch["input_ids"][0] == USER).nonzero().item()
+        expected_user = sum(_mlp(alg[s], enc.user_embeddings[s].weight[1]) for s in range(2))
+        torch.testing.assert_close(embeds[0, pos_user], expected_user)
+        # every title token of item 5 in row 0 -> x_SM[t] + sum_s alpha_s * ALG_s(x_i^{CF_s})   (Eq. 3, 4, 7)
+        for pos in (batch["item_ids"][0] == 5).nonzero().flatten().tolist():
+            x_sm = table[batch["input_ids"][0, pos]]
+            expected = x_sm.clone()
+            for s in range(2):
+                x_cf = _mlp(alg[s], enc.item_embeddings[s].weight[5])
+                if mode == "add":
+                    alpha = torch.ones(())
+                else:
+                    alpha = _mlp(model.gate.cf_gates[s], x_cf) + _mlp(model.gate.semantic_gates[s], x_sm)
+                    assert alpha.shape == ((1,) if mode == "token_gate" else (32,))
+                expected = expected + alpha * x_cf
+            torch.testing.assert_close(embeds[0, pos], expected)
+        # natural-language tokens and padding are the LLM's plain embeddings
+        plain = batch["item_ids"].eq(0) & batch["input_ids"].ne(USER)
+        torch.testing.assert_close(embeds[plain], table[batch["input_ids"][plain]])
+
+
+def test_inject_mode_replaces_item_placeholders_and_keeps_titles_as_text():
+    tester = CCFLlamaModelTester("inject")
+    model = tester.model()
+    batch = tester.batch()
+    with torch.no_grad():
+        embeds = model.embed_hybrid_prompt(
+            batch["input_ids"], batch["user_ids"], batch["item_ids"], batch["attention_mask"]
+        )
+        row = batch["input_ids"][1]
+        pos = (row == ITEM).nonzero().item()
+        expected = sum(
+            _mlp(model.alignment.projections[s], model.cf_encoder.item_embeddings[s].weight[7])
+            for s in range(2)
+        )
+        torch.testing.assert_close(embeds[1, pos], expected)
+        title = (row == 25).nonzero().item()
+        torch.testing.assert_close(embeds[1, title], model.llm.get_input_embeddings().weight[25])
+
+
+def test_zero_initialized_gate_starts_from_pure_text():
+    """Default init: GATE output layers are zero, so α = 0 and title tokens equal their text embeddings."""
+    tester = CCFLlamaModelTester("gate")
+    model = tester.model()
+    assert all(float(m.fc2.weight.detach().abs().sum()) == 0 for m in model.gate.cf_gates)
+    batch = tester.batch()
+    with torch.no_grad():
+        embeds = model.embed_hybrid_prompt(
+            batch["input_ids"], batch["user_ids"], batch["item_ids"], batch["attention_mask"]
+        )
+    titles = batch["item_ids"] > 0
+    torch.testing.assert_close(
+        embeds[titles], model.get_input_embeddings().weight[batch["input_ids"][titles]]
+    )
+    assert float(model.alignment.projections[0].fc2.weight.detach().abs().sum()) > 0
+
+
+def test_eq5_loss_matches_hand_computation_and_is_stable():
+    p_yes = torch.tensor([0.7, 0.2, 0.05, 0.5])
+    p_no = torch.tensor([0.1, 0.6, 0.9, 0.3])
+    y = torch.tensor([1, 0, 1, 0])
+    expected = (
+        F.binary_cross_entropy(p_yes, y.float(), reduction="none")
+        + F.binary_cross_entropy(p_no, 1 - y.float(), reduction="none")
+        + 2.0 * -torch.log(torch.sigmoid((2 * y - 1) * (p_yes.log() - p_no.log())))
+    ).mean()
+    loss = ccf_ctr_loss(p_yes.log(), p_no.log(), y, bpr_weight=2.0)
+    torch.testing.assert_close(loss, expected)
+    # saturated probabilities stay finite (BCELoss's clamp at -100) and keep gradients finite
+    logs = torch.tensor([0.0, -1e4], requires_grad=True)
+    extreme = ccf_ctr_loss(logs, logs.flip(0), torch.tensor([0, 1]))
+    extreme.backward()
+    assert torch.isfinite(extreme) and extreme > 100 and torch.isfinite(logs.grad).all()
+
+
+def test_scores_come_from_the_last_position_of_the_full_vocabulary_softmax():
+    tester = CCFLlamaModelTester("text")
+    model = tester.model()
+    batch = tester.batch()
+    with torch.no_grad():
+        out = model(**batch)
+        full = model.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, -1]
+    log_probs = full.log_softmax(-1)
+    torch.testing.assert_close(out.p_yes, log_probs[:, YES].exp(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.p_no, log_probs[:, NO].exp(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.logits, full[:, [YES, NO]], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.scores, out.p_yes / (out.p_yes + out.p_no))
+    assert out.logits.shape == (2, 2) and out.scores.shape == (2,)
+
+
+@pytest.mark.parametrize("mode", FUSION_MODES)
+def test_forward_backward_every_mode(mode):
+    tester = CCFLlamaModelTester(mode)
+    model = tester.model().train()
+    out = model(**tester.batch())
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert ((out.scores > 0) & (out.scores < 1)).all()
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads["llm.model.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
+    if mode == "text":
+        assert not hasattr(model, "cf_encoder") and not hasattr(model, "alignment")
+        return
+    assert grads["alignment.projections.1.fc1.weight"].abs().sum() > 0
+    # the CF encoder (Θ_E) is frozen by default
+    assert not any(n.startswith("cf_encoder") for n in grads)
+    if mode in ("gate", "token_gate"):
+        assert grads["gate.cf_gates.0.fc2.weight"].abs().sum() > 0
+        assert grads["gate.semantic_gates.1.fc2.weight"].abs().sum() > 0
+
+
+def test_cf_embeddings_trainable_on_request():
+    # zero_init_gate=False: with α = 0 at init (the default) item tables get their first gradient one step later
+    tester = CCFLlamaModelTester("gate", train_cf_embeddings=True, zero_init_gate=False)
+    model = tester.model().train()
+    model(**tester.batch()).loss.backward()
+    grad = model.cf_encoder.item_embeddings[0].weight.grad
+    assert grad is not None and grad[5].abs().sum() > 0 and grad[3].abs().sum() == 0
+
+
+@pytest.mark.parametrize("mode", ["gate", "inject"])
+def test_padding_invariance(mode):
+    """Left (or right) padding never changes a prompt's score: each row scored alone gives the same values."""
+    tester = CCFLlamaModelTester(mode, zero_init_gate=False)
+    model = tester.model()
+    left, right = tester.batch("left"), tester.batch("right")
+    with torch.no_grad():
+        batched = model(**left).scores
+        torch.testing.assert_close(model(**right).scores, batched, atol=1e-6, rtol=1e-5)
+        for row in range(2):
+            keep = left["attention_mask"][row].bool()
+            alone = {k: (v[row][keep] if v.ndim == 2 else v[row : row + 1]) for k, v in left.items()}
+            alone = {
+                k: (v.unsqueeze(0) if k != "user_ids" and k != "labels" else v) for k, v in alone.items()
+            }
+            torch.testing.assert_close(model(**alone).scores, batched[row : row + 1], atol=1e-6, rtol=1e-5)
+
+
+def test_save_and_automodel_round_trip_is_bit_identical(tmp_path):
+    tester = CCFLlamaModelTester("gate", zero_init_gate=False)
+    model = tester.model()
+    model.save_pretrained(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert "model.safetensors" in files and "modeling_ccf_llama.py" in files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "ccf_llama" and config["auto_map"]["AutoModel"].endswith("CCFLlamaForCTR")
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is CCFLlamaForCTR
+    reference = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    batch = tester.batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).scores, model(**batch).scores)
+
+
+def test_checkpoint_loads_with_trust_remote_code_without_the_package(tmp_path):
+    tester = CCFLlamaModelTester("token_gate", zero_init_gate=False)
+    model = tester.model()
+    model.save_pretrained(tmp_path / "ckpt")
+    batch = tester.batch()
+    torch.save(batch, tmp_path / "batch.pt")
+    with torch.no_grad():
+        expected = model(**batch).scores
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.modules["ccf_llm"] = None  # the package must not be importable
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        batch = torch.load({str(tmp_path / "batch.pt")!r}, weights_only=True)
+        with torch.no_grad():
+            torch.save(model(**batch).scores, {str(tmp_path / "scores.pt")!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert torch.equal(torch.load(tmp_path / "scores.pt", weights_only=True), expected)
+
+
+def test_peft_lora_with_modules_to_save_round_trip(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    tester = CCFLlamaModelTester("gate")
+    base = tester.model()
+    base.save_pretrained(tmp_path / "base")
+    base = AutoModel.from_pretrained(tmp_path / "base")
+    peft_model = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["alignment", "gate"]
+        ),
+    )
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and any("gate.modules_to_save" in n for n in trainable)
+    assert not any(".llm." in n and "lora_" not in n for n in trainable)
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
+    batch = tester.batch()
+    for _ in range(3):
+        optimizer.zero_grad()
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(**batch).scores
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter"
+    ).eval()
+    with torch.no_grad():
+        got = reloaded(**batch).scores
+        plain = AutoModel.from_pretrained(tmp_path / "base").eval()(**batch).scores
+    assert torch.equal(got, expected)
+    assert not torch.allclose(plain, expected)  # training changed the model, so the adapter carries it
+
+
+def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
+    llm = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            tie_word_embeddings=True,
+        )
+    )
+    user_tables, item_tables = (
+        [torch.randn(4, 8), torch.randn(4, 6)],
+        [torch.randn(10, 8), torch.randn(10, 6)],
+    )
+    model = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, 3, 9, user_tables, item_tables, yes_token="Yes", no_token="No"
+    )
+    cfg = model.config
+    assert len(tokenizer) == 11 and model.get_input_embeddings().num_embeddings == 11
+    assert tokenizer.convert_ids_to_tokens([cfg.user_token_id, cfg.item_token_id]) == [
+        "<|user_cf|>",
+        "<|item_cf|>",
+    ]
+    assert (cfg.yes_token_id, cfg.no_token_id) == tuple(tokenizer.convert_tokens_to_ids(["Yes", "No"]))
+    assert cfg.cf_embedding_dims == [8, 6] and cfg.text_config.vocab_size == 11
+    assert torch.equal(model.cf_encoder.item_embeddings[1].weight, item_tables[1])
+    assert torch.equal(model.llm.model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
+    assert model.llm.lm_head.weight.data_ptr() == model.llm.model.embed_tokens.weight.data_ptr()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _error(model, batch, match):
+    with pytest.raises(ValueError, match=match):
+        model(**batch)
+
+
+def test_bad_cf_inputs_raise_clear_errors():
+    tester = CCFLlamaModelTester("gate")
+    model = tester.model()
+    good = tester.batch()
+    _error(model, {**good, "user_ids": torch.tensor([1, 6])}, r"user ids out of range 1\.\.5: \[6\]")
+    _error(model, {**good, "user_ids": torch.tensor([0, 1])}, r"user ids out of range")
+    two_users = good["input_ids"].clone()
+    two_users[0, -1] = USER
+    _error(model, {**good, "input_ids": two_users}, r"exactly one user placeholder.*rows \[0\] have \[2\]")
+    _error(model, {k: v for k, v in good.items() if k != "user_ids"}, "no user_ids were given")
+    bad_items = good["item_ids"].clone()
+    bad_items[0, -1] = 8
+    _error(model, {**good, "item_ids": bad_items}, r"item ids out of range 1\.\.7.*\[8\]")
+    _error(model, {**good, "item_ids": good["item_ids"][:, 1:]}, "must be aligned with input_ids")
+    on_pad = good["item_ids"].clone()
+    on_pad[1, 0] = 3
+    _error(model, {**good, "item_ids": on_pad}, "padding positions")
+    stray = good["input_ids"].clone()
+    stray[0, 0] = ITEM
+    _error(model, {**good, "input_ids": stray}, "only 'inject' mode uses them")
+
+
+def test_inject_placeholder_without_item_id_raises():
+    tester = CCFLlamaModelTester("inject")
+    model = tester.model()
+    good = tester.batch()
+    missing = good["item_ids"].clone()
+    missing[0][missing[0] == 5] = 0
+    _error(
+        model,
+        {**good, "item_ids": missing},
+        r"3 placeholders but 2 positions with item ids, 1 placeholders without an id",
+    )
+    _error(model, {k: v for k, v in good.items() if k != "item_ids"}, "no item_ids were given")
+
+
+def test_text_mode_rejects_cf_inputs():
+    tester = CCFLlamaModelTester("text")
+    model = tester.model()
+    good = tester.batch()
+    _error(model, {**good, "user_ids": torch.tensor([1, 2])}, "uses no collaborative inputs")
+    with_placeholder = good["input_ids"].clone()
+    with_placeholder[0, 3] = USER
+    _error(model, {**good, "input_ids": with_placeholder}, "contains user placeholder tokens")
+
+
+def test_config_and_construction_errors():
+    with pytest.raises(ValueError, match="fusion_mode must be one of"):
+        CCFLlamaConfig(fusion_mode="concat")
+    with pytest.raises(ValueError, match="cf_source_names has 1 names for 2 CF sources"):
+        CCFLlamaConfig(cf_embedding_dims=[8, 8], cf_source_names=["mf"])
+    from transformers import T5Config
+
+    with pytest.raises(ValueError, match="model_type 't5' cannot be built as a causal LM"):
+        CCFLlamaForCTR(CCFLlamaConfig(text_config=T5Config(d_model=16, num_layers=1, vocab_size=20)))
+    tester = CCFLlamaModelTester("gate")
+    model = tester.model()
+    with pytest.raises(
+        ValueError, match=r"item embeddings of CF source 0 have shape \(7, 8\), expected \(8, 8\)"
+    ):
+        model.set_cf_embeddings(
+            [torch.zeros(6, 8), torch.zeros(6, 4)], [torch.zeros(7, 8), torch.zeros(8, 4)]
+        )
+
+
+def test_tokenizer_without_answer_tokens_raises():
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer("A user likes item".split())
+    llm = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=10
+        )
+    )
+    with pytest.raises(ValueError, match=r"no single token for the answer 'Yes'"):
+        CCFLlamaForCTR.from_llm(llm, tokenizer, 3, 9, yes_token="Yes", no_token="No")
+    with pytest.raises(ValueError, match=r"no single token for the answer ' Yes no'"):
+        CCFLlamaForCTR.from_llm(llm, tiny_tokenizer(["Yes", "no"]), 3, 9, yes_token=" Yes no")
