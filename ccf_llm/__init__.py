@@ -8,12 +8,17 @@ returns a `CCFLlamaForCTR`; saved checkpoints also carry the code (`auto_map`) f
 from transformers import AutoConfig, AutoModel
 
 from .configuration_ccf_llama import FUSION_MODES, CCFLlamaConfig
+from .configuration_collaborative import LightGCNConfig, MFConfig, SASRecConfig
 from .modeling_ccf_llama import CCFCTROutput, CCFLlamaForCTR, CCFLlamaPreTrainedModel, ccf_ctr_loss
+from .modeling_collaborative import LightGCNModel, MFModel, SASRecModel, cf_backbone
 from .pretrained_llm import DEFAULT_LLM, load_llm, resolve_llm
 from .processing_ccf_llama import PAPER_TEMPLATE, CCFDataCollator, CCFLlamaProcessor
 
 AutoConfig.register(CCFLlamaConfig.model_type, CCFLlamaConfig, exist_ok=True)
 AutoModel.register(CCFLlamaConfig, CCFLlamaForCTR, exist_ok=True)
+for _config, _model in ((MFConfig, MFModel), (LightGCNConfig, LightGCNModel), (SASRecConfig, SASRecModel)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
 CCFLlamaConfig.register_for_auto_class()
 CCFLlamaForCTR.register_for_auto_class("AutoModel")
 
@@ -29,6 +34,13 @@ __all__ = [
     "CCFLlamaConfig",
     "CCFLlamaForCTR",
     "CCFLlamaPreTrainedModel",
+    "LightGCNConfig",
+    "LightGCNModel",
+    "MFConfig",
+    "MFModel",
+    "SASRecConfig",
+    "SASRecModel",
+    "cf_backbone",
     "ccf_ctr_loss",
     "load_llm",
     "resolve_llm",

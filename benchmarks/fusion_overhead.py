@@ -1,0 +1,161 @@
+"""Forward+backward time of the fused CCF-LLM against the plain LLM on the same 8 x 256-token batch.
+
+    python benchmarks/fusion_overhead.py [--batch 8] [--length 256] [--repeats 5] [--threads 2]
+
+Three models on identical token ids, every parameter trainable, in fp32 and bf16. Each round runs one step of each
+model (rotating the order); the ratios reported are medians of per-round ratios, which cancels machine drift:
+
+* `llm`: the plain `LlamaForCausalLM` with `logits_to_keep=1` and cross-entropy on the last position;
+* `text`: `CCFLlamaForCTR` in `text` mode (no CF: same LLM, Yes/No head and Eq. 5 loss);
+* `gate`: `CCFLlamaForCTR` in `gate` mode: one user placeholder and ~35% of the tokens in item titles fused (Eq. 4).
+
+Writes `benchmarks/results/fusion_overhead.json` and `.md`.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from ccf_llm import DEFAULT_LLM, CCFLlamaForCTR, load_llm
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def synthetic_batch(model, batch, length, num_users, num_items, generator):
+    """Random prompt tokens; per row one user placeholder and 10 titles of 9 tokens (35% of 256) marked."""
+    cfg = model.config
+    input_ids = torch.randint(100, 40000, (batch, length), generator=generator)
+    item_ids = torch.zeros_like(input_ids)
+    starts = 20 + torch.arange(10) * 20
+    for (
+        start
+    ) in starts.tolist():  # 10 title spans per row, same layout in every row (setup, not a forward pass)
+        item_ids[:, start : start + 9] = torch.randint(1, num_items + 1, (batch, 1), generator=generator)
+    input_ids[:, 5] = cfg.user_token_id
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "user_ids": torch.randint(1, num_users + 1, (batch,), generator=generator),
+        "item_ids": item_ids,
+        "labels": torch.randint(0, 2, (batch,), generator=generator).float(),
+    }
+
+
+def make_steps(llm, text, gate, batch, text_batch) -> dict:
+    """One training step (zero grads, forward, backward) of each compared model."""
+
+    def step_llm():
+        llm.zero_grad(set_to_none=True)
+        logits = llm(input_ids=text_batch["input_ids"], logits_to_keep=1).logits[:, -1].float()
+        torch.nn.functional.cross_entropy(logits, text_batch["labels"].long()).backward()
+
+    def step_model(model, inputs):
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(**inputs).loss.backward()
+
+        return step
+
+    return {"llm": step_llm, "text": step_model(text, text_batch), "gate": step_model(gate, batch)}
+
+
+def time_interleaved(steps: dict, repeats: int) -> dict:
+    """Time each step `repeats` times, rotating the order every round so drift hits all models alike."""
+    for step in steps.values():
+        step()  # warm-up
+    names = list(steps)
+    times = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--llm", default=DEFAULT_LLM)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    num_users, num_items = 838, 3255
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        llm, tokenizer = load_llm(args.llm, dtype=dtype)
+        torch.manual_seed(0)
+        cf = {
+            "user_embeddings": torch.randn(num_users + 1, 128),
+            "item_embeddings": torch.randn(num_items + 1, 128),
+        }
+        gate = CCFLlamaForCTR.from_llm(
+            llm, tokenizer, num_users, num_items, fusion_mode="gate", zero_init_gate=False, **cf
+        ).to(dtype)
+        text = CCFLlamaForCTR.from_llm(llm, tokenizer, num_users, num_items, fusion_mode="text").to(dtype)
+        batch = synthetic_batch(
+            gate, args.batch, args.length, num_users, num_items, torch.Generator().manual_seed(0)
+        )
+        text_batch = {k: v for k, v in batch.items() if k not in ("user_ids", "item_ids")}
+        text_batch["input_ids"] = text_batch["input_ids"].clamp(max=40000)  # no placeholder in text mode
+        text_batch["input_ids"][:, 5] = 42
+
+        steps = make_steps(llm, text, gate, batch, text_batch)
+        name = str(dtype).replace("torch.", "")
+        times = time_interleaved(steps, args.repeats)
+        row = {}
+        for label, values in times.items():
+            row[f"{label}_s"] = round(statistics.median(values), 4)
+            row[f"{label}_all_s"] = [round(t, 4) for t in values]
+            print(f"{name:9s} {label:5s} median {statistics.median(values):.3f}s", flush=True)
+        # per-round ratios: the models ran back to back in each round, so these cancel slow drift
+        row["overhead_vs_llm"] = round(
+            statistics.median(g / p for g, p in zip(times["gate"], times["llm"])), 4
+        )
+        row["overhead_vs_text"] = round(
+            statistics.median(g / p for g, p in zip(times["gate"], times["text"])), 4
+        )
+        results[name] = row
+        del llm, gate, text, steps
+    out = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "batch": args.batch,
+        "length": args.length,
+        "results": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fusion_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        "# Fusion overhead: forward+backward, fused CCF-LLM vs plain LLM",
+        "",
+        f"`{out['command']}` on {out['machine']}, {out['date']}. Batch {args.batch} x {args.length} tokens, "
+        f"SmolLM2-135M-Instruct, all parameters trainable, {args.repeats} interleaved rounds; "
+        "times are medians, ratios are medians of per-round ratios.",
+        "",
+        "| dtype | plain LLM (s) | CCF `text` (s) | CCF `gate` (s) | gate / LLM | gate / text |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in results.items():
+        lines.append(
+            f"| {name} | {row['llm_s']:.3f} | {row['text_s']:.3f} | {row['gate_s']:.3f} | "
+            f"{row['overhead_vs_llm']:.3f} | {row['overhead_vs_text']:.3f} |"
+        )
+    (RESULTS / "fusion_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+# Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
+"""Interaction logs → the paper's CTR splits, as `datasets.DatasetDict`s.
+
+Every loader returns splits `train` / `validation` / `test` whose rows carry `user_id`, `item_id` (remapped to
+1..N, 0 = padding), `label`, `timestamp`, `history` (the user's earlier positive item ids, oldest first, across all
+splits, no padding entry), `title`, and the raw ids `raw_user_id` / `raw_item_id`. Rows keep CoLLM's order: the
+concatenated frame sorted stably by (user, timestamp).
+
+* `load_movielens_1m(data_dir)`: CoLLM's ML-1M split (the one the paper uses), reproduced exactly.
+* `load_amazon_book(data_dir)`: CoLLM's Amazon-Book recipe on `Books_5.json.gz` + `meta_Books.json.gz`.
+* `load_interactions(...)`: any CSV/parquet log with user, item, rating, timestamp plus an item-title table, with
+  your own time boundaries and rating threshold.
+* `item_titles(splits)`: the item table (id → title); `warm_cold_subsets(split, train)`: CoLLM's warm/cold rows.
+
+No file is ever read with pickle. MovieLens may not be redistributed: these functions read it from where you keep
+it (or download it from GroupLens into the Hugging Face cache), and nothing of it ships with this package.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
+SPLITS = ("train", "validation", "test")
+
+
+# ------------------------------------------------------------------------------------------------ reading files
+def _decode(path: Path, raw: bytes, encoding: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: bytes that are not valid {encoding} ({err.reason})") from err
+
+
+def read_delimited(path, columns: dict, sep: str = "::", encoding: str = "latin-1") -> pd.DataFrame:
+    """
+    Read a `sep`-separated text file without a header (the MovieLens `.dat` layout) into the typed `columns`
+    (`name → "int" | "float" | "str"`). A line with the wrong number of fields or a non-numeric value in a numeric
+    column raises a ValueError naming the file and the line.
+    """
+    path = Path(path)
+    text = _decode(path, path.read_bytes(), encoding)
+    lines = text.splitlines()
+    fields = pd.Series(lines, dtype=object).str.split(sep, n=len(columns) - 1, regex=False)
+    counts = fields.str.len().to_numpy()
+    bad = np.flatnonzero(counts != len(columns))
+    if len(bad):
+        raise ValueError(
+            f"{path}, line {bad[0] + 1}: expected {len(columns)} fields separated by {sep!r}, "
+            f"got {counts[bad[0]]}: {lines[bad[0]][:80]!r}"
+        )
+    frame = pd.DataFrame(fields.tolist(), columns=list(columns))
+    return _typed(frame, columns, path, first_line=1)
+
+
+def _typed(frame: pd.DataFrame, columns: dict, path: Path, first_line: int) -> pd.DataFrame:
+    for name, kind in columns.items():
+        if kind == "str":
+            frame[name] = frame[name].astype(str)
+            continue
+        values = pd.to_numeric(frame[name], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise ValueError(
+                f"{path}, line {bad[0] + first_line}: column {name!r} must be a number, got {frame[name].iloc[bad[0]]!r}"
+            )
+        frame[name] = values.astype(np.int64 if kind == "int" else np.float64)
+    return frame
+
+
+def read_table(path, columns: dict) -> pd.DataFrame:
+    """Read a CSV (UTF-8, header row) or parquet file, keeping the typed `columns` (errors name file and line)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+        first_line = 1  # parquet "lines" are row numbers
+    else:
+        text = _decode(path, path.read_bytes(), "utf-8")
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        except pd.errors.ParserError as err:
+            raise ValueError(f"{path}: malformed CSV: {err}") from err
+        first_line = 2  # after the header
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
+    return _typed(frame[list(columns)].copy(), columns, path, first_line)
+
+
+# ---------------------------------------------------------------------------------------------- shared pipeline
+def _histories(users: np.ndarray, items: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """
+    For rows sorted by user (then time), each row's earlier positive items of the same user, oldest first, as
+    (flat values, offsets) — vectorized: a row's history is a prefix of its user's list of positives.
+    """
+    n = len(users)
+    positive = labels > 0
+    pos_items = items[positive]
+    pos_users = users[positive]
+    # positives seen before each row within its user
+    user_start = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    row_user_start = np.repeat(user_start, np.diff(np.r_[user_start, n]))
+    cum_pos = np.cumsum(positive) - positive  # positives strictly before each row (global)
+    before = cum_pos - cum_pos[row_user_start]
+    # where each user's positives start in pos_items
+    first_pos = np.searchsorted(pos_users, users) if len(pos_users) else np.zeros(n, dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(before)].astype(np.int64)
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], before)
+    values = pos_items[np.repeat(first_pos, before) + within] if offsets[-1] else np.zeros(0, dtype=np.int64)
+    return values, offsets
+
+
+def build_splits(frame: pd.DataFrame, remap_in_sorted_order: bool = True) -> datasets.DatasetDict:
+    """
+    The common tail of every recipe. `frame` holds `raw_user_id`, `raw_item_id`, `label`, `timestamp`, `title`
+    and `split` (one of `SPLITS`), in the order ties should keep. Rows are sorted stably by (user, timestamp);
+    ids are remapped by first appearance (in that sorted order, or in the given order when
+    `remap_in_sorted_order=False`, as CoLLM's Amazon-Book notebook does); histories hold earlier positives.
+    """
+    bad = ~frame["split"].isin(SPLITS)
+    if bad.any():
+        raise ValueError(f"unknown split names {sorted(frame.loc[bad, 'split'].unique())[:5]}")
+    if not (frame["split"] == "train").any():
+        raise ValueError("the train split is empty: check the time boundaries")
+    given = frame.reset_index(drop=True)
+    ordered = given.sort_values(["raw_user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    source = ordered if remap_in_sorted_order else given
+    user_codes = pd.factorize(source["raw_user_id"])[1]
+    item_codes = pd.factorize(source["raw_item_id"])[1]
+    user_ids = pd.Index(user_codes).get_indexer(ordered["raw_user_id"]) + 1
+    item_ids = pd.Index(item_codes).get_indexer(ordered["raw_item_id"]) + 1
+    values, offsets = _histories(user_ids, item_ids, ordered["label"].to_numpy())
+    import pyarrow as pa
+
+    history = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int64)), pa.array(values.astype(np.int64)))
+    table = pa.table(
+        {
+            "user_id": user_ids.astype(np.int64),
+            "item_id": item_ids.astype(np.int64),
+            "label": ordered["label"].to_numpy().astype(np.int64),
+            "timestamp": ordered["timestamp"].to_numpy().astype(np.int64),
+            "history": history,
+            "title": ordered["title"].astype(str).to_numpy(),
+            "raw_user_id": ordered["raw_user_id"].to_numpy(),
+            "raw_item_id": ordered["raw_item_id"].to_numpy(),
+        }
+    )
+    split = ordered["split"].to_numpy()
+    return datasets.DatasetDict(
+        {name: datasets.Dataset(table.filter(pa.array(split == name))) for name in SPLITS}
+    )
+
+
+def item_titles(splits: datasets.DatasetDict) -> dict[int, str]:
+    """The item table of a split dict: item id → title (every item appears as a target somewhere)."""
+    frames = [splits[s].select_columns(["item_id", "title"]).to_pandas() for s in splits]
+    table = pd.concat(frames).drop_duplicates("item_id").sort_values("item_id")
+    return dict(zip(table["item_id"].tolist(), table["title"].tolist(), strict=True))
+
+
+def warm_cold_subsets(
+    split: datasets.Dataset, train: datasets.Dataset, min_rows: int = 3
+) -> datasets.DatasetDict:
+    """
+    CoLLM's warm and cold subsets of a validation/test split: warm = user and item each have more than
+    `min_rows` train rows; cold = neither the user nor the item appears in train.
+    """
+    train_frame = train.select_columns(["user_id", "item_id"]).to_pandas()
+    user_rows = train_frame["user_id"].value_counts()
+    item_rows = train_frame["item_id"].value_counts()
+    frame = split.select_columns(["user_id", "item_id"]).to_pandas()
+    users = frame["user_id"].map(user_rows).fillna(0).to_numpy()
+    items = frame["item_id"].map(item_rows).fillna(0).to_numpy()
+    warm = np.flatnonzero((users > min_rows) & (items > min_rows))
+    cold = np.flatnonzero((users == 0) & (items == 0))
+    return datasets.DatasetDict({"warm": split.select(warm), "cold": split.select(cold)})
+
+
+# ------------------------------------------------------------------------------------------------- MovieLens-1M
+def _download_ml1m(cache_dir=None) -> Path:
+    """Download ml-1m.zip from GroupLens into the HF cache once, check its MD5, extract; fail fast offline."""
+    if datasets.config.HF_HUB_OFFLINE:
+        raise FileNotFoundError(
+            "MovieLens-1M is not cached and this machine is offline (HF_HUB_OFFLINE): pass data_dir= the folder "
+            "holding ratings.dat and movies.dat (from https://grouplens.org/datasets/movielens/1m/)"
+        )
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "ccf_llm" / "ml-1m"
+    folder = root / "ml-1m"
+    if (folder / "ratings.dat").is_file() and (folder / "movies.dat").is_file():
+        return folder
+    import urllib.request
+
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "ml-1m.zip"
+    try:
+        with urllib.request.urlopen(ML1M_URL, timeout=30) as response:
+            payload = response.read()
+    except OSError as err:
+        raise FileNotFoundError(
+            f"could not download {ML1M_URL} ({err}); pass data_dir= the folder holding ratings.dat and movies.dat"
+        ) from err
+    digest = hashlib.md5(payload).hexdigest()
+    if digest != ML1M_MD5:
+        raise ValueError(f"{ML1M_URL}: MD5 {digest} does not match the published {ML1M_MD5}")
+    archive.write_bytes(payload)
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(root)
+    return folder
+
+
+def load_movielens_1m(data_dir=None, cache_dir=None) -> datasets.DatasetDict:
+    """
+    CoLLM's MovieLens-1M split, the one the CCF-LLM paper uses (Table 1: 33,891 / 10,401 / 7,331 rows).
+
+    Recipe (`../shared/data/README.md` in the development setup): join ratings and movies; month index
+    `(year - 2000) * 12 + month - 4` of the UTC date; train = months 14..23, validation 24..28, test 29..33; label =
+    rating >= 4; no filtering. Ties in (user, timestamp) keep the order of CoLLM's older pandas merge: rows grouped
+    by movie in order of each movie's first appearance in ratings.dat, file order within a movie.
+
+    Args:
+        data_dir: a folder with `ratings.dat` and `movies.dat` (latin-1). Without it, ml-1m.zip is downloaded from
+            GroupLens into the HF datasets cache (MD5-checked); offline this fails at once asking for the folder.
+    """
+    folder = Path(data_dir) if data_dir is not None else _download_ml1m(cache_dir)
+    for name in ("ratings.dat", "movies.dat"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder} has no {name}: pass the ml-1m folder (ratings.dat, movies.dat)"
+            )
+    ratings = read_delimited(
+        folder / "ratings.dat",
+        {"raw_user_id": "int", "raw_item_id": "int", "rating": "float", "timestamp": "int"},
+    )
+    movies = read_delimited(folder / "movies.dat", {"raw_item_id": "int", "title": "str", "genres": "str"})
+    ratings["line"] = np.arange(len(ratings))
+    ratings["movie_rank"] = pd.factorize(ratings["raw_item_id"])[0]
+    frame = ratings.merge(movies[["raw_item_id", "title"]], on="raw_item_id", how="inner")
+    frame = frame.sort_values(["movie_rank", "line"], kind="stable")
+    dates = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+    month = (dates.dt.year - 2000) * 12 + dates.dt.month - 4
+    frame["split"] = np.select(
+        [month.between(14, 23), month.between(24, 28), month.between(29, 33)], list(SPLITS), default=""
+    )
+    frame = frame[frame["split"] != ""]
+    frame["label"] = (frame["rating"] > 3).astype(np.int64)
+    return build_splits(frame)
+
+
+# -------------------------------------------------------------------------------------------------- Amazon-Book
+def _read_json_lines(path: Path, fields: list[str]) -> pd.DataFrame:
+    """Read a (gzipped) JSON-lines file with pandas' parser; a bad line raises naming the file and the line."""
+    try:
+        frame = pd.read_json(path, lines=True, compression="infer", dtype=False)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}, line {_first_bad_json_line(path)}: not a JSON object ({err})") from err
+    for field in fields:
+        if field not in frame.columns:
+            frame[field] = None
+    return frame[fields]
+
+
+def _first_bad_json_line(path: Path) -> int | None:
+    """Only on the error path: the number of the first line that does not parse."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                if line.strip():
+                    json.loads(line.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                return number
+    return None
+
+
+def load_amazon_book(
+    data_dir, reviews: str = "Books_5.json.gz", meta: str = "meta_Books.json.gz", min_count: int = 20
+) -> datasets.DatasetDict:
+    """
+    CoLLM's Amazon-Book split (Amazon Review Data 2018). Ratings (asin, reviewerID, overall, unixReviewTime) from the
+    5-core file are right-joined to the de-duplicated metadata (last asin kept) and rows without a rating dropped;
+    calendar year 2017 only; users and items with more than `min_count` ratings in 2017 (counted once, on the
+    unfiltered year); label = rating 5; ids remapped in that frame's order before splitting; train = Jan–Nov;
+    December sorted by time and cut in half by row count: validation = first half, test = second half.
+    """
+    folder = Path(data_dir)
+    ratings = _read_json_lines(folder / reviews, ["asin", "reviewerID", "overall", "unixReviewTime"])
+    meta_frame = _read_json_lines(folder / meta, ["asin", "title"]).drop_duplicates("asin", keep="last")
+    frame = meta_frame.merge(ratings, on="asin", how="right").dropna(subset=["overall"])
+    frame = _typed(frame, {"overall": "float", "unixReviewTime": "int"}, folder / reviews, first_line=1)
+    missing_title = frame["title"].isna() | (frame["title"].astype(str).str.strip() == "")
+    if missing_title.any():
+        raise ValueError(
+            f"{folder / meta}: no title for items {frame.loc[missing_title, 'asin'].unique()[:5].tolist()}"
+        )
+    dates = pd.to_datetime(frame["unixReviewTime"], unit="s", utc=True)
+    frame = frame[dates.dt.year == 2017].copy()
+    dates = dates[frame.index]
+    users, items = frame["reviewerID"].value_counts(), frame["asin"].value_counts()
+    keep = frame["reviewerID"].map(users).gt(min_count) & frame["asin"].map(items).gt(min_count)
+    frame, dates = frame[keep], dates[keep]
+    frame = frame.rename(
+        columns={"reviewerID": "raw_user_id", "asin": "raw_item_id", "unixReviewTime": "timestamp"}
+    ).assign(label=(frame["overall"] > 4).astype(np.int64))
+    december = frame[dates.dt.month == 12].sort_values("timestamp", kind="quicksort")
+    half = len(december) // 2
+    split = pd.Series("train", index=frame.index)
+    split[december.index[:half]] = "validation"
+    split[december.index[half:]] = "test"
+    frame["split"] = split
+    return build_splits(frame, remap_in_sorted_order=False)
+
+
+# ------------------------------------------------------------------------------------------------ generic loader
+def load_interactions(
+    interactions,
+    items,
+    *,
+    valid_start,
+    test_start,
+    test_end=None,
+    train_start=None,
+    threshold: float = 3.0,
+    user_col: str = "user",
+    item_col: str = "item",
+    rating_col: str = "rating",
+    time_col: str = "timestamp",
+    title_col: str = "title",
+) -> datasets.DatasetDict:
+    """
+    Your own interaction log (CSV with a header, or parquet: user, item, rating, unix timestamp) and item table
+    (item, title) → splits by time: train = [train_start, valid_start), validation = [valid_start, test_start),
+    test = [test_start, test_end). Boundaries are unix seconds or anything `pd.Timestamp` reads (UTC). label =
+    rating > `threshold`. Items without a title raise; interactions outside the boundaries are left out.
+    """
+    log = read_table(interactions, {user_col: "str", item_col: "str", rating_col: "float", time_col: "int"})
+    table = read_table(items, {item_col: "str", title_col: "str"})
+    duplicated = table[item_col].duplicated()
+    if duplicated.any():
+        raise ValueError(f"{items}: items listed twice: {table.loc[duplicated, item_col].head().tolist()}")
+    frame = log.merge(table, on=item_col, how="left")
+    untitled = frame[title_col].isna()
+    if untitled.any():
+        raise ValueError(f"{items}: no title for items {frame.loc[untitled, item_col].unique()[:5].tolist()}")
+
+    def seconds(value, default):
+        if value is None:
+            return default
+        return (
+            int(value)
+            if isinstance(value, (int, np.integer))
+            else int(pd.Timestamp(value, tz="UTC").timestamp())
+        )
+
+    bounds = [seconds(train_start, np.iinfo(np.int64).min), seconds(valid_start, None), seconds(test_start, None),
+              seconds(test_end, np.iinfo(np.int64).max)]  # fmt: skip
+    if not bounds[0] <= bounds[1] <= bounds[2] <= bounds[3]:
+        raise ValueError(f"time boundaries must be increasing: {bounds}")
+    stamp = frame[time_col]
+    frame["split"] = np.select(
+        [
+            stamp.between(bounds[0], bounds[1] - 1),
+            stamp.between(bounds[1], bounds[2] - 1),
+            stamp.between(bounds[2], bounds[3] - 1),
+        ],
+        list(SPLITS),
+        default="",
+    )
+    frame = frame[frame["split"] != ""].rename(
+        columns={user_col: "raw_user_id", item_col: "raw_item_id", time_col: "timestamp", title_col: "title"}
+    )
+    frame["label"] = (frame[rating_col] > threshold).astype(np.int64)
+    return build_splits(frame)
+
+
+class CTRRows(torch.utils.data.Dataset):
+    """
+    A split as tensors for the CF backbones: `user_ids`, `item_ids`, `labels` and `history`, the latest
+    `max_history` positives of each row left-padded with 0 (SASRec's input; none when `max_history=0`).
+    `__getitems__` returns a whole batch by tensor indexing, so pair it with an identity collator: no per-row
+    Python work in the 500-epoch CF trainings.
+    """
+
+    def __init__(self, split: datasets.Dataset, max_history: int = 0):
+        table = split.with_format("arrow")[:]
+        self.tensors = {
+            "user_ids": torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64)),
+            "item_ids": torch.from_numpy(table.column("item_id").to_numpy().astype(np.int64)),
+            "labels": torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
+        }
+        if max_history:
+            history = table.column("history").combine_chunks()
+            offsets = history.offsets.to_numpy().astype(np.int64)
+            values = history.values.to_numpy().astype(np.int64)[offsets[0] :]
+            offsets = offsets - offsets[0]
+            lengths = np.minimum(np.diff(offsets), max_history)
+            rows = np.repeat(np.arange(len(lengths)), lengths)
+            within = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            matrix = np.zeros((len(lengths), max_history), dtype=np.int64)
+            matrix[rows, max_history - lengths[rows] + within] = values[
+                offsets[1:][rows] - lengths[rows] + within
+            ]
+            self.tensors["history"] = torch.from_numpy(matrix)
+
+    def __len__(self) -> int:
+        return len(self.tensors["labels"])
+
+    def __getitem__(self, index):
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices)
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+def identity_collator(batch):
+    """Collator for datasets whose `__getitems__` already returns a batch (`CTRRows`)."""
+    return batch
+
+
+def data_dir_from_env(name: str = "CCF_LLM_DATA") -> Path | None:
+    """The data folder configured in `$CCF_LLM_DATA`, if any."""
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+__all__ = [
+    "SPLITS",
+    "CTRRows",
+    "identity_collator",
+    "build_splits",
+    "item_titles",
+    "load_amazon_book",
+    "load_interactions",
+    "load_movielens_1m",
+    "read_delimited",
+    "read_table",
+    "warm_cold_subsets",
+]
