@@ -35,6 +35,9 @@ class CCFLlamaConfig(PreTrainedConfig):
             fusion of Eq. 7 (one ALG and one GATE per source).
         cf_source_names (`list[str]`, *optional*):
             Names of the CF sources (e.g. `["lightgcn", "mf"]`), for model cards and logs.
+        cf_sequential_encoders (`list[dict | None]`, *optional*):
+            Per CF source, `None` for a user table (MF, LightGCN) or the `SASRecConfig` dict of a sequential user
+            encoder (SASRec): its user vector is computed per row from `cf_history`.
         fusion_mode (`str`, *optional*, defaults to `"gate"`):
             One of `"gate"`, `"token_gate"`, `"add"`, `"inject"`, `"text"` (see `FUSION_MODES`).
         alignment_hidden_size (`int`, *optional*):
@@ -81,6 +84,7 @@ class CCFLlamaConfig(PreTrainedConfig):
     num_items: int = 1
     cf_embedding_dims: list[int] | None = None
     cf_source_names: list[str] | None = None
+    cf_sequential_encoders: list[dict | None] | None = None
     fusion_mode: Literal["gate", "token_gate", "add", "inject", "text"] = "gate"
     alignment_hidden_size: int | None = None
     gate_hidden_size: int | None = None
@@ -117,12 +121,29 @@ class CCFLlamaConfig(PreTrainedConfig):
             raise ValueError(
                 f"cf_source_names has {len(self.cf_source_names)} names for {len(self.cf_embedding_dims)} CF sources"
             )
+        sequential = self.cf_sequential_encoders
+        if sequential is not None:
+            if len(sequential) != len(self.cf_embedding_dims):
+                raise ValueError(
+                    f"cf_sequential_encoders has {len(sequential)} entries for {len(self.cf_embedding_dims)} CF sources"
+                )
+            for s, (encoder, dim) in enumerate(zip(sequential, self.cf_embedding_dims, strict=True)):
+                if encoder is not None and encoder.get("hidden_size") != dim:
+                    raise ValueError(
+                        f"CF source {s}: the sequential encoder's hidden_size {encoder.get('hidden_size')} differs "
+                        f"from cf_embedding_dims[{s}] = {dim}"
+                    )
         if self.bpr_weight < 0:
             raise ValueError(f"bpr_weight (k in Eq. 5) must be >= 0, got {self.bpr_weight}")
 
     @property
     def num_cf_sources(self) -> int:
         return len(self.cf_embedding_dims)
+
+    @property
+    def max_cf_history(self) -> int:
+        """Columns of `cf_history` the sequential CF sources read (0 when every source is a user table)."""
+        return max((e["max_history"] for e in self.cf_sequential_encoders or [] if e), default=0)
 
     @property
     def uses_cf(self) -> bool:

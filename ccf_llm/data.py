@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .processing_ccf_llama import latest_items
+
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
 SPLITS = ("train", "validation", "test")
@@ -402,15 +404,9 @@ class CTRRows(torch.utils.data.Dataset):
             history = table.column("history").combine_chunks()
             offsets = history.offsets.to_numpy().astype(np.int64)
             values = history.values.to_numpy().astype(np.int64)[offsets[0] :]
-            offsets = offsets - offsets[0]
-            lengths = np.minimum(np.diff(offsets), max_history)
-            rows = np.repeat(np.arange(len(lengths)), lengths)
-            within = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            matrix = np.zeros((len(lengths), max_history), dtype=np.int64)
-            matrix[rows, max_history - lengths[rows] + within] = values[
-                offsets[1:][rows] - lengths[rows] + within
-            ]
-            self.tensors["history"] = torch.from_numpy(matrix)
+            self.tensors["history"] = torch.from_numpy(
+                latest_items(values, offsets - offsets[0], max_history)
+            )
 
     def __len__(self) -> int:
         return len(self.tensors["labels"])

@@ -4,8 +4,9 @@
 Paper: Liu, Zhang, Dong, Fang. "Collaborative Cross-modal Fusion with Large Language Model for Recommendation",
 CIKM'24. Section numbers and equations in the docstrings refer to it.
 
-This file imports only torch, transformers and its sibling configuration file, so that a checkpoint saved with
-`register_for_auto_class` loads with `trust_remote_code=True` without the `ccf_llm` package.
+This file imports only torch, transformers and sibling modules (configuration files and the SASRec encoder), which
+`register_for_auto_class` copies along, so a saved checkpoint loads with `trust_remote_code=True` without the
+`ccf_llm` package.
 """
 
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_ccf_llama import CCFLlamaConfig
+from .configuration_collaborative import SASRecConfig
+from .modeling_collaborative import SASRecEncoder
 
 
 @dataclass
@@ -94,23 +97,34 @@ class CCFMLP(nn.Module):
 
 class CCFCollaborativeEncoder(nn.Module):
     """
-    ENC of Eq. 1: the pretrained user and item embeddings of each CF source (Θ_E). Row 0 of each table is the
-    padding row. `forward(ids, kind)` returns one `(..., l_s)` tensor per source.
+    ENC of Eq. 1 (Θ_E), one entry per CF source: the item table and either a user table (MF, LightGCN) or a
+    sequential user encoder over the row's latest items (SASRec, reading `history` through the same item table).
+    Row 0 of each table is the padding row. `forward(ids, kind, history)` returns one `(..., l_s)` tensor per source.
     """
 
     def __init__(self, config: CCFLlamaConfig):
         super().__init__()
         dims = config.cf_embedding_dims
-        self.user_embeddings = nn.ModuleList(
-            nn.Embedding(config.num_users + 1, d, padding_idx=0) for d in dims
+        sequential = config.cf_sequential_encoders or [None] * len(dims)
+        self.user_encoders = nn.ModuleList(
+            SASRecEncoder(SASRecConfig.from_dict(seq))
+            if seq
+            else nn.Embedding(config.num_users + 1, d, padding_idx=0)
+            for d, seq in zip(dims, sequential, strict=True)
         )
         self.item_embeddings = nn.ModuleList(
             nn.Embedding(config.num_items + 1, d, padding_idx=0) for d in dims
         )
 
-    def forward(self, ids: torch.LongTensor, kind: str) -> list[torch.Tensor]:
-        tables = self.user_embeddings if kind == "user" else self.item_embeddings
-        return [table(ids) for table in tables]
+    def forward(
+        self, ids: torch.LongTensor, kind: str, history: torch.LongTensor | None = None
+    ) -> list[torch.Tensor]:
+        if kind == "item":
+            return [table(ids) for table in self.item_embeddings]
+        return [
+            encoder(ids) if isinstance(encoder, nn.Embedding) else encoder(history, items)
+            for encoder, items in zip(self.user_encoders, self.item_embeddings, strict=True)
+        ]
 
 
 class CCFAlignment(nn.Module):
@@ -164,6 +178,17 @@ class CCFGate(nn.Module):
         for alpha, x in zip(self.gate_weights(semantic, aligned_cf), aligned_cf, strict=True):
             fused = fused + alpha * x
         return fused
+
+
+_SASREC_FIELDS = (
+    "num_users",
+    "num_items",
+    "hidden_size",
+    "max_history",
+    "num_blocks",
+    "num_heads",
+    "dropout",
+)
 
 
 class CCFLlamaPreTrainedModel(PreTrainedModel):
@@ -238,30 +263,68 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
     def set_cf_embeddings(self, user_embeddings, item_embeddings):
         """
         Copy pretrained CF embeddings (ENC's output, Eq. 1) into the encoder: one `(num_users + 1, l_s)` user
-        table and one `(num_items + 1, l_s)` item table per source (a single tensor is accepted for one source).
+        table (`None` for a sequential source) and one `(num_items + 1, l_s)` item table per source; a single
+        tensor is accepted for one source.
         """
         users = [user_embeddings] if isinstance(user_embeddings, torch.Tensor) else list(user_embeddings)
         items = [item_embeddings] if isinstance(item_embeddings, torch.Tensor) else list(item_embeddings)
         encoder = self.cf_encoder
         for name, given, tables in (
-            ("user", users, encoder.user_embeddings),
+            ("user", users, encoder.user_encoders),
             ("item", items, encoder.item_embeddings),
         ):
             if len(given) != len(tables):
                 raise ValueError(f"got {len(given)} {name} embedding tables for {len(tables)} CF sources")
             for s, (weight, table) in enumerate(zip(given, tables, strict=True)):
-                if tuple(weight.shape) != tuple(table.weight.shape):
+                if not isinstance(table, nn.Embedding):
+                    if weight is not None:
+                        raise ValueError(
+                            f"CF source {s} encodes users from their history: pass None as its user table"
+                        )
+                    continue
+                if weight is None or tuple(weight.shape) != tuple(table.weight.shape):
                     raise ValueError(
-                        f"{name} embeddings of CF source {s} have shape {tuple(weight.shape)}, expected "
-                        f"{tuple(table.weight.shape)} (num_{name}s + 1 rows, row 0 = padding)"
+                        f"{name} embeddings of CF source {s} have shape "
+                        f"{None if weight is None else tuple(weight.shape)}, expected {tuple(table.weight.shape)} "
+                        f"(num_{name}s + 1 rows, row 0 = padding)"
                     )
                 with torch.no_grad():
                     table.weight.copy_(weight)
 
+    def load_cf_models(self, cf_models):
+        """Copy pretrained CF backbones (MFModel, LightGCNModel, SASRecModel), one per source, into the encoder."""
+        users, items = [], []
+        for s, cf_model in enumerate(cf_models):
+            encoder = self.cf_encoder.user_encoders[s]
+            if hasattr(cf_model, "encode_history"):
+                encoder.load_state_dict(cf_model.encoder.state_dict())
+                users.append(None)
+                items.append(cf_model.item_embeddings.weight)
+            else:
+                user_table, item_table = cf_model.export_cf_embeddings()
+                users.append(user_table)
+                items.append(item_table)
+        self.set_cf_embeddings(users, items)
+
     # ------------------------------------------------------------------ inputs
-    def _check_cf_inputs(self, input_ids, attention_mask, user_ids, item_ids):
+    def _check_cf_inputs(self, input_ids, attention_mask, user_ids, item_ids, cf_history=None):
         """Raise a ValueError naming the problem when the CF inputs do not match the prompt."""
         cfg = self.config
+        if cfg.uses_cf and user_ids is not None and cfg.max_cf_history:
+            if cf_history is None:
+                raise ValueError(
+                    "a sequential CF source (SASRec) encodes users from cf_history: pass cf_history="
+                )
+            if (
+                cf_history.ndim != 2
+                or cf_history.shape[0] != input_ids.shape[0]
+                or cf_history.shape[1] > cfg.max_cf_history
+            ):
+                raise ValueError(
+                    f"cf_history must have shape (batch_size, <= {cfg.max_cf_history}), got {tuple(cf_history.shape)}"
+                )
+            if ((cf_history < 0) | (cf_history > cfg.num_items)).any():
+                raise ValueError(f"cf_history item ids out of range 0..{cfg.num_items}")
         user_slots = input_ids == cfg.user_token_id if cfg.user_token_id is not None else None
         item_slots = input_ids == cfg.item_token_id if cfg.item_token_id is not None else None
         if not cfg.uses_cf:
@@ -329,6 +392,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         user_ids: torch.LongTensor | None = None,
         item_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cf_history: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         """
         The mapping and fusion phases of §3.3: `inputs_embeds` of shape `(batch_size, seq_len, d)`.
@@ -339,13 +403,14 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             item_ids: `(batch_size, seq_len)`, aligned with `input_ids`: the item id each position belongs to
                 (every title token in the fusion modes, the item placeholder in `inject` mode), 0 elsewhere.
             attention_mask: `(batch_size, seq_len)`, used to check that no item id sits on padding.
+            cf_history: `(batch_size, K)` the latest K history items, left-padded with 0 (SASRec sources only).
         """
-        self._check_cf_inputs(input_ids, attention_mask, user_ids, item_ids)
+        self._check_cf_inputs(input_ids, attention_mask, user_ids, item_ids, cf_history)
         embeds = self.get_input_embeddings()(input_ids)
         if not self.config.uses_cf:
             return embeds
         if user_ids is not None:
-            aligned_users = self.alignment(self.cf_encoder(user_ids, "user"))
+            aligned_users = self.alignment(self.cf_encoder(user_ids, "user", cf_history))
             user_vec = torch.stack(aligned_users).sum(0).to(embeds.dtype)  # (B, d)
             user_slots = (input_ids == self.config.user_token_id).unsqueeze(-1)
             embeds = torch.where(user_slots, user_vec.unsqueeze(1), embeds)
@@ -368,6 +433,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         item_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         labels: torch.Tensor | None = None,
+        cf_history: torch.LongTensor | None = None,
     ) -> CCFCTROutput:
         r"""
         Args:
@@ -384,6 +450,8 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
                 Defaults to `cumsum(attention_mask) - 1`, so padding never shifts positions.
             labels (`torch.Tensor` of shape `(batch_size,)`, *optional*):
                 1 for a click (rating above the threshold), 0 otherwise; gives `loss` (Eq. 5).
+            cf_history (`torch.LongTensor` of shape `(batch_size, K)`, *optional*):
+                The latest K history items, left-padded with 0, for sequential CF sources (SASRec).
         """
         if self.config.yes_token_id is None or self.config.no_token_id is None:
             raise ValueError(
@@ -393,7 +461,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        inputs_embeds = self.embed_hybrid_prompt(input_ids, user_ids, item_ids, attention_mask)
+        inputs_embeds = self.embed_hybrid_prompt(input_ids, user_ids, item_ids, attention_mask, cf_history)
         hidden = self.llm.base_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -433,6 +501,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         user_embeddings=None,
         item_embeddings=None,
         *,
+        cf_models=None,
         cf_embedding_dims: list[int] | None = None,
         yes_token: str = " Yes",
         no_token: str = " No",
@@ -453,6 +522,8 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             num_users, num_items: id ranges 1..num_users and 1..num_items (0 = padding).
             user_embeddings, item_embeddings: CF tables `(num_users + 1, l)` / `(num_items + 1, l)`, or lists of
                 them (one per CF source, Eq. 7). Their widths give `cf_embedding_dims`.
+            cf_models: instead of tables, pretrained CF backbones from `ccf_llm.modeling_collaborative` (one per
+                source): MF/LightGCN give their tables, SASRec its item table and history encoder.
             yes_token, no_token: the answer strings as they follow `#Answer:` (BPE tokenizers: with a space).
             **config_kwargs: any other [`CCFLlamaConfig`] field, e.g. `fusion_mode="inject"`.
         """
@@ -469,8 +540,20 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         user_token_id, item_token_id = tokenizer.convert_tokens_to_ids([user_token, item_token])
         if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
             llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        if user_embeddings is not None:
-            tables = [user_embeddings] if isinstance(user_embeddings, torch.Tensor) else list(user_embeddings)
+        if cf_models is not None:
+            if user_embeddings is not None or item_embeddings is not None:
+                raise ValueError("pass either cf_models or user_embeddings/item_embeddings, not both")
+            cf_embedding_dims = [m.config.hidden_size for m in cf_models]
+            sequential = [
+                {k: v for k, v in m.config.to_dict().items() if k in _SASREC_FIELDS}
+                if hasattr(m, "encode_history")
+                else None
+                for m in cf_models
+            ]
+            if any(sequential):
+                config_kwargs["cf_sequential_encoders"] = sequential
+        elif item_embeddings is not None:
+            tables = [item_embeddings] if isinstance(item_embeddings, torch.Tensor) else list(item_embeddings)
             cf_embedding_dims = [int(t.shape[1]) for t in tables]
         config = CCFLlamaConfig(
             text_config=llm.config.to_dict(),
@@ -485,11 +568,14 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         )
         model = cls(config).to(llm.dtype)
         model.llm.load_state_dict(llm.state_dict())
-        if user_embeddings is not None or item_embeddings is not None:
+        given = cf_models is not None or user_embeddings is not None or item_embeddings is not None
+        if given and not config.uses_cf:
+            raise ValueError("fusion_mode='text' uses no CF embeddings, but some were given")
+        if cf_models is not None:
+            model.load_cf_models(cf_models)
+        elif given:
             if user_embeddings is None or item_embeddings is None:
                 raise ValueError("pass both user_embeddings and item_embeddings, or neither")
-            if not config.uses_cf:
-                raise ValueError("fusion_mode='text' uses no CF embeddings, but some were given")
             model.set_cf_embeddings(user_embeddings, item_embeddings)
         model.name_or_path = getattr(llm, "name_or_path", "")
         return model

@@ -211,6 +211,39 @@ class SASRecBlock(nn.Module):
         return (x + self.ffn(x)) * keep
 
 
+class SASRecEncoder(nn.Module):
+    """
+    The user side of SASRec: positions, causal self-attention blocks and a final norm over the embeddings of the
+    row's latest items; the user vector is the last position. The item table is passed in, so the same encoder
+    serves `SASRecModel` and the CF encoder of `CCFLlamaForCTR` (where it is tuned with Θ_E in stage 2).
+    """
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.max_history = config.max_history
+        self.position_embeddings = nn.Embedding(config.max_history, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.num_blocks))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=1e-8)
+
+    def forward(self, history: torch.LongTensor, item_embeddings: nn.Embedding) -> torch.Tensor:
+        """`(batch, max_history)` left-padded item ids → `(batch, hidden_size)` user vectors."""
+        if history is None:
+            raise ValueError("SASRec computes the user vector from the history: pass history= (cf_history=)")
+        length = history.shape[1]
+        if length > self.max_history:
+            raise ValueError(f"history has {length} columns, more than max_history={self.max_history}")
+        x = item_embeddings(history) * math.sqrt(self.hidden_size)
+        x = self.dropout(x + self.position_embeddings.weight[:length])
+        keep = (history != 0).unsqueeze(-1).to(x.dtype)
+        x = x * keep
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+        for block in self.blocks:
+            x = block(x, causal, keep)
+        return self.final_norm(x)[:, -1]
+
+
 class SASRecModel(CFPreTrainedModel):
     """SASRec: the user vector is the last position of a causal Transformer over the row's latest items."""
 
@@ -220,37 +253,22 @@ class SASRecModel(CFPreTrainedModel):
     def __init__(self, config: SASRecConfig):
         super().__init__(config)
         self.item_embeddings = nn.Embedding(config.num_items + 1, config.hidden_size, padding_idx=0)
-        self.position_embeddings = nn.Embedding(config.max_history, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.num_blocks))
-        self.final_norm = nn.LayerNorm(config.hidden_size, eps=1e-8)
+        self.encoder = SASRecEncoder(config)
         self.post_init()
 
     def encode_history(self, history: torch.LongTensor) -> torch.Tensor:
         """`(batch, max_history)` left-padded item ids → `(batch, hidden_size)` user vectors."""
-        if history is None:
-            raise ValueError("SASRec computes the user vector from the history: pass history=")
-        length = history.shape[1]
-        if length > self.config.max_history:
-            raise ValueError(f"history has {length} columns, more than max_history={self.config.max_history}")
-        x = self.item_embeddings(history) * math.sqrt(self.config.hidden_size)
-        x = self.dropout(x + self.position_embeddings.weight[:length])
-        keep = (history != 0).unsqueeze(-1).to(x.dtype)
-        x = x * keep
-        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-        for block in self.blocks:
-            x = block(x, causal, keep)
-        return self.final_norm(x)[:, -1]
+        return self.encoder(history, self.item_embeddings)
 
     def pair_vectors(self, user_ids, item_ids, history=None):
         return self.encode_history(history), self.item_embeddings(item_ids)
 
     @torch.no_grad()
     def export_cf_embeddings(self):
-        """SASRec has no user table: users are encoded from their history per row (`encode_history`)."""
+        """SASRec has no user table: pass the model itself to `CCFLlamaForCTR.from_llm(cf_models=[...])`."""
         raise ValueError(
-            "SASRec's user vector depends on each row's history; export the item table with "
-            "`model.item_embeddings.weight` and encode users with `model.encode_history(history)`"
+            "SASRec's user vector depends on each row's history: pass the SASRecModel to "
+            "CCFLlamaForCTR.from_llm(..., cf_models=[model]), which copies its item table and history encoder"
         )
 
 
@@ -275,6 +293,7 @@ __all__ = [
     "CFPreTrainedModel",
     "LightGCNModel",
     "MFModel",
+    "SASRecEncoder",
     "SASRecModel",
     "cf_backbone",
 ]

@@ -56,6 +56,16 @@ def _ragged(values) -> tuple[np.ndarray, np.ndarray]:
     return flat, np.concatenate([[0], np.cumsum(lengths)])
 
 
+def latest_items(flat: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
+    """`(rows, k)`: each row's last `k` items of a ragged list (flat values, offsets), left-padded with 0."""
+    lengths = np.minimum(np.diff(offsets), k)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    within = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    matrix = np.zeros((len(lengths), k), dtype=np.int64)
+    matrix[rows, k - lengths[rows] + within] = flat[offsets[1:][rows] - lengths[rows] + within]
+    return matrix
+
+
 def _as_int_array(values) -> np.ndarray:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -92,6 +102,9 @@ class CCFLlamaProcessor(ProcessorMixin):
         max_length (`int`, defaults to 700): the maximum prompt length in tokens (the paper's 700).
         empty_history (`str`, defaults to `"none"`): the rendering of an empty history.
         user_token / item_token (`str`): the placeholder tokens.
+        cf_history_size (`int`, defaults to 0): when > 0, also return `cf_history`, each row's latest
+            `cf_history_size` history items left-padded with 0: the input of a sequential CF source (SASRec: 25,
+            `model.config.max_cf_history`).
     """
 
     def __init__(
@@ -105,6 +118,7 @@ class CCFLlamaProcessor(ProcessorMixin):
         empty_history: str = "none",
         user_token: str = "<|user_cf|>",
         item_token: str = "<|item_cf|>",
+        cf_history_size: int = 0,
         **kwargs,
     ):
         if fusion_mode not in FUSION_MODES:
@@ -122,6 +136,7 @@ class CCFLlamaProcessor(ProcessorMixin):
         self.empty_history = empty_history
         self.user_token = user_token
         self.item_token = item_token
+        self.cf_history_size = cf_history_size
         super().__init__(tokenizer, **kwargs)
         self._compile_template()
         self.item_titles = None
@@ -284,6 +299,11 @@ class CCFLlamaProcessor(ProcessorMixin):
         flat_hist, hist_off = _ragged(histories if histories is not None else [[]] * n_rows)
         if len(hist_off) != n_rows + 1:
             raise ValueError(f"got {len(hist_off) - 1} histories for {n_rows} target items")
+        cf_history = (
+            latest_items(flat_hist, hist_off, self.cf_history_size)
+            if self.cf_history_size and marked
+            else None
+        )
         # keep the last `history_size` items of each history
         lengths = np.diff(hist_off)
         starts = hist_off[1:] - np.minimum(lengths, self.history_size)
@@ -395,7 +415,7 @@ class CCFLlamaProcessor(ProcessorMixin):
         tokens = self._store[np.repeat(self._seg_start[part_seg], part_len) + within]
         item_ids = np.repeat(part_mark, part_len)
         row_len = np.bincount(part_row, weights=part_len, minlength=n_rows).astype(np.int64)
-        return tokens, item_ids, np.concatenate([[0], np.cumsum(row_len)])
+        return tokens, item_ids, np.concatenate([[0], np.cumsum(row_len)]), cf_history
 
     def __call__(
         self,
@@ -419,7 +439,9 @@ class CCFLlamaProcessor(ProcessorMixin):
             return_tensors: `"pt"` for padded tensors (with `attention_mask`), `None` for lists of lists.
             padding_side: `"left"` (default: the tokenizer's) or `"right"` for `"pt"`.
         """
-        tokens, item_ids, offsets = self._translate(user_ids, histories, target_item_ids, similar_item_ids)
+        tokens, item_ids, offsets, cf_history = self._translate(
+            user_ids, histories, target_item_ids, similar_item_ids
+        )
         n_rows = len(offsets) - 1
         data = {}
         if return_tensors == "pt":
@@ -440,6 +462,8 @@ class CCFLlamaProcessor(ProcessorMixin):
             if self.fusion_mode != "text":
                 data["item_ids"] = torch.from_numpy(items)
                 data["user_ids"] = torch.from_numpy(_as_int_array(user_ids))
+            if cf_history is not None:
+                data["cf_history"] = torch.from_numpy(cf_history)
             if labels is not None:
                 data["labels"] = torch.as_tensor(np.asarray(labels))
             return BatchFeature(data)
@@ -450,6 +474,8 @@ class CCFLlamaProcessor(ProcessorMixin):
         if self.fusion_mode != "text":
             data["item_ids"] = [a.tolist() for a in np.split(item_ids, offsets[1:-1])]
             data["user_ids"] = _as_int_array(user_ids).tolist()
+        if cf_history is not None:
+            data["cf_history"] = cf_history.tolist()
         if labels is not None:
             data["labels"] = list(labels)
         return BatchFeature(data)
@@ -467,7 +493,7 @@ class CCFLlamaProcessor(ProcessorMixin):
 
         def translate(batch: pa.Table) -> pa.Table:
             similar = batch.column("similar") if "similar" in columns else None
-            tokens, item_ids, offsets = self._translate(
+            tokens, item_ids, offsets, cf_history = self._translate(
                 batch.column("user_id"), batch.column("history"), batch.column("item_id"), similar
             )
             off = pa.array(offsets.astype(np.int32))
@@ -475,6 +501,10 @@ class CCFLlamaProcessor(ProcessorMixin):
             if self.fusion_mode != "text":
                 out["item_ids"] = pa.ListArray.from_arrays(off, pa.array(item_ids.astype(np.int32)))
                 out["user_ids"] = batch.column("user_id")
+            if cf_history is not None:
+                out["cf_history"] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(cf_history.reshape(-1)), cf_history.shape[1]
+                )
             if "label" in columns:
                 out["labels"] = batch.column("label")
             for (
@@ -497,7 +527,7 @@ class CCFLlamaProcessor(ProcessorMixin):
 class CCFDataCollator:
     """
     Pads translated rows into a batch: `input_ids` with the pad id, `item_ids` with 0, an `attention_mask`, and
-    stacks `user_ids` and `labels`. Left padding by default, so the answer position is always the last column.
+    stacks `user_ids`, `labels` and the fixed-width `cf_history`. Left padding by default, so the answer position is always the last column.
     Extra keys (e.g. `user_id`, `title`) are dropped.
     """
 
@@ -526,10 +556,17 @@ class CCFDataCollator:
         batch["attention_mask"] = self._pad([[1] * len(f["input_ids"]) for f in features], 0)
         if "item_ids" in features[0]:
             batch["item_ids"] = self._pad([f["item_ids"] for f in features], 0)
-        for key in ("user_ids", "labels"):
+        for key in ("user_ids", "labels", "cf_history"):
             if key in features[0]:
                 batch[key] = torch.tensor([f[key] for f in features])
         return batch
 
 
-__all__ = ["CCFDataCollator", "CCFLlamaProcessor", "PAPER_TEMPLATE", "PILOT_TEMPLATE", "TEXT_TEMPLATE"]
+__all__ = [
+    "CCFDataCollator",
+    "CCFLlamaProcessor",
+    "PAPER_TEMPLATE",
+    "PILOT_TEMPLATE",
+    "TEXT_TEMPLATE",
+    "latest_items",
+]

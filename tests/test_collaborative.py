@@ -217,3 +217,66 @@ def test_uauc_skips_single_row_and_single_class_users_and_matches_sklearn():
     assert result["auc"] == pytest.approx(roc_auc_score(labels, scores))
     assert result["uauc"] == pytest.approx(np.mean(per_user))
     assert rela_impr(0.7427, 0.5959) == pytest.approx(153.08, abs=0.01)  # Table 3, CCF-LLM (LightGCN)
+
+
+def test_sasrec_and_lightgcn_sources_in_the_ccf_model(tmp_path):
+    """Eq. 7 with a table source (LightGCN) and a sequential one (SASRec): the user slot gets
+    ALG_0(LightGCN user) + ALG_1(SASRec(history)); the SASRec encoder travels with save/load."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from ccf_llm import CCFLlamaProcessor
+    from ccf_llm.modeling_collaborative import SASRecEncoder
+
+    from .conftest import tiny_tokenizer
+
+    torch.manual_seed(0)
+    lightgcn = LightGCNModel(cf_backbone("lightgcn")[0](num_users=3, num_items=4, hidden_size=8))
+    lightgcn.set_graph(torch.tensor([1, 2]), torch.tensor([3, 4]))
+    sasrec = SASRecModel(
+        cf_backbone("sasrec")[0](num_users=3, num_items=4, hidden_size=6, max_history=5)
+    ).eval()
+    words = "likes user item A: a b c d Yes No".split()
+    tokenizer = tiny_tokenizer(words)
+    llm = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=len(tokenizer),
+        )
+    )
+    model = CCFLlamaForCTR.from_llm(
+        llm,
+        tokenizer,
+        3,
+        4,
+        cf_models=[lightgcn, sasrec],
+        yes_token="Yes",
+        no_token="No",
+        zero_init_gate=False,
+    ).eval()
+    assert model.config.cf_embedding_dims == [8, 6] and model.config.max_cf_history == 5
+    assert isinstance(model.cf_encoder.user_encoders[1], SASRecEncoder)
+    processor = CCFLlamaProcessor(
+        tokenizer, {1: "a", 2: "b", 3: "c", 4: "d"}, template="likes {history} user {user} item {target} A:",
+        cf_history_size=model.config.max_cf_history,
+    )  # fmt: skip
+    batch = processor([2, 1], [[1, 2, 3], []], [4, 1])
+    assert batch["cf_history"].tolist() == [[0, 0, 1, 2, 3], [0, 0, 0, 0, 0]]
+    with torch.no_grad():
+        embeds = model.embed_hybrid_prompt(batch["input_ids"], batch["user_ids"], batch["item_ids"],
+                                           batch["attention_mask"], batch["cf_history"])  # fmt: skip
+        lightgcn_users, _ = lightgcn.export_cf_embeddings()
+        expected = model.alignment.projections[0](lightgcn_users[2]) + model.alignment.projections[1](
+            sasrec.encode_history(batch["cf_history"][:1])[0]
+        )
+        slot = batch["input_ids"][0] == model.config.user_token_id
+        torch.testing.assert_close(embeds[0, slot][0], expected)
+        scores = model(**batch).scores
+    with pytest.raises(ValueError, match="pass cf_history="):
+        model(**{k: v for k, v in batch.items() if k != "cf_history"})
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).scores, scores)

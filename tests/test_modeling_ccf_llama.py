@@ -105,7 +105,7 @@ def test_fusion_matches_hand_computation_of_eq_2_to_4_and_7(mode):
         enc, alg = model.cf_encoder, model.alignment.projections
         # user placeholder of row 0 -> sum_s ALG_s(x_u^{CF_s})   (Eq. 2)
         pos_user = (batch["input_ids"][0] == USER).nonzero().item()
-        expected_user = sum(_mlp(alg[s], enc.user_embeddings[s].weight[1]) for s in range(2))
+        expected_user = sum(_mlp(alg[s], enc.user_encoders[s].weight[1]) for s in range(2))
         torch.testing.assert_close(embeds[0, pos_user], expected_user)
         # every title token of item 5 in row 0 -> x_SM[t] + sum_s alpha_s * ALG_s(x_i^{CF_s})   (Eq. 3, 4, 7)
         for pos in (batch["item_ids"][0] == 5).nonzero().flatten().tolist():
