@@ -55,6 +55,7 @@ class SASRecConfig(CFConfig):
     """
 
     model_type = "ccf_sasrec"
+    init_std: float = 1.0  # CoLLM's SASRec keeps PyTorch's default N(0, 1) embeddings
     max_history: int = 25
     num_blocks: int = 2
     num_heads: int = 1

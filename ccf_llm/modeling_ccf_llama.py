@@ -513,7 +513,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         Build CCF-LLM around a pretrained causal LM and (optionally) pretrained CF embeddings.
 
         Adds the placeholder tokens `user_token` and `item_token` to `tokenizer` (in place) as special tokens,
-        resizes the LLM's embeddings for them, reads the Yes/No answer ids from the tokenizer (each answer must be
+        resizes the LLM's embeddings for them (new rows = the mean embedding, deterministically), reads the Yes/No answer ids from the tokenizer (each answer must be
         a single token) and copies the LLM's weights and the CF tables into the new model.
 
         Args:
@@ -538,8 +538,17 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             answer_ids.append(ids[0])
         tokenizer.add_special_tokens({"additional_special_tokens": [user_token, item_token]})
         user_token_id, item_token_id = tokenizer.convert_tokens_to_ids([user_token, item_token])
-        if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-            llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        old_vocab = llm.get_input_embeddings().num_embeddings
+        if len(tokenizer) > old_vocab:
+            # new rows = the mean of the old ones, exactly: the same LLM always gives the same base model
+            llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                for table in {
+                    id(t): t
+                    for t in (llm.get_input_embeddings(), llm.get_output_embeddings())
+                    if t is not None
+                }.values():
+                    table.weight[old_vocab:] = table.weight[:old_vocab].mean(0)
         if cf_models is not None:
             if user_embeddings is not None or item_embeddings is not None:
                 raise ValueError("pass either cf_models or user_embeddings/item_embeddings, not both")

@@ -36,6 +36,9 @@ class CFOutput(ModelOutput):
 
 
 class CFPreTrainedModel(PreTrainedModel):
+    """Base of the CF backbones. Initialization follows CoLLM's code: normal embeddings with `config.init_std`
+    (padding row 0), PyTorch's default initialization for linear and attention layers."""
+
     config: CFConfig
     config_class = CFConfig
     base_model_prefix = "cf"
@@ -47,10 +50,10 @@ class CFPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.init_std)
             if module.padding_idx is not None:
                 init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.Linear):
-            init.xavier_normal_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.MultiheadAttention)):
+            module._reset_parameters() if isinstance(
+                module, nn.MultiheadAttention
+            ) else module.reset_parameters()
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)

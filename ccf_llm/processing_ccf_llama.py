@@ -527,8 +527,9 @@ class CCFLlamaProcessor(ProcessorMixin):
 class CCFDataCollator:
     """
     Pads translated rows into a batch: `input_ids` with the pad id, `item_ids` with 0, an `attention_mask`, and
-    stacks `user_ids`, `labels` and the fixed-width `cf_history`. Left padding by default, so the answer position is always the last column.
-    Extra keys (e.g. `user_id`, `title`) are dropped.
+    stacks `user_ids`, `labels` and the fixed-width `cf_history`. Left padding by default, so the answer position
+    is always the last column. `user_id` (the raw column) is stacked too: `CCFTrainer` reads it as a label for UAUC
+    in every mode, `text` included. Other keys are dropped.
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "left", pad_to_multiple_of: int | None = None):
@@ -556,7 +557,7 @@ class CCFDataCollator:
         batch["attention_mask"] = self._pad([[1] * len(f["input_ids"]) for f in features], 0)
         if "item_ids" in features[0]:
             batch["item_ids"] = self._pad([f["item_ids"] for f in features], 0)
-        for key in ("user_ids", "labels", "cf_history"):
+        for key in ("user_ids", "labels", "cf_history", "user_id"):
             if key in features[0]:
                 batch[key] = torch.tensor([f[key] for f in features])
         return batch

@@ -1,0 +1,315 @@
+"""Train and evaluate CCF-LLM for CTR prediction: data → CF backbone → hybrid prompts → two-stage training → AUC.
+
+    python examples/run_ctr.py examples/configs/demo.json                 # the offline demo (synthetic log)
+    python examples/run_ctr.py CONFIG.json --learning_rate 5e-4           # a JSON config plus overrides
+    python examples/run_ctr.py --dataset ml-1m --data_dir PATH --cf_checkpoints OUT/cf_lightgcn \\
+        --fusion_modes gate --output_dir OUT/ccf [any Trainer / CCFTrainingArguments flag]
+
+For each fusion mode in `--fusion_modes` (`gate`, `token_gate`, `add`, `inject`, `text`): build `CCFLlamaForCTR`
+from the backbone LLM (default SmolLM2-135M-Instruct, found offline as `ccf_llm.pretrained_llm` describes) and
+the CF backbone(s) (`--cf_checkpoints` from `examples/pretrain_cf.py`, several for Eq. 7; without one, a
+`--cf_backbone` is pretrained on the train split first), wrap it with LoRA, and run the schedule:
+`two_stage` (§3.4: LoRA, then ALG + GATE with a fresh optimizer), `stage1_only` or `end_to_end` (Table 4). `text`
+mode has no fusion weights, so its schedule is stage 1 alone. Validation and test AUC/UAUC are written to
+`OUTPUT_DIR/<mode>/all_results.json` and, for the last mode, `OUTPUT_DIR/all_results.json` (keys `test_auc`,
+`test_uauc`, ...). Each finished stage saves its adapter in `OUTPUT_DIR/<mode>/stage_<n>_<stage>/final`; with
+`--resume_from_checkpoint true` a rerun skips finished stages and resumes an unfinished one from its last checkpoint
+(`--save_strategy steps`), giving the same weights as an uninterrupted run with the same seed. `OUTPUT_DIR/<mode>` then holds the adapter (LoRA + ALG/GATE), the processor, the base model
+(`base/`) and a model card rendered from `model_cards/ccf_llama_card.md`; `--push_to_hub` uploads that folder.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import load_peft_weights, set_peft_model_state_dict
+from transformers import AutoModel, HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ccf_llm import DEFAULT_LLM, FUSION_MODES, CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, load_llm
+from ccf_llm.data import item_titles, load_amazon_book, load_interactions, load_movielens_1m
+from ccf_llm.metrics import rela_impr
+from ccf_llm.model_card import render_model_card
+from ccf_llm.synthetic import make_demo_log
+from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
+from ccf_llm.trainer_collaborative import CF_DEFAULTS, TRAINER_DEFAULTS, pretrain_cf
+
+logger = logging.getLogger("run_ctr")
+SCHEDULES = {"two_stage": ("lora", "fusion"), "stage1_only": ("lora",), "end_to_end": ("end_to_end",)}
+
+
+@dataclass
+class ModelArguments:
+    llm: str = field(default=DEFAULT_LLM, metadata={"help": "backbone LLM: Hub id or local folder"})
+    fusion_modes: list[str] = field(
+        default_factory=lambda: ["gate"], metadata={"help": f"any of {FUSION_MODES}"}
+    )
+    cf_checkpoints: list[str] = field(
+        default_factory=list, metadata={"help": "CF model folders (pretrain_cf.py)"}
+    )
+    cf_backbone: str = field(
+        default="lightgcn", metadata={"help": "CF backbone pretrained when no checkpoint"}
+    )
+    cf_hidden_size: int | None = field(default=None, metadata={"help": "its embedding size"})
+    cf_epochs: int = field(
+        default=300, metadata={"help": "its maximum epochs (early stopping on validation AUC)"}
+    )
+    cf_learning_rate: float | None = field(
+        default=None, metadata={"help": "its learning rate (default: CoLLM's)"}
+    )
+    cf_batch_size: int = field(default=2048, metadata={"help": "its batch size"})
+    schedule: str = field(default="two_stage", metadata={"help": "two_stage, stage1_only or end_to_end"})
+    zero_init_gate: bool = field(
+        default=True, metadata={"help": "zero GATE outputs at init (α = 0: pure text)"}
+    )
+    dtype: str = field(default="float32", metadata={"help": "weights dtype: float32 or bfloat16"})
+    yes_token: str = field(default=" Yes", metadata={"help": "the positive answer as it follows '#Answer:'"})
+    no_token: str = field(default=" No", metadata={"help": "the negative answer"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "reuse an output folder of another run"}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="ml-1m", metadata={"help": "ml-1m, amazon_book, interactions or demo"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "dataset folder (ml-1m: downloaded when omitted)"}
+    )
+    interactions: str | None = field(default=None, metadata={"help": "interactions: CSV/parquet log"})
+    items: str | None = field(default=None, metadata={"help": "interactions: CSV/parquet item titles"})
+    valid_start: str | None = field(default=None, metadata={"help": "interactions: first validation time"})
+    test_start: str | None = field(default=None, metadata={"help": "interactions: first test time"})
+    threshold: float = field(default=3.0, metadata={"help": "interactions: label = rating > threshold"})
+    history_size: int = field(default=10, metadata={"help": "history items shown in the prompt"})
+    max_length: int = field(default=700, metadata={"help": "maximum prompt tokens"})
+    train_rows_per_stage: int | None = field(
+        default=None, metadata={"help": "seeded subsample of train per stage"}
+    )
+    eval_rows: int | None = field(default=None, metadata={"help": "seeded subsample of validation and test"})
+
+
+def load_splits(data: DataArguments):
+    if data.dataset == "demo":
+        return make_demo_log()
+    if data.dataset == "ml-1m":
+        return load_movielens_1m(data.data_dir)
+    if data.dataset == "amazon_book":
+        return load_amazon_book(data.data_dir)
+    if data.dataset == "interactions":
+        return load_interactions(data.interactions, data.items, valid_start=data.valid_start,
+                                 test_start=data.test_start, threshold=data.threshold)  # fmt: skip
+    raise ValueError(f"unknown dataset {data.dataset!r}: ml-1m, amazon_book, interactions or demo")
+
+
+def subsample(split, rows: int | None, seed: int):
+    if rows is None or rows >= len(split):
+        return split
+    return split.select(np.sort(np.random.default_rng(seed).choice(len(split), rows, replace=False)))
+
+
+def cf_models_for(
+    model_args: ModelArguments, splits, args: CCFTrainingArguments, num_users: int, num_items: int
+):
+    """Load the CF checkpoints, or pretrain `cf_backbone` on the train split (once) into OUTPUT_DIR/cf_<name>."""
+    if model_args.cf_checkpoints:
+        models = [AutoModel.from_pretrained(path) for path in model_args.cf_checkpoints]
+    else:
+        name = model_args.cf_backbone
+        folder = Path(args.output_dir) / f"cf_{name}"
+        if (folder / "config.json").is_file():
+            models = [AutoModel.from_pretrained(folder)]
+        else:
+            cf_args = TrainingArguments(
+                output_dir=str(folder),
+                **{**TRAINER_DEFAULTS, "num_train_epochs": model_args.cf_epochs, "disable_tqdm": True,
+                   "logging_strategy": "no", "per_device_train_batch_size": model_args.cf_batch_size,
+                   "learning_rate": model_args.cf_learning_rate or CF_DEFAULTS[name]["learning_rate"],
+                   "weight_decay": CF_DEFAULTS[name]["weight_decay"], "seed": args.seed},
+            )  # fmt: skip
+            model, results = pretrain_cf(name, splits, cf_args, model_args.cf_hidden_size, patience=30)
+            logger.info(
+                "pretrained %s: test AUC %.4f, UAUC %.4f", name, results["test_auc"], results["test_uauc"]
+            )
+            (folder / "all_results.json").write_text(json.dumps(results, indent=2))
+            models = [model]
+    for path, model in zip(model_args.cf_checkpoints or [model_args.cf_backbone], models, strict=True):
+        if (model.config.num_users, model.config.num_items) != (num_users, num_items):
+            raise ValueError(
+                f"CF checkpoint {path} has {model.config.num_users} users / {model.config.num_items} items, but the "
+                f"dataset has {num_users} / {num_items}: it was trained on other data"
+            )
+    return models
+
+
+def check_output_dir(output_dir: Path, overwrite: bool):
+    """Refuse an output folder that holds another model's results unless told to overwrite it."""
+    marker = output_dir / "run_ctr.json"
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not marker.is_file() and not overwrite:
+        raise ValueError(
+            f"{output_dir} already holds files that run_ctr.py did not write (another model's checkpoint?); "
+            "choose another --output_dir or pass --overwrite_output_dir"
+        )
+
+
+def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_users, num_items) -> dict:
+    out = Path(args.output_dir) / mode
+    dtype = getattr(torch, model_args.dtype)
+    llm, tokenizer = load_llm(model_args.llm, dtype=dtype)
+    set_seed(args.seed)  # ALG / GATE initialization
+    model = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,
+        fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, yes_token=model_args.yes_token,
+        no_token=model_args.no_token,
+    )  # fmt: skip
+    model.save_pretrained(out / "base")  # the adapter's base: LLM with placeholder rows + CF tables
+    processor = CCFLlamaProcessor(
+        tokenizer, titles, fusion_mode=mode, history_size=data_args.history_size, max_length=data_args.max_length,
+        cf_history_size=model.config.max_cf_history,
+    )  # fmt: skip
+    evaluation = {
+        "validation": processor.process_dataset(
+            subsample(splits["validation"], data_args.eval_rows, args.seed)
+        ),
+        "test": processor.process_dataset(subsample(splits["test"], data_args.eval_rows, args.seed + 1)),
+    }
+    peft_model = add_lora(model, args)
+    collator = CCFDataCollator(tokenizer.pad_token_id)
+    stages = (
+        SCHEDULES[model_args.schedule]
+        if mode != "text"
+        else ("lora" if model_args.schedule != "end_to_end" else "end_to_end",)
+    )
+    timings = {}
+    trainer = None
+    resume = bool(args.resume_from_checkpoint)
+    for number, stage in enumerate(stages):
+        train = processor.process_dataset(
+            subsample(splits["train"], data_args.train_rows_per_stage, args.seed + 10 + number)
+        )
+        stage_dir = out / f"stage_{number + 1}_{stage}"
+        stage_args = dataclasses.replace(
+            args, stage=stage, output_dir=str(stage_dir), push_to_hub=False, resume_from_checkpoint=None
+        )
+        trainer = CCFTrainer(
+            model=peft_model, args=stage_args, train_dataset=train, eval_dataset=evaluation["validation"],
+            data_collator=collator, processing_class=tokenizer,
+        )  # fmt: skip
+        finished = stage_dir / "final"
+        if resume and (finished / "adapter_model.safetensors").is_file():
+            set_peft_model_state_dict(peft_model, load_peft_weights(str(finished)))
+            logger.info("%s: stage %d (%s) already finished, loaded %s", mode, number + 1, stage, finished)
+            continue
+        last = get_last_checkpoint(str(stage_dir)) if resume and stage_dir.is_dir() else None
+        logger.info("%s: stage %d (%s), %d trainable parameters%s", mode, number + 1, stage,
+                    trainer.trainable_parameters, f", resuming {last}" if last else "")  # fmt: skip
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=last)
+        timings[f"stage_{number + 1}_{stage}_seconds"] = round(time.perf_counter() - start, 1)
+        peft_model.save_pretrained(finished)
+    start = time.perf_counter()
+    results = {}
+    for split, dataset in evaluation.items():
+        prefix = "eval" if split == "validation" else "test"
+        results.update(trainer.evaluate(dataset, metric_key_prefix=prefix))
+    timings["evaluation_seconds"] = round(time.perf_counter() - start, 1)
+    results.update(timings)
+    results.update({"fusion_mode": mode, "schedule": "+".join(stages), "train_rows_per_stage": len(train),
+                    "eval_rows": len(evaluation["validation"]), "test_rows": len(evaluation["test"])})  # fmt: skip
+    peft_model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main():
+    parser = HfArgumentParser((ModelArguments, DataArguments, CCFTrainingArguments))
+    if len(sys.argv) > 1 and sys.argv[1].endswith(".json"):
+        # a JSON config, then command-line overrides
+        config = json.loads(Path(sys.argv[1]).read_text())
+        argv = [
+            item
+            for key, value in config.items()
+            for item in (f"--{key}", *map(str, value if isinstance(value, list) else [value]))
+        ]
+        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv + sys.argv[2:])
+    else:
+        model_args, data_args, args = parser.parse_args_into_dataclasses()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for mode in model_args.fusion_modes:
+        if mode not in FUSION_MODES:
+            raise ValueError(f"unknown fusion mode {mode!r}; choose from {FUSION_MODES}")
+    if model_args.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {model_args.schedule!r}; choose from {sorted(SCHEDULES)}")
+    if args.push_to_hub and not (args.hub_token or os.environ.get("HF_TOKEN") or _stored_token()):
+        raise ValueError(
+            "--push_to_hub needs a Hugging Face token: pass --hub_token, set HF_TOKEN or run `hf auth login`"
+        )
+    output_dir = Path(args.output_dir)
+    check_output_dir(output_dir, model_args.overwrite_output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "run_ctr.json").write_text(json.dumps({"argv": sys.argv[1:]}, indent=2) + "\n")
+
+    splits = load_splits(data_args)
+    titles = item_titles(splits)
+    num_users = max(max(splits[s]["user_id"]) for s in splits)
+    num_items = max(max(splits[s]["item_id"]) for s in splits)
+    needs_cf = any(mode != "text" for mode in model_args.fusion_modes)
+    cf_models = cf_models_for(model_args, splits, args, num_users, num_items) if needs_cf else None
+    cf_results = {}
+    cf_file = output_dir / f"cf_{model_args.cf_backbone}" / "all_results.json"
+    if cf_file.is_file() and not model_args.cf_checkpoints:
+        cf_results = json.loads(cf_file.read_text())
+
+    by_mode = {}
+    for mode in model_args.fusion_modes:
+        by_mode[mode] = run_mode(
+            mode, model_args, data_args, args, splits, titles, cf_models, num_users, num_items
+        )
+        card = render_model_card(by_mode[mode], model_args.llm, data_args.dataset, cf_results,
+                                 cf_names=[m.config.model_type for m in cf_models] if cf_models and mode != "text" else [])  # fmt: skip
+        card.save(output_dir / mode / "README.md")
+        if args.push_to_hub:
+            from huggingface_hub import HfApi
+
+            repo = args.hub_model_id or output_dir.name
+            repo = f"{repo}-{mode}" if len(model_args.fusion_modes) > 1 else repo
+            api = HfApi(token=args.hub_token)
+            api.create_repo(repo, exist_ok=True, private=args.hub_private_repo)
+            api.upload_folder(repo_id=repo, folder_path=output_dir / mode, ignore_patterns=["stage_*/**"])
+            logger.info("pushed %s to %s", output_dir / mode, repo)
+
+    last = by_mode[model_args.fusion_modes[-1]]
+    summary = {**last, "by_mode": by_mode}
+    if cf_results:
+        summary["cf_test_auc"] = cf_results.get("test_auc")
+        for res in by_mode.values():
+            res["test_rela_impr_vs_cf"] = round(rela_impr(res["test_auc"], cf_results["test_auc"]), 2)
+    (output_dir / "all_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{'mode':<11} {'valid AUC':>9} {'test AUC':>9} {'test UAUC':>9} {'train s':>8}")
+    if cf_results:
+        print(
+            f"{'CF (' + model_args.cf_backbone + ')':<11} {cf_results['eval_auc']:>9.4f} {cf_results['test_auc']:>9.4f} {cf_results['test_uauc']:>9.4f}"
+        )
+    for mode, res in by_mode.items():
+        seconds = sum(v for k, v in res.items() if k.startswith("stage_") and k.endswith("_seconds"))
+        print(
+            f"{mode:<11} {res['eval_auc']:>9.4f} {res['test_auc']:>9.4f} {res['test_uauc']:>9.4f} {seconds:>8.0f}"
+        )
+
+
+def _stored_token():
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+if __name__ == "__main__":
+    main()

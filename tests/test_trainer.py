@@ -1,0 +1,266 @@
+"""CCFTrainer: stage freezing, the two-stage schedule, metrics, resuming, NaN handling, and run_ctr.py end to end."""
+
+import json
+import runpy
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
+
+from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor
+from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora, apply_stage
+
+from .conftest import tiny_tokenizer
+
+TEMPLATE = "likes {history} user {user} item {target} A:"
+TITLES = {1: "red apple", 2: "green pear", 3: "blue plum", 4: "black fig"}
+
+
+def tiny_setup(mode="gate", seed=0):
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer("likes user item A: red apple green pear blue plum black fig Yes No".split())
+    llm = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+        )  # fmt: skip
+    )
+    cf = (
+        {} if mode == "text" else {"user_embeddings": torch.randn(7, 8), "item_embeddings": torch.randn(5, 8)}
+    )
+    model = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, 6, 4, yes_token="Yes", no_token="No", fusion_mode=mode, **cf
+    )
+    rng = np.random.default_rng(seed)
+    n = 48
+    rows = datasets.Dataset.from_dict(
+        {
+            "user_id": rng.integers(1, 7, n),
+            "item_id": rng.integers(1, 5, n),
+            "label": rng.integers(0, 2, n),
+            "history": [list(rng.integers(1, 5, rng.integers(0, 4))) for _ in range(n)],
+        }  # fmt: skip
+    )
+    processor = CCFLlamaProcessor(
+        tokenizer,
+        TITLES,
+        fusion_mode=mode,
+        template=TEMPLATE if mode != "text" else "likes {history} item {target} A:",
+    )
+    return model, tokenizer, processor.process_dataset(rows)
+
+
+def args_for(tmp_path, stage, **kw):
+    defaults = dict(output_dir=str(tmp_path / stage), stage=stage, per_device_train_batch_size=8, learning_rate=5e-3,
+                    num_train_epochs=1, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
+                    disable_tqdm=True, seed=0, lora_r=4, lora_alpha=8)  # fmt: skip
+    return CCFTrainingArguments(**{**defaults, **kw})
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before, model):
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def test_two_stage_schedule_trains_lora_then_fusion_only(tmp_path):
+    model, tokenizer, data = tiny_setup("gate")
+    peft_model = add_lora(model, args_for(tmp_path, "lora"))
+    collator = CCFDataCollator(tokenizer.pad_token_id)
+    before = snapshot(peft_model)
+    CCFTrainer(
+        model=peft_model, args=args_for(tmp_path, "lora"), train_dataset=data, data_collator=collator
+    ).train()
+    stage1 = changed(before, peft_model)
+    assert stage1 and all("lora_" in n for n in stage1)
+    before = snapshot(peft_model)
+    trainer = CCFTrainer(
+        model=peft_model, args=args_for(tmp_path, "fusion"), train_dataset=data, data_collator=collator
+    )
+    trainer.train()
+    stage2 = changed(before, peft_model)
+    assert any(".gate.modules_to_save." in n for n in stage2) and any(
+        ".alignment.modules_to_save." in n for n in stage2
+    )
+    assert all(".modules_to_save." in n for n in stage2)  # LoRA, the LLM and the CF tables stay fixed
+    metrics = trainer.evaluate(data)
+    assert 0.0 <= metrics["eval_auc"] <= 1.0 and 0.0 <= metrics["eval_uauc"] <= 1.0
+    assert peft_model.get_base_model().config.bpr_weight == 2.0
+
+
+def test_apply_stage_and_argument_errors(tmp_path):
+    model, _, _ = tiny_setup("text")
+    peft_model = add_lora(model, args_for(tmp_path, "lora"))
+    assert apply_stage(peft_model, "lora") > 0
+    with pytest.raises(ValueError, match="stage 'fusion' has nothing to train"):
+        apply_stage(peft_model, "fusion")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        args_for(tmp_path, "stage3")
+    gate_model, _, _ = tiny_setup("gate")
+    peft_gate = add_lora(gate_model, args_for(tmp_path, "lora", train_cf_encoder=True))
+    apply_stage(peft_gate, "end_to_end", train_cf_encoder=True)
+    trainable = {n for n, p in peft_gate.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any(
+        ".cf_encoder.modules_to_save." in n for n in trainable
+    )
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    model, tokenizer, data = tiny_setup("gate")
+    peft_model = add_lora(model, args_for(tmp_path, "lora"))
+    with torch.no_grad():
+        peft_model.get_base_model().llm.model.norm.weight.fill_(float("nan"))
+    trainer = CCFTrainer(model=peft_model, args=args_for(tmp_path, "lora"), train_dataset=data,
+                         data_collator=CCFDataCollator(tokenizer.pad_token_id))  # fmt: skip
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 0: training stopped"):
+        trainer.train()
+
+
+class StopAt(TrainerCallback):
+    """Simulates an interruption: training ends after `step` (its checkpoint was just saved)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize("stage", ["lora", "fusion"])
+def test_resume_matches_an_uninterrupted_run(tmp_path, stage):
+    """Same seed, 4 steps straight vs 2 steps, interruption, resume from checkpoint-2: bit-identical weights."""
+
+    def train(output, resume=None, stop=None):
+        model, tokenizer, data = tiny_setup("gate")
+        args = args_for(
+            tmp_path,
+            stage,
+            output_dir=str(tmp_path / output),
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+        )
+        peft_model = add_lora(model, args)
+        trainer = CCFTrainer(model=peft_model, args=args, train_dataset=data, data_collator=CCFDataCollator(tokenizer.pad_token_id),
+                             callbacks=[StopAt(stop)] if stop else None)  # fmt: skip
+        trainer.train(resume_from_checkpoint=resume)
+        return snapshot(peft_model)
+
+    full = train("full")
+    partial = train("interrupted", stop=2)
+    assert any(not torch.equal(full[n], partial[n]) for n in full)  # the interruption did cut training short
+    resumed = train("interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-2"))
+    assert all(torch.equal(full[n], resumed[n]) for n in full)
+
+
+def _tiny_llm_folder(tmp_path):
+    """A tiny Llama + word-level tokenizer covering the demo titles and the paper's template."""
+    from ccf_llm.processing_ccf_llama import PAPER_TEMPLATE, TEXT_TEMPLATE
+    from ccf_llm.synthetic import GENRE_WORDS
+
+    words = set(
+        (PAPER_TEMPLATE + " " + TEXT_TEMPLATE).replace("{", " ").replace("}", " ").replace('"', ' " ').split()
+    )
+    words |= (
+        {w for ws in GENRE_WORDS.values() for w in ws}
+        | {str(i) for i in range(1, 60)}
+        | {"Yes", "No", "none", ","}
+    )
+    tokenizer = tiny_tokenizer(sorted(words))
+    torch.manual_seed(0)
+    llm = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            tie_word_embeddings=True,
+        )  # fmt: skip
+    )
+    folder = tmp_path / "tiny-llm"
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
+    """run_ctr.py with a JSON config plus overrides: CF pretraining, text and gate modes, results, card, reload."""
+    llm = _tiny_llm_folder(tmp_path)
+    config = {
+        "dataset": "demo", "fusion_modes": ["text", "gate"], "cf_backbone": "mf", "cf_hidden_size": 8,
+        "cf_epochs": 3, "cf_batch_size": 512, "history_size": 3, "train_rows_per_stage": 32, "eval_rows": 48,
+        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+        "learning_rate": 0.001, "num_train_epochs": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True,
+        "disable_tqdm": True, "yes_token": "Yes", "no_token": "No",
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(
+        sys, "argv", ["run_ctr.py", str(tmp_path / "config.json"), "--llm", str(llm), "--seed", "3"]
+    )
+    runpy.run_path("examples/run_ctr.py", run_name="__main__")
+    out = tmp_path / "out"
+    summary = json.loads((out / "all_results.json").read_text())
+    assert summary["fusion_mode"] == "gate" and summary["schedule"] == "lora+fusion"
+    assert set(summary["by_mode"]) == {"text", "gate"} and summary["by_mode"]["text"]["schedule"] == "lora"
+    for key in ("test_auc", "test_uauc", "eval_auc", "eval_uauc", "cf_test_auc"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["test_rows"] == 48 and summary["train_rows_per_stage"] == 32
+    card = (out / "gate" / "README.md").read_text()
+    assert (
+        "fusion mode **`gate`**" in card
+        and f"{summary['test_auc']:.4f}" in card
+        and "library_name: peft" in card
+    )
+    # the saved folder reloads into a model that reproduces the run's test scores
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(out / "gate" / "base"), out / "gate").eval()
+    processor = CCFLlamaProcessor.from_pretrained(out / "gate")
+    tokenizer = AutoTokenizer.from_pretrained(out / "gate")
+    assert (
+        processor.fusion_mode == "gate"
+        and len(tokenizer) == model.get_base_model().config.text_config.vocab_size
+    )
+    batch = processor([1, 2], [[1, 2], []], [3, 4])
+    with torch.no_grad():
+        scores = model(**batch).scores
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_run_ctr_resumes_between_stages(tmp_path, monkeypatch):
+    """A run whose stage 2 was lost resumes from stage 1's saved adapter and ends with the same weights."""
+    import shutil
+
+    from peft import load_peft_weights
+
+    llm = _tiny_llm_folder(tmp_path)
+    base = ["--dataset", "demo", "--fusion_modes", "gate", "--cf_backbone", "mf", "--cf_hidden_size", "8",
+            "--cf_epochs", "2", "--history_size", "2", "--train_rows_per_stage", "24", "--eval_rows", "16",
+            "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
+            "--save_strategy", "no", "--llm", str(llm), "--seed", "1"]  # fmt: skip
+    for name in ("straight", "interrupted"):
+        monkeypatch.setattr(sys, "argv", ["run_ctr.py", *base, "--output_dir", str(tmp_path / name)])
+        runpy.run_path("examples/run_ctr.py", run_name="__main__")
+    shutil.rmtree(tmp_path / "interrupted" / "gate" / "stage_2_fusion")  # stage 2 never finished
+    (tmp_path / "interrupted" / "gate" / "adapter_model.safetensors").unlink()
+    monkeypatch.setattr(sys, "argv", ["run_ctr.py", *base, "--output_dir", str(tmp_path / "interrupted"),
+                                      "--resume_from_checkpoint", "true"])  # fmt: skip
+    runpy.run_path("examples/run_ctr.py", run_name="__main__")
+    straight = load_peft_weights(str(tmp_path / "straight" / "gate"))
+    resumed = load_peft_weights(str(tmp_path / "interrupted" / "gate"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    results = json.loads((tmp_path / "interrupted" / "all_results.json").read_text())
+    assert "stage_1_lora_seconds" not in results and "stage_2_fusion_seconds" in results
