@@ -169,7 +169,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, yes_token=model_args.yes_token,
         no_token=model_args.no_token,
     )  # fmt: skip
-    model.save_pretrained(out / "base")  # the adapter's base: LLM with placeholder rows + CF tables
+    model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
     processor = CCFLlamaProcessor(
         tokenizer, titles, fusion_mode=mode, history_size=data_args.history_size, max_length=data_args.max_length,
         cf_history_size=model.config.max_cf_history,
@@ -223,7 +223,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     results.update(timings)
     results.update({"fusion_mode": mode, "schedule": "+".join(stages), "train_rows_per_stage": len(train),
                     "eval_rows": len(evaluation["validation"]), "test_rows": len(evaluation["test"])})  # fmt: skip
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(out / "adapter")
     processor.save_pretrained(out)
     (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -227,7 +227,9 @@ def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
     # the saved folder reloads into a model that reproduces the run's test scores
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(AutoModel.from_pretrained(out / "gate" / "base"), out / "gate").eval()
+    model = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(out / "gate"), out / "gate", subfolder="adapter"
+    ).eval()
     processor = CCFLlamaProcessor.from_pretrained(out / "gate")
     tokenizer = AutoTokenizer.from_pretrained(out / "gate")
     assert (
@@ -255,12 +257,73 @@ def test_run_ctr_resumes_between_stages(tmp_path, monkeypatch):
         monkeypatch.setattr(sys, "argv", ["run_ctr.py", *base, "--output_dir", str(tmp_path / name)])
         runpy.run_path("examples/run_ctr.py", run_name="__main__")
     shutil.rmtree(tmp_path / "interrupted" / "gate" / "stage_2_fusion")  # stage 2 never finished
-    (tmp_path / "interrupted" / "gate" / "adapter_model.safetensors").unlink()
+    (tmp_path / "interrupted" / "gate" / "adapter" / "adapter_model.safetensors").unlink()
     monkeypatch.setattr(sys, "argv", ["run_ctr.py", *base, "--output_dir", str(tmp_path / "interrupted"),
                                       "--resume_from_checkpoint", "true"])  # fmt: skip
     runpy.run_path("examples/run_ctr.py", run_name="__main__")
-    straight = load_peft_weights(str(tmp_path / "straight" / "gate"))
-    resumed = load_peft_weights(str(tmp_path / "interrupted" / "gate"))
+    straight = load_peft_weights(str(tmp_path / "straight" / "gate" / "adapter"))
+    resumed = load_peft_weights(str(tmp_path / "interrupted" / "gate" / "adapter"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
     results = json.loads((tmp_path / "interrupted" / "all_results.json").read_text())
     assert "stage_1_lora_seconds" not in results and "stage_2_fusion_seconds" in results
+
+
+def test_push_to_hub_and_reload_gives_identical_scores(tmp_path):
+    """run_ctr.py --push_to_hub against a fake Hub on 127.0.0.1; the downloaded model scores like the local one.
+    A subprocess, because huggingface_hub reads HF_ENDPOINT when it is imported."""
+    import os
+    import subprocess
+    import textwrap
+    from pathlib import Path
+
+    llm = _tiny_llm_folder(tmp_path)
+    repo_root = Path(__file__).resolve().parents[1]
+    args = ["--dataset", "demo", "--fusion_modes", "gate", "--cf_backbone", "mf", "--cf_hidden_size", "8",
+            "--cf_epochs", "2", "--history_size", "2", "--train_rows_per_stage", "16", "--eval_rows", "16",
+            "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
+            "--save_strategy", "no", "--llm", str(llm), "--output_dir", str(tmp_path / "out"),
+            "--push_to_hub", "true", "--hub_model_id", "tester/ccf-demo"]  # fmt: skip
+    script = textwrap.dedent(
+        f"""
+        import json, os, runpy, sys
+        sys.path.insert(0, {str(repo_root)!r})
+        from tests.fake_hub import serve
+        server, port = serve()
+        os.environ.pop("HF_HUB_OFFLINE", None)
+        os.environ.update(HF_ENDPOINT=f"http://127.0.0.1:{{port}}", HF_TOKEN="test-token")
+        import torch
+        sys.argv = ["run_ctr.py", *{args!r}]
+        runpy.run_path({str(repo_root / "examples" / "run_ctr.py")!r}, run_name="__main__")
+        from huggingface_hub import HfApi
+        from peft import PeftModel
+        from transformers import AutoModel
+        import ccf_llm
+        files = HfApi().list_repo_files("tester/ccf-demo")
+        hub = PeftModel.from_pretrained(AutoModel.from_pretrained("tester/ccf-demo"), "tester/ccf-demo", subfolder="adapter").eval()
+        out = {str(tmp_path / "out" / "gate")!r}
+        local = PeftModel.from_pretrained(AutoModel.from_pretrained(out), out, subfolder="adapter").eval()
+        processor = ccf_llm.CCFLlamaProcessor.from_pretrained("tester/ccf-demo")
+        batch = processor([1, 2, 3], [[1, 2], [], [4]], [3, 4, 5])
+        with torch.no_grad():
+            same = torch.equal(hub(**batch).scores, local(**batch).scores)
+        print("RESULT", json.dumps({{"files": files, "same": same}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=repo_root, env=os.environ.copy()
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert result["same"] is True
+    assert {"README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model.safetensors",
+            "config.json", "processor_config.json", "tokenizer.json"} <= set(result["files"])  # fmt: skip
+    assert not any(f.startswith("stage_") for f in result["files"])
+
+
+def test_push_to_hub_without_a_token_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(sys, "argv", ["run_ctr.py", "--dataset", "demo", "--output_dir", str(tmp_path / "o"),
+                                      "--push_to_hub", "true", "--use_cpu", "true"])  # fmt: skip
+    with pytest.raises(ValueError, match="--push_to_hub needs a Hugging Face token"):
+        runpy.run_path("examples/run_ctr.py", run_name="__main__")
+    assert not (tmp_path / "o").exists()
