@@ -126,6 +126,11 @@ def cf_models_for(
         folder = Path(args.output_dir) / f"cf_{name}"
         if (folder / "config.json").is_file():
             models = [AutoModel.from_pretrained(folder)]
+        elif args.world_size > 1:
+            raise ValueError(
+                "a distributed run needs a pretrained CF backbone: run examples/pretrain_cf.py (or this script on one "
+                f"process) first and pass --cf_checkpoints, or leave it in {folder}"
+            )
         else:
             cf_args = TrainingArguments(
                 output_dir=str(folder),
@@ -169,7 +174,8 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, yes_token=model_args.yes_token,
         no_token=model_args.no_token,
     )  # fmt: skip
-    model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
+    if args.should_save:
+        model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
     processor = CCFLlamaProcessor(
         tokenizer, titles, fusion_mode=mode, history_size=data_args.history_size, max_length=data_args.max_length,
         cf_history_size=model.config.max_cf_history,
@@ -213,7 +219,8 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=last)
         timings[f"stage_{number + 1}_{stage}_seconds"] = round(time.perf_counter() - start, 1)
-        peft_model.save_pretrained(finished)
+        if args.should_save:
+            peft_model.save_pretrained(finished)
     start = time.perf_counter()
     results = {}
     for split, dataset in evaluation.items():
@@ -223,9 +230,10 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     results.update(timings)
     results.update({"fusion_mode": mode, "schedule": "+".join(stages), "train_rows_per_stage": len(train),
                     "eval_rows": len(evaluation["validation"]), "test_rows": len(evaluation["test"])})  # fmt: skip
-    peft_model.save_pretrained(out / "adapter")
-    processor.save_pretrained(out)
-    (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.should_save:  # rank 0 of a distributed run
+        peft_model.save_pretrained(out / "adapter")
+        processor.save_pretrained(out)
+        (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -254,9 +262,12 @@ def main():
         )
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, model_args.overwrite_output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "run_ctr.json").write_text(json.dumps({"argv": sys.argv[1:]}, indent=2) + "\n")
+    with args.main_process_first(desc="output folder"):
+        if args.should_save:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "run_ctr.json").write_text(json.dumps({"argv": sys.argv[1:]}, indent=2) + "\n")
 
+    logger.info("process %d of %d (%s)", args.process_index, args.world_size, args.parallel_mode.value)
     splits = load_splits(data_args)
     titles = item_titles(splits)
     num_users = max(max(splits[s]["user_id"]) for s in splits)
@@ -275,6 +286,8 @@ def main():
         )
         card = render_model_card(by_mode[mode], model_args.llm, data_args.dataset, cf_results,
                                  cf_names=[m.config.model_type for m in cf_models] if cf_models and mode != "text" else [])  # fmt: skip
+        if not args.should_save:
+            continue
         card.save(output_dir / mode / "README.md")
         if args.push_to_hub:
             from huggingface_hub import HfApi
@@ -286,6 +299,8 @@ def main():
             api.upload_folder(repo_id=repo, folder_path=output_dir / mode, ignore_patterns=["stage_*/**"])
             logger.info("pushed %s to %s", output_dir / mode, repo)
 
+    if not args.should_save:
+        return
     last = by_mode[model_args.fusion_modes[-1]]
     summary = {**last, "by_mode": by_mode}
     if cf_results:

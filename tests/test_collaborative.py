@@ -279,4 +279,8 @@ def test_sasrec_and_lightgcn_sources_in_the_ccf_model(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(**batch).scores, scores)
+        got = reloaded(**batch).scores
+    weights = model.state_dict()
+    assert all(torch.equal(t, weights[k]) for k, t in reloaded.state_dict().items())  # bit-identical weights
+    # scores within 1 ulp: loaded tensors sit at other addresses, and oneDNN's kernels may round differently there
+    torch.testing.assert_close(got, scores, atol=1e-6, rtol=0)

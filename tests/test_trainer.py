@@ -327,3 +327,36 @@ def test_push_to_hub_without_a_token_fails_before_training(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="--push_to_hub needs a Hugging Face token"):
         runpy.run_path("examples/run_ctr.py", run_name="__main__")
     assert not (tmp_path / "o").exists()
+
+
+def test_run_ctr_under_torchrun_with_two_cpu_workers(tmp_path, monkeypatch):
+    """DDP on CPU (gloo): a single-process run pretrains the CF backbone, then torchrun reuses it with 2 workers."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    llm = _tiny_llm_folder(tmp_path)
+    args = ["--dataset", "demo", "--fusion_modes", "gate", "--cf_backbone", "mf", "--cf_hidden_size", "8",
+            "--cf_epochs", "2", "--history_size", "2", "--train_rows_per_stage", "32", "--eval_rows", "32",
+            "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
+            "--save_strategy", "no", "--llm", str(llm), "--seed", "1", "--ddp_find_unused_parameters", "false",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["run_ctr.py", *args])
+    runpy.run_path("examples/run_ctr.py", run_name="__main__")
+    (tmp_path / "out" / "all_results.json").unlink()
+    repo_root = Path(__file__).resolve().parents[1]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    done = subprocess.run([*torchrun, "examples/run_ctr.py", *args], capture_output=True, text=True, cwd=repo_root,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 1 of 2 (distributed)" in done.stderr and "process 0 of 2 (distributed)" in done.stderr
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert results["test_rows"] == 32 and 0 <= results["test_auc"] <= 1
