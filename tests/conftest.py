@@ -43,3 +43,19 @@ def tiny_tokenizer(words, padding_side="left"):
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", padding_side=padding_side
     )
+
+
+def tiny_llm(tokenizer, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, **config):
+    """A tiny random Llama causal LM over `tokenizer`'s vocabulary."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    return AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            vocab_size=len(tokenizer),
+            **config,
+        )  # fmt: skip
+    )

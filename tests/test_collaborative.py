@@ -143,9 +143,7 @@ def test_save_load_round_trip(name, tmp_path):
 
 
 def test_exported_tables_load_into_the_ccf_model():
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from .conftest import tiny_tokenizer
+    from .conftest import tiny_llm, tiny_tokenizer
 
     torch.manual_seed(0)
     cf = LightGCNModel(cf_backbone("lightgcn")[0](num_users=3, num_items=4, hidden_size=8))
@@ -154,15 +152,7 @@ def test_exported_tables_load_into_the_ccf_model():
     assert users.shape == (4, 8) and items.shape == (5, 8)
     assert not torch.equal(items[3], cf.item_embeddings.weight[3])  # propagated, not the raw layer-0 table
     tokenizer = tiny_tokenizer(["Yes", "No"])
-    llm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            vocab_size=len(tokenizer),
-        )
-    )
+    llm = tiny_llm(tokenizer)
     model = CCFLlamaForCTR.from_llm(llm, tokenizer, 3, 4, users, items, yes_token="Yes", no_token="No")
     assert torch.equal(model.cf_encoder.item_embeddings[0].weight, items)
 
@@ -178,20 +168,10 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="num_users, num_items and hidden_size must be >= 1"):
         cf_backbone("mf")[0](num_users=0)
     tokenizer_vocab = ["Yes", "No"]
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from .conftest import tiny_tokenizer
+    from .conftest import tiny_llm, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(tokenizer_vocab)
-    llm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            vocab_size=len(tokenizer),
-        )
-    )
+    llm = tiny_llm(tokenizer)
     users, items = model.export_cf_embeddings()  # 3 users, 4 items
     with pytest.raises(
         ValueError, match=r"item embeddings of CF source 0 have shape \(5, 4\), expected \(10, 4\)"
@@ -222,12 +202,10 @@ def test_uauc_skips_single_row_and_single_class_users_and_matches_sklearn():
 def test_sasrec_and_lightgcn_sources_in_the_ccf_model(tmp_path):
     """Eq. 7 with a table source (LightGCN) and a sequential one (SASRec): the user slot gets
     ALG_0(LightGCN user) + ALG_1(SASRec(history)); the SASRec encoder travels with save/load."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     from ccf_llm import CCFLlamaProcessor
     from ccf_llm.modeling_collaborative import SASRecEncoder
 
-    from .conftest import tiny_tokenizer
+    from .conftest import tiny_llm, tiny_tokenizer
 
     torch.manual_seed(0)
     lightgcn = LightGCNModel(cf_backbone("lightgcn")[0](num_users=3, num_items=4, hidden_size=8))
@@ -237,15 +215,7 @@ def test_sasrec_and_lightgcn_sources_in_the_ccf_model(tmp_path):
     ).eval()
     words = "likes user item A: a b c d Yes No".split()
     tokenizer = tiny_tokenizer(words)
-    llm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            vocab_size=len(tokenizer),
-        )
-    )
+    llm = tiny_llm(tokenizer)
     model = CCFLlamaForCTR.from_llm(
         llm,
         tokenizer,

@@ -13,7 +13,7 @@ from transformers import AutoModel, LlamaConfig
 
 from ccf_llm import FUSION_MODES, CCFLlamaConfig, CCFLlamaForCTR, ccf_ctr_loss
 
-from .conftest import tiny_tokenizer
+from .conftest import tiny_llm, tiny_tokenizer
 
 USER, ITEM, YES, NO = 58, 59, 3, 4
 
@@ -321,19 +321,9 @@ def test_peft_lora_with_modules_to_save_round_trip(tmp_path):
 
 
 def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():
-    from transformers import AutoModelForCausalLM
-
     tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
-    llm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            tie_word_embeddings=True,
-        )
+    llm = tiny_llm(
+        tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True
     )
     user_tables, item_tables = (
         [torch.randn(4, 8), torch.randn(4, 6)],
@@ -427,14 +417,8 @@ def test_config_and_construction_errors():
 
 
 def test_tokenizer_without_answer_tokens_raises():
-    from transformers import AutoModelForCausalLM
-
     tokenizer = tiny_tokenizer("A user likes item".split())
-    llm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=10
-        )
-    )
+    llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4)
     with pytest.raises(ValueError, match=r"no single token for the answer 'Yes'"):
         CCFLlamaForCTR.from_llm(llm, tokenizer, 3, 9, yes_token="Yes", no_token="No")
     with pytest.raises(ValueError, match=r"no single token for the answer ' Yes no'"):

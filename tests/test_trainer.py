@@ -8,12 +8,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
+from transformers import AutoModel, AutoTokenizer, TrainerCallback
 
 from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora, apply_stage
 
-from .conftest import tiny_tokenizer
+from .conftest import tiny_llm, tiny_tokenizer
 
 TEMPLATE = "likes {history} user {user} item {target} A:"
 TITLES = {1: "red apple", 2: "green pear", 3: "blue plum", 4: "black fig"}
@@ -22,15 +22,8 @@ TITLES = {1: "red apple", 2: "green pear", 3: "blue plum", 4: "black fig"}
 def tiny_setup(mode="gate", seed=0):
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer("likes user item A: red apple green pear blue plum black fig Yes No".split())
-    llm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-        )  # fmt: skip
+    llm = tiny_llm(
+        tokenizer, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
     )
     cf = (
         {} if mode == "text" else {"user_embeddings": torch.randn(7, 8), "item_embeddings": torch.randn(5, 8)}
@@ -179,16 +172,13 @@ def _tiny_llm_folder(tmp_path):
     )
     tokenizer = tiny_tokenizer(sorted(words))
     torch.manual_seed(0)
-    llm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            tie_word_embeddings=True,
-        )  # fmt: skip
+    llm = tiny_llm(
+        tokenizer,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
     )
     folder = tmp_path / "tiny-llm"
     llm.save_pretrained(folder)
