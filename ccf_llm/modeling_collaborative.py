@@ -94,6 +94,19 @@ class CFPreTrainedModel(PreTrainedModel):
         return CFOutput(loss=loss, logits=logits)
 
     @torch.no_grad()
+    def recommend(self, user_ids, candidate_item_ids, k: int = 10, history=None) -> torch.Tensor:
+        """
+        The `k` candidates with the highest scores for each user, best first: `(len(user_ids), k)` item ids. For
+        the pilot study of §4.2 (RQ1): "users like these items may also enjoy: {top-10 items}".
+        """
+        user_ids = torch.as_tensor(user_ids).long()
+        candidates = torch.as_tensor(candidate_item_ids).long()
+        if k > len(candidates):
+            raise ValueError(f"k={k} is more than the {len(candidates)} candidate items")
+        users, items = self.pair_vectors(user_ids, candidates, history)
+        return candidates[(users @ items.T).topk(k, dim=-1).indices]
+
+    @torch.no_grad()
     def zero_cold_rows(self, train_users, train_items) -> tuple[int, int]:
         """Zero the embeddings of users/items that never occur in train; returns how many of each were zeroed."""
         counts = []

@@ -34,6 +34,9 @@ class CCFTrainingArguments(TrainingArguments):
         },
     )
     bpr_weight: float = field(default=2.0, metadata={"help": "k of Eq. 5"})
+    fusion_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the fusion stage (default: learning_rate)"}
+    )
     train_cf_encoder: bool = field(
         default=False, metadata={"help": "also tune the CF encoder (Θ_E) in stage 2"}
     )
@@ -50,6 +53,10 @@ class CCFTrainingArguments(TrainingArguments):
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.bpr_weight < 0:
             raise ValueError(f"bpr_weight must be >= 0, got {self.bpr_weight}")
+        if self.stage == "fusion" and self.fusion_learning_rate is not None:
+            self.learning_rate = (
+                self.fusion_learning_rate
+            )  # ALG/GATE start untrained: they may want a larger step
         if self.label_names is None:
             # `user_id` rides along as a label so UAUC can group rows by user in every fusion mode
             self.label_names = ["labels", "user_id"]

@@ -12,6 +12,8 @@ from ccf_llm.data import CTRRows
 from ccf_llm.metrics import load_ctr_metric, rela_impr, uauc
 from ccf_llm.modeling_collaborative import LightGCNModel, MFModel, SASRecModel, cf_backbone
 
+from .conftest import tiny_llm, tiny_tokenizer
+
 
 def planted_log(num_users=60, num_items=40, rows_per_user=30, seed=0):
     """Two user groups and two item groups: a user clicks items of its own group (90%), others rarely (10%).
@@ -143,8 +145,6 @@ def test_save_load_round_trip(name, tmp_path):
 
 
 def test_exported_tables_load_into_the_ccf_model():
-    from .conftest import tiny_llm, tiny_tokenizer
-
     torch.manual_seed(0)
     cf = LightGCNModel(cf_backbone("lightgcn")[0](num_users=3, num_items=4, hidden_size=8))
     cf.set_graph(torch.tensor([1, 2]), torch.tensor([3, 4]))
@@ -168,8 +168,6 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="num_users, num_items and hidden_size must be >= 1"):
         cf_backbone("mf")[0](num_users=0)
     tokenizer_vocab = ["Yes", "No"]
-    from .conftest import tiny_llm, tiny_tokenizer
-
     tokenizer = tiny_tokenizer(tokenizer_vocab)
     llm = tiny_llm(tokenizer)
     users, items = model.export_cf_embeddings()  # 3 users, 4 items
@@ -204,8 +202,6 @@ def test_sasrec_and_lightgcn_sources_in_the_ccf_model(tmp_path):
     ALG_0(LightGCN user) + ALG_1(SASRec(history)); the SASRec encoder travels with save/load."""
     from ccf_llm import CCFLlamaProcessor
     from ccf_llm.modeling_collaborative import SASRecEncoder
-
-    from .conftest import tiny_llm, tiny_tokenizer
 
     torch.manual_seed(0)
     lightgcn = LightGCNModel(cf_backbone("lightgcn")[0](num_users=3, num_items=4, hidden_size=8))
@@ -254,3 +250,42 @@ def test_sasrec_and_lightgcn_sources_in_the_ccf_model(tmp_path):
     assert all(torch.equal(t, weights[k]) for k, t in reloaded.state_dict().items())  # bit-identical weights
     # scores within 1 ulp: loaded tensors sit at other addresses, and oneDNN's kernels may round differently there
     torch.testing.assert_close(got, scores, atol=1e-6, rtol=0)
+
+
+def test_recommend_top_k_for_the_pilot_study_prompt():
+    from ccf_llm import CCFLlamaProcessor
+    from ccf_llm.processing_ccf_llama import PILOT_TEMPLATE
+
+    model = MFModel(cf_backbone("mf")[0](num_users=2, num_items=4, hidden_size=2))
+    with torch.no_grad():
+        model.user_embeddings.weight[1:] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        model.item_embeddings.weight[1:] = torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 3.0], [1.0, 2.0]])
+    top = model.recommend([1, 2], [1, 2, 3, 4], k=2)
+    assert top.tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="k=5 is more than the 4 candidate items"):
+        model.recommend([1], [1, 2, 3, 4], k=5)
+    words = PILOT_TEMPLATE.replace("{", " ").replace("}", " ").split() + [
+        "a",
+        "b",
+        "c",
+        "d",
+        '"',
+        ",",
+        "none",
+    ]
+    tokenizer = tiny_tokenizer(words)
+    processor = CCFLlamaProcessor(
+        tokenizer, {1: "a", 2: "b", 3: "c", 4: "d"}, fusion_mode="text", template=PILOT_TEMPLATE
+    )
+    out = processor(None, [[], []], [4, 1], similar_item_ids=top.tolist(), return_tensors=None)
+    words = tokenizer.convert_ids_to_tokens(out["input_ids"][0])
+    start = words.index("enjoy:") + 1
+    assert words[start : start + 7] == [
+        '"',
+        "a",
+        '"',
+        ",",
+        '"',
+        "b",
+        '"',
+    ]  # MF's top 2 for user 1, best first

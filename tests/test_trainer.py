@@ -98,6 +98,8 @@ def test_apply_stage_and_argument_errors(tmp_path):
         apply_stage(peft_model, "fusion")
     with pytest.raises(ValueError, match="stage must be one of"):
         args_for(tmp_path, "stage3")
+    assert args_for(tmp_path, "fusion", fusion_learning_rate=0.5).learning_rate == 0.5
+    assert args_for(tmp_path, "lora", fusion_learning_rate=0.5).learning_rate == 5e-3
     gate_model, _, _ = tiny_setup("gate")
     peft_gate = add_lora(gate_model, args_for(tmp_path, "lora", train_cf_encoder=True))
     apply_stage(peft_gate, "end_to_end", train_cf_encoder=True)
