@@ -88,6 +88,12 @@ class DataArguments:
     valid_start: str | None = field(default=None, metadata={"help": "interactions: first validation time"})
     test_start: str | None = field(default=None, metadata={"help": "interactions: first test time"})
     threshold: float = field(default=3.0, metadata={"help": "interactions: label = rating > threshold"})
+    template: str | None = field(
+        default=None, metadata={"help": "hybrid prompt template (default: the paper's)"}
+    )
+    text_template: str | None = field(
+        default=None, metadata={"help": "template of text mode (no {user} slot)"}
+    )
     history_size: int = field(default=10, metadata={"help": "history items shown in the prompt"})
     max_length: int = field(default=700, metadata={"help": "maximum prompt tokens"})
     train_rows_per_stage: int | None = field(
@@ -176,9 +182,10 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     )  # fmt: skip
     if args.should_save:
         model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
+    template = data_args.text_template if mode == "text" else data_args.template
     processor = CCFLlamaProcessor(
-        tokenizer, titles, fusion_mode=mode, history_size=data_args.history_size, max_length=data_args.max_length,
-        cf_history_size=model.config.max_cf_history,
+        tokenizer, titles, fusion_mode=mode, template=template, history_size=data_args.history_size,
+        max_length=data_args.max_length, cf_history_size=model.config.max_cf_history,
     )  # fmt: skip
     evaluation = {
         "validation": processor.process_dataset(
