@@ -49,6 +49,7 @@ def main():
             "collm_best_epoch": paper["best_epoch"],
             "test_auc_diff": round(got["test_auc"] - paper["test_auc"], 4),
             "command": f"python examples/pretrain_cf.py --backbone {backbone} --data_dir DATA --output_dir {folder}",
+            "note": got.get("note"),
         }
     out = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 thread per run", "results": rows}  # fmt: skip
@@ -74,6 +75,7 @@ def main():
             f"{r['best_epoch']} ({fmt(r['collm_best_epoch'])}) | {r['seconds_to_best_epoch']} |"
         )
     lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in rows.values())]
+    lines += [f"\n{name}: {r['note']}" for name, r in rows.items() if r.get("note")]
     (RESULTS / "cf_baselines.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
