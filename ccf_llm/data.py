@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -422,12 +421,6 @@ class CTRRows(torch.utils.data.Dataset):
 def identity_collator(batch):
     """Collator for datasets whose `__getitems__` already returns a batch (`CTRRows`)."""
     return batch
-
-
-def data_dir_from_env(name: str = "CCF_LLM_DATA") -> Path | None:
-    """The data folder configured in `$CCF_LLM_DATA`, if any."""
-    value = os.environ.get(name)
-    return Path(value) if value else None
 
 
 __all__ = [

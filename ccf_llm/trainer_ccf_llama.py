@@ -11,7 +11,6 @@
   weights with a fresh optimizer (the optimizer only holds what is trainable when it is built).
 """
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -139,17 +138,6 @@ class CCFTrainer(Trainer):
             return loss, None, None
         labels = tuple(inputs.get(name) for name in self.label_names)
         return loss, outputs.scores.detach(), labels if all(x is not None for x in labels) else None
-
-
-def steps_for_rows(rows: int, args: TrainingArguments) -> int:
-    """Optimizer steps that cover `rows` training rows with `args`' batch size and accumulation."""
-    return max(
-        1,
-        math.ceil(
-            rows
-            / (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size))
-        ),
-    )
 
 
 __all__ = ["CCFTrainer", "CCFTrainingArguments", "STAGES", "add_lora", "apply_stage"]
