@@ -330,6 +330,9 @@ class CCFLlamaProcessor(ProcessorMixin):
             self._check_items(flat_sim, "similar items", sim_rows)
             sim_cost = seg_len[flat_sim] + seg_len[p("sep")] + seg_len[p("close")]
             base += np.bincount(sim_rows, weights=sim_cost, minlength=n_rows).astype(np.int64)
+            # the first item opens with a quote, not with the separator
+            sim_open = seg_len[p("open_space" if self._spaced[self._slots.index("similar")] else "open")]
+            base -= (np.diff(sim_off) > 0) * (seg_len[p("sep")] - sim_open)
         has_history = "history" in self._slots
         if has_history:
             spaced = self._spaced[self._slots.index("history")]
@@ -353,30 +356,18 @@ class CCFLlamaProcessor(ProcessorMixin):
                 f"rows {bad.tolist()} need {base[bad].tolist()} tokens without any history, more than "
                 f"max_length={self.max_length}; the user and target item are never dropped"
             )
+
         # assemble parts (row, slot position, sub-order, segment, item mark), then sort them into prompt order
-        blocks = []
-        for i in range(len(self._slots) + 1):
-            blocks.append(
-                (
-                    rows,
-                    np.full(n_rows, 2 * i),
-                    np.zeros(n_rows, np.int64),
-                    np.full(n_rows, p(f"literal{i}")),
-                    np.zeros(n_rows, np.int64),
-                )
-            )
+        def single(part_rows, pos, piece):  # one unmarked piece per row, e.g. a literal or the user token
+            n = len(part_rows)
+            zeros = np.zeros(n, np.int64)
+            return part_rows, np.full(n, pos), zeros, np.full(n, p(piece)), zeros
+
+        blocks = [single(rows, 2 * i, f"literal{i}") for i in range(len(self._slots) + 1)]
         for i, slot in enumerate(self._slots):
             pos = 2 * i + 1
             if slot == "user":
-                blocks.append(
-                    (
-                        rows,
-                        np.full(n_rows, pos),
-                        np.zeros(n_rows, np.int64),
-                        np.full(n_rows, p("user")),
-                        np.zeros(n_rows, np.int64),
-                    )
-                )
+                blocks.append(single(rows, pos, "user"))
             elif slot == "target":
                 blocks.append(
                     self._item_blocks(
@@ -388,16 +379,8 @@ class CCFLlamaProcessor(ProcessorMixin):
                 blocks.append(
                     self._item_blocks(flat_hist, hist_rows, index, pos, self._spaced[i], marked, inject)
                 )
-                empty = np.flatnonzero(kept == 0)
-                piece = p("empty_space" if self._spaced[i] else "empty")
                 blocks.append(
-                    (
-                        empty,
-                        np.full(len(empty), pos),
-                        np.zeros(len(empty), np.int64),
-                        np.full(len(empty), piece),
-                        np.zeros(len(empty), np.int64),
-                    )
+                    single(np.flatnonzero(kept == 0), pos, "empty_space" if self._spaced[i] else "empty")
                 )
             else:  # similar: plain-text titles, never fused
                 index = np.arange(len(sim_rows)) - np.searchsorted(sim_rows, sim_rows)

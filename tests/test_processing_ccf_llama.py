@@ -114,6 +114,10 @@ def test_pilot_template_lists_similar_items_as_plain_text(tokenizer):
     assert words[words.index("enjoy:") + 1 : words.index("enjoy:") + 5] == ['"', "blue", "plum", '"']
     with pytest.raises(ValueError, match="pass similar_item_ids"):
         proc(None, [[1]], [2])
+    # the length budget counts the similar items exactly: a prompt that fits exactly keeps its whole history
+    full = proc(None, [[1, 3]], [2], similar_item_ids=[[3, 1]], return_tensors=None)["input_ids"][0]
+    tight = CCFLlamaProcessor(tok, TITLES, fusion_mode="text", template=template, max_length=len(full))
+    assert tight(None, [[1, 3]], [2], similar_item_ids=[[3, 1]], return_tensors=None)["input_ids"][0] == full
 
 
 def test_bad_input_errors_name_the_problem(tokenizer):
