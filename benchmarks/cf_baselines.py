@@ -25,7 +25,9 @@ PAPER = {  # Table 3 test AUC; CoLLM's logs (../shared/data/README.md) for UAUC 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_dir", default=os.environ.get("CCF_LLM_DATA"))
     parser.add_argument("--runs_dir", default="outputs")
     parser.add_argument("--backbones", nargs="+", default=["mf", "lightgcn", "sasrec"])
@@ -41,8 +43,20 @@ def main():
         got = json.loads(results_file.read_text())
         paper = PAPER[backbone]
         rows[backbone] = {
-            **{k: got[k] for k in ("eval_auc", "eval_uauc", "test_auc", "test_uauc", "best_epoch", "seconds_to_best_epoch",
-                                   "epochs_run", "cold_users", "cold_items")},  # fmt: skip
+            **{
+                k: got[k]
+                for k in (
+                    "eval_auc",
+                    "eval_uauc",
+                    "test_auc",
+                    "test_uauc",
+                    "best_epoch",
+                    "seconds_to_best_epoch",
+                    "epochs_run",
+                    "cold_users",
+                    "cold_items",
+                )
+            },  # fmt: skip
             "paper_test_auc": paper["test_auc"],
             "collm_test_uauc": paper["test_uauc"],
             "collm_eval_auc": paper["eval_auc"],

@@ -23,12 +23,18 @@ def main():
     config = sys.argv[1] if len(sys.argv) > 1 else "examples/configs/demo.json"
     output_dir = Path(json.loads(Path(config).read_text())["output_dir"])
     start = time.perf_counter()
-    subprocess.run([sys.executable, "examples/run_ctr.py", config, "--overwrite_output_dir", "true"], check=True)
+    subprocess.run(
+        [sys.executable, "examples/run_ctr.py", config, "--overwrite_output_dir", "true"], check=True
+    )
     wall = time.perf_counter() - start
     summary = json.loads((output_dir / "all_results.json").read_text())
     cf = json.loads(next(output_dir.glob("cf_*/all_results.json")).read_text())
     modes = {
-        mode: {k: v for k, v in r.items() if k.startswith(("eval_auc", "eval_uauc", "test_auc", "test_uauc", "stage_", "evaluation_"))}
+        mode: {
+            k: v
+            for k, v in r.items()
+            if k.startswith(("eval_auc", "eval_uauc", "test_auc", "test_uauc", "stage_", "evaluation_"))
+        }
         for mode, r in summary["by_mode"].items()
     }
     out = {
@@ -53,7 +59,9 @@ def main():
     ]
     for mode, r in modes.items():
         seconds = sum(v for k, v in r.items() if k.startswith("stage_"))
-        lines.append(f"| `{mode}` | {r['eval_auc']:.4f} | {r['test_auc']:.4f} | {r['test_uauc']:.4f} | {seconds:.0f} |")
+        lines.append(
+            f"| `{mode}` | {r['eval_auc']:.4f} | {r['test_auc']:.4f} | {r['test_uauc']:.4f} | {seconds:.0f} |"
+        )
     (RESULTS / "demo.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

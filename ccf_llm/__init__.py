@@ -5,12 +5,14 @@ Importing the package registers `ccf_llama` with `AutoConfig` / `AutoModel`, so 
 returns a `CCFLlamaForCTR`; saved checkpoints also carry the code (`auto_map`) for `trust_remote_code=True`.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_ccf_llama import FUSION_MODES, CCFLlamaConfig
 from .configuration_collaborative import LightGCNConfig, MFConfig, SASRecConfig
 from .modeling_ccf_llama import CCFCTROutput, CCFLlamaForCTR, CCFLlamaPreTrainedModel, ccf_ctr_loss
 from .modeling_collaborative import LightGCNModel, MFModel, SASRecModel, cf_backbone
+from .pipeline_ctr_scoring import CTRScoringPipeline, load_ctr_model, score_rows
 from .pretrained_llm import DEFAULT_LLM, load_llm, resolve_llm
 from .processing_ccf_llama import PAPER_TEMPLATE, CCFDataCollator, CCFLlamaProcessor
 
@@ -19,6 +21,10 @@ AutoModel.register(CCFLlamaConfig, CCFLlamaForCTR, exist_ok=True)
 for _config, _model in ((MFConfig, MFModel), (LightGCNConfig, LightGCNModel), (SASRecConfig, SASRecModel)):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
+AutoProcessor.register(CCFLlamaConfig, CCFLlamaProcessor, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(
+    "ctr-scoring", pipeline_class=CTRScoringPipeline, pt_model=AutoModel, type="multimodal"
+)
 CCFLlamaConfig.register_for_auto_class()
 CCFLlamaForCTR.register_for_auto_class("AutoModel")
 
@@ -29,6 +35,7 @@ __all__ = [
     "FUSION_MODES",
     "PAPER_TEMPLATE",
     "CCFCTROutput",
+    "CTRScoringPipeline",
     "CCFDataCollator",
     "CCFLlamaProcessor",
     "CCFLlamaConfig",
@@ -42,6 +49,8 @@ __all__ = [
     "SASRecModel",
     "cf_backbone",
     "ccf_ctr_loss",
+    "load_ctr_model",
     "load_llm",
     "resolve_llm",
+    "score_rows",
 ]

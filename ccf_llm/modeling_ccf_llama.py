@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
@@ -164,20 +164,32 @@ class CCFGate(nn.Module):
         for mlp in (*self.cf_gates, *self.semantic_gates):
             mlp.fc2._ccf_gate_output = True  # zero-initialized when config.zero_init_gate (see _init_weights)
 
-    def gate_weights(self, semantic: torch.Tensor, aligned_cf: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The fusion weights α_s of Eq. 3, one `(..., d)` (or `(..., 1)`) tensor per CF source."""
+    def gate_weights(
+        self, semantic: torch.Tensor, aligned_cf: list[torch.Tensor], index: torch.LongTensor | None = None
+    ) -> list[torch.Tensor]:
+        """
+        The fusion weights α_s of Eq. 3, one `(N, d)` (or `(N, 1)`) tensor per CF source, for `N` title tokens
+        `semantic` `(N, d)`. `aligned_cf` holds one row per token or, with `index` `(N,)`, one row per distinct
+        item (`index` maps each token to its item's row): MLP(x̃^CF; Θ_G1) then runs once per item, not per token.
+        """
         if self.mode == "add":
-            return [torch.ones_like(x[..., :1]) for x in aligned_cf]
+            return [torch.ones_like(semantic[..., :1]) for _ in aligned_cf]
         return [
-            cf_gate(x) + semantic_gate(semantic)
+            _rows(cf_gate(x), index) + semantic_gate(semantic)
             for cf_gate, semantic_gate, x in zip(self.cf_gates, self.semantic_gates, aligned_cf, strict=True)
         ]
 
-    def forward(self, semantic: torch.Tensor, aligned_cf: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, semantic: torch.Tensor, aligned_cf: list[torch.Tensor], index: torch.LongTensor | None = None
+    ) -> torch.Tensor:
         fused = semantic
-        for alpha, x in zip(self.gate_weights(semantic, aligned_cf), aligned_cf, strict=True):
-            fused = fused + alpha * x
+        for alpha, x in zip(self.gate_weights(semantic, aligned_cf, index), aligned_cf, strict=True):
+            fused = fused + alpha * _rows(x, index)
         return fused
+
+
+def _rows(x: torch.Tensor, index: torch.LongTensor | None) -> torch.Tensor:
+    return x if index is None else x[index]
 
 
 _SASREC_FIELDS = (
@@ -416,11 +428,13 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             embeds = torch.where(user_slots, user_vec.unsqueeze(1), embeds)
         if item_ids is not None:
             marked = item_ids > 0
-            aligned_items = self.alignment(self.cf_encoder(item_ids[marked], "item"))  # per source: (N, d)
+            # ALG (and GATE's CF branch) run once per distinct item, then are gathered for its N title tokens
+            items, index = torch.unique(item_ids[marked], return_inverse=True)
+            aligned_items = self.alignment(self.cf_encoder(items, "item"))  # per source: (distinct items, d)
             if self.config.fusion_mode == "inject":
-                values = torch.stack(aligned_items).sum(0)
+                values = torch.stack(aligned_items).sum(0)[index]
             else:
-                values = self.gate(embeds[marked], [x.to(embeds.dtype) for x in aligned_items])
+                values = self.gate(embeds[marked], [x.to(embeds.dtype) for x in aligned_items], index)
             embeds = embeds.masked_scatter(marked.unsqueeze(-1), values.to(embeds.dtype))
         return embeds
 
@@ -471,23 +485,147 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         # The answer position is the last real token: the LM head runs on it alone, never on B x L x V.
         seq = torch.arange(input_ids.shape[1], device=input_ids.device)
         last = (seq * attention_mask.to(seq.dtype)).argmax(-1)
-        vocab_logits = self.get_output_embeddings()(
-            hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        )
+        return self._answer(hidden[torch.arange(hidden.shape[0], device=hidden.device), last], labels)
+
+    def _answer(self, answer_hidden: torch.Tensor, labels: torch.Tensor | None = None) -> CCFCTROutput:
+        """
+        p_yes, p_no, the click score (§3.4) and, given labels, the Eq. 5 loss, from the last hidden state at each
+        answer position `(B, d)`.
+        """
+        vocab_logits = self.get_output_embeddings()(answer_hidden)
         log_probs = torch.log_softmax(vocab_logits.float(), dim=-1)
         answer_ids = torch.tensor(
             [self.config.yes_token_id, self.config.no_token_id], device=log_probs.device
         )
         log_p = log_probs[:, answer_ids]
-        loss = None
-        if labels is not None:
-            loss = ccf_ctr_loss(log_p[:, 0], log_p[:, 1], labels, self.config.bpr_weight)
         return CCFCTROutput(
-            loss=loss,
+            loss=None
+            if labels is None
+            else ccf_ctr_loss(log_p[:, 0], log_p[:, 1], labels, self.config.bpr_weight),
             logits=vocab_logits[:, answer_ids].float(),
             p_yes=log_p[:, 0].exp(),
             p_no=log_p[:, 1].exp(),
             scores=torch.sigmoid(log_p[:, 0] - log_p[:, 1]),
+        )
+
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        prefix_input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor,
+        prefix_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefix_item_ids: torch.LongTensor | None = None,
+        item_ids: torch.LongTensor | None = None,
+        user_ids: torch.LongTensor | None = None,
+        cf_history: torch.LongTensor | None = None,
+        prefix_index: torch.LongTensor | None = None,
+        batch_size: int = 64,
+    ) -> CCFCTROutput:
+        r"""
+        Click scores of many candidate items that share prompt prefixes, e.g. all candidates of a user (serving).
+
+        Each prefix (history and user feature, everything before the target item) runs through the LLM once; its
+        key/value cache (transformers `DynamicCache`) is then gathered for every candidate, and the candidates'
+        suffixes (target title, question, answer cue) run against it `batch_size` at a time. The scores equal those
+        of `forward` on the full prompts (up to floating-point reassociation). `CCFLlamaProcessor.ranking_inputs`
+        builds the inputs.
+
+        Args:
+            prefix_input_ids (`torch.LongTensor` of shape `(prefixes, P)`): the shared prefixes, left-padded.
+            input_ids (`torch.LongTensor` of shape `(candidates, S)`): the candidates' suffixes, right-padded.
+            prefix_attention_mask / attention_mask: 1 for real tokens, 0 for padding.
+            prefix_item_ids / item_ids: item ids aligned with the prefixes / suffixes (see `forward`).
+            user_ids (`(prefixes,)`), cf_history (`(prefixes, K)`): the user of each prefix.
+            prefix_index (`torch.LongTensor` of shape `(candidates,)`): the prefix each candidate continues;
+                may be omitted with a single prefix.
+            batch_size (`int`): candidates per LLM call, bounding memory.
+
+        Returns:
+            [`CCFCTROutput`] without `loss`, one row per candidate in input order.
+        """
+        device = self.get_input_embeddings().weight.device
+        n_prefixes, n = prefix_input_ids.shape[0], input_ids.shape[0]
+        if prefix_index is None:
+            if n_prefixes != 1:
+                raise ValueError(
+                    f"{n_prefixes} prefixes were given: pass prefix_index to say which each candidate continues"
+                )
+            prefix_index = torch.zeros(n, dtype=torch.long)
+        if prefix_index.shape != (n,) or (n and (prefix_index.min() < 0 or prefix_index.max() >= n_prefixes)):
+            raise ValueError(f"prefix_index must have shape ({n},) with values in 0..{n_prefixes - 1}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n == 0:
+            empty = torch.zeros(0, device=device)
+            return CCFCTROutput(logits=empty.reshape(0, 2), p_yes=empty, p_no=empty, scores=empty)
+        if prefix_attention_mask is None:
+            prefix_attention_mask = torch.ones_like(prefix_input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if (attention_mask[:, 0] == 0).any() or (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
+            raise ValueError(
+                "candidate suffixes must be non-empty and right-padded (attention_mask 1...1 0...0)"
+            )
+        if self.config.yes_token_id is None or self.config.no_token_id is None:
+            raise ValueError(
+                "config.yes_token_id and config.no_token_id must be set (see CCFLlamaForCTR.from_llm)"
+            )
+        prefix_input_ids, prefix_attention_mask, input_ids, attention_mask, prefix_index = (
+            t.to(device)
+            for t in (prefix_input_ids, prefix_attention_mask, input_ids, attention_mask, prefix_index)
+        )
+        prefix_item_ids, item_ids, user_ids, cf_history = (
+            None if t is None else t.to(device) for t in (prefix_item_ids, item_ids, user_ids, cf_history)
+        )
+
+        def user_inputs(ids, rows):  # the user feature, where this part of the prompt holds the placeholder
+            if (
+                user_ids is None
+                or self.config.user_token_id is None
+                or not (ids == self.config.user_token_id).any()
+            ):
+                return None, None
+            return user_ids[rows], None if cf_history is None else cf_history[rows]
+
+        users, history = user_inputs(prefix_input_ids, torch.arange(n_prefixes, device=device))
+        prefix_embeds = self.embed_hybrid_prompt(
+            prefix_input_ids, users, prefix_item_ids, prefix_attention_mask, history
+        )
+        prefix_cache = self.llm.base_model(
+            inputs_embeds=prefix_embeds,
+            attention_mask=prefix_attention_mask,
+            position_ids=(prefix_attention_mask.long().cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+        ).past_key_values
+        prefix_lengths = prefix_attention_mask.long().sum(-1)
+        outputs = []
+        for start in range(0, n, batch_size):
+            rows = prefix_index[start : start + batch_size]
+            mask = attention_mask[start : start + batch_size]
+            lengths = mask.long().sum(-1)
+            width = int(lengths.max())
+            mask, ids = mask[:, :width], input_ids[start : start + batch_size, :width]
+            items = None if item_ids is None else item_ids[start : start + batch_size, :width]
+            users, history = user_inputs(ids, rows)
+            embeds = self.embed_hybrid_prompt(ids, users, items, mask, history)
+            cache = DynamicCache(
+                ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in prefix_cache],
+                config=self.config.text_config,
+            )
+            hidden = self.llm.base_model(
+                inputs_embeds=embeds,
+                attention_mask=torch.cat([prefix_attention_mask[rows], mask], 1),
+                position_ids=prefix_lengths[rows, None] + torch.arange(width, device=device),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            outputs.append(self._answer(hidden[torch.arange(len(rows), device=device), lengths - 1]))
+        return CCFCTROutput(
+            **{
+                key: torch.cat([getattr(o, key) for o in outputs])
+                for key in ("logits", "p_yes", "p_no", "scores")
+            }
         )
 
     # ------------------------------------------------------------ construction

@@ -66,6 +66,32 @@ def latest_items(flat: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
     return matrix
 
 
+def _ragged_take(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, offsets) of the ragged rows `rows` of a ragged list (flat values, offsets), in that order."""
+    lengths = np.diff(offsets)[rows]
+    return flat[_slices(offsets[:-1][rows], lengths)], np.concatenate([[0], np.cumsum(lengths)])
+
+
+def _slices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat indices of the slices `[start, start + length)`, concatenated."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+
+
+def _pad(values: np.ndarray, offsets: np.ndarray, side: str, pad_value: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ragged list (flat values, offsets) as a padded `(rows, width)` matrix and its 0/1 mask."""
+    lengths = np.diff(offsets)
+    n_rows, width = len(lengths), int(lengths.max(initial=0))
+    rows = np.repeat(np.arange(n_rows), lengths)
+    cols = np.arange(len(values)) - offsets[rows]
+    if side == "left":
+        cols = cols + (width - lengths)[rows]
+    matrix = np.full((n_rows, width), pad_value, dtype=np.int64)
+    matrix[rows, cols] = values
+    mask = np.zeros((n_rows, width), dtype=np.int64)
+    mask[rows, cols] = 1
+    return matrix, mask
+
+
 def _as_int_array(values) -> np.ndarray:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -286,7 +312,10 @@ class CCFLlamaProcessor(ProcessorMixin):
         )
 
     def _translate(self, user_ids, histories, target_ids, similar=None):
-        """Token ids, aligned item ids and row offsets (flat numpy arrays) for a batch."""
+        """
+        Token ids, aligned item ids and row offsets (flat numpy arrays) for a batch, the `cf_history` matrix (or
+        None) and each row's prefix length: the number of tokens before its `{target}` slot.
+        """
         if self.item_titles is None:
             raise ValueError("no item titles: pass item_titles= or call set_item_titles() first")
         targets = _as_int_array(target_ids)
@@ -391,14 +420,20 @@ class CCFLlamaProcessor(ProcessorMixin):
             np.concatenate(c) for c in zip(*blocks, strict=True)
         )
         order = np.lexsort((part_sub, part_pos, part_row))
-        part_row, part_seg, part_mark = part_row[order], part_seg[order], part_mark[order]
+        part_row, part_pos, part_seg, part_mark = (
+            part_row[order], part_pos[order], part_seg[order], part_mark[order]
+        )  # fmt: skip
         part_len = seg_len[part_seg]
+        before_target = part_pos < 2 * self._slots.index("target") + 1
+        prefix_len = np.bincount(part_row, weights=part_len * before_target, minlength=n_rows).astype(
+            np.int64
+        )
         part_start = np.cumsum(part_len) - part_len
         within = np.arange(int(part_len.sum())) - np.repeat(part_start, part_len)
         tokens = self._store[np.repeat(self._seg_start[part_seg], part_len) + within]
         item_ids = np.repeat(part_mark, part_len)
         row_len = np.bincount(part_row, weights=part_len, minlength=n_rows).astype(np.int64)
-        return tokens, item_ids, np.concatenate([[0], np.cumsum(row_len)]), cf_history
+        return tokens, item_ids, np.concatenate([[0], np.cumsum(row_len)]), cf_history, prefix_len
 
     def __call__(
         self,
@@ -422,25 +457,14 @@ class CCFLlamaProcessor(ProcessorMixin):
             return_tensors: `"pt"` for padded tensors (with `attention_mask`), `None` for lists of lists.
             padding_side: `"left"` (default: the tokenizer's) or `"right"` for `"pt"`.
         """
-        tokens, item_ids, offsets, cf_history = self._translate(
+        tokens, item_ids, offsets, cf_history, _ = self._translate(
             user_ids, histories, target_item_ids, similar_item_ids
         )
-        n_rows = len(offsets) - 1
         data = {}
         if return_tensors == "pt":
-            lengths = np.diff(offsets)
-            width = int(lengths.max(initial=0))
             side = padding_side or getattr(self.tokenizer, "padding_side", "left")
-            rows = np.repeat(np.arange(n_rows), lengths)
-            cols = np.arange(len(tokens)) - offsets[rows]
-            if side == "left":
-                cols = cols + (width - lengths)[rows]
-            ids = np.full((n_rows, width), self.tokenizer.pad_token_id, dtype=np.int64)
-            ids[rows, cols] = tokens
-            mask = np.zeros((n_rows, width), dtype=np.int64)
-            mask[rows, cols] = 1
-            items = np.zeros((n_rows, width), dtype=np.int64)
-            items[rows, cols] = item_ids
+            ids, mask = _pad(tokens, offsets, side, self.tokenizer.pad_token_id)
+            items, _ = _pad(item_ids, offsets, side, 0)
             data = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
             if self.fusion_mode != "text":
                 data["item_ids"] = torch.from_numpy(items)
@@ -463,6 +487,76 @@ class CCFLlamaProcessor(ProcessorMixin):
             data["labels"] = list(labels)
         return BatchFeature(data)
 
+    def ranking_inputs(self, user_ids, histories, candidate_item_ids, similar_item_ids=None) -> BatchFeature:
+        """
+        Inputs of `CCFLlamaForCTR.score_candidates` for ranking: each user's shared prompt prefix once, and every
+        candidate's suffix.
+
+        The hybrid prompt puts the history and the user feature before the target item, so the prompts of one
+        user's candidates agree up to the `{target}` slot. Rows are built exactly as `__call__` builds them (so a
+        prompt over `max_length` drops its oldest history items whole); candidates whose prefixes differ after that
+        (a long title can drop one more history item) get their own prefix.
+
+        Args:
+            user_ids: `(users,)` user ids (ignored in `text` mode).
+            histories: one list of earlier positive item ids per user, oldest first.
+            candidate_item_ids: one list of candidate item ids per user (a list may be empty).
+            similar_item_ids: per-user item lists for the pilot-study template's `{similar}` slot.
+
+        Returns:
+            A `BatchFeature` with `prefix_input_ids` / `prefix_attention_mask` / `prefix_item_ids` `(prefixes, P)`
+            left-padded, `user_ids` / `cf_history` per prefix, and `input_ids` / `attention_mask` / `item_ids`
+            `(candidates, S)` right-padded, in the order of the flattened candidate lists, with `prefix_index`
+            `(candidates,)`: the prefix each candidate continues. `text` mode has no `item_ids` / `user_ids`.
+        """
+        flat_cand, cand_off = _ragged(candidate_item_ids)
+        n_users = len(cand_off) - 1
+        owner = np.repeat(np.arange(n_users), np.diff(cand_off))
+        flat_hist, hist_off = _ragged(histories if histories is not None else [[]] * n_users)
+        if len(hist_off) != n_users + 1:
+            raise ValueError(f"got {len(hist_off) - 1} histories for {n_users} candidate lists")
+        uses_cf = self.fusion_mode != "text"
+        users = None
+        if uses_cf:
+            users = _as_int_array(user_ids)
+            if len(users) != n_users:
+                raise ValueError(f"got {len(users)} user ids for {n_users} candidate lists")
+            users = users[owner]
+        similar = None
+        if similar_item_ids is not None:
+            similar = pa.LargeListArray.from_arrays(
+                *reversed(_ragged_take(*_ragged(similar_item_ids), owner))
+            )
+        hist = pa.LargeListArray.from_arrays(*reversed(_ragged_take(flat_hist, hist_off, owner)))
+        tokens, item_ids, offsets, cf_history, prefix_len = self._translate(users, hist, flat_cand, similar)
+        # one prefix per (user, prefix length): within a user, prefixes differ only by dropped history items
+        keys, first, prefix_index = np.unique(
+            np.stack([owner, prefix_len], 1).reshape(-1, 2), axis=0, return_index=True, return_inverse=True
+        )
+        prefix_index = prefix_index.reshape(-1)
+        starts, lengths = offsets[:-1], np.diff(offsets)
+        prefix_off = np.concatenate([[0], np.cumsum(prefix_len[first])])
+        prefix_at = _slices(starts[first], prefix_len[first])
+        suffix_off = np.concatenate([[0], np.cumsum(lengths - prefix_len)])
+        suffix_at = _slices(starts + prefix_len, lengths - prefix_len)
+        pad_id = self.tokenizer.pad_token_id
+        prefix_ids, prefix_mask = _pad(tokens[prefix_at], prefix_off, "left", pad_id)
+        suffix_ids, suffix_mask = _pad(tokens[suffix_at], suffix_off, "right", pad_id)
+        data = {
+            "prefix_input_ids": prefix_ids,
+            "prefix_attention_mask": prefix_mask,
+            "input_ids": suffix_ids,
+            "attention_mask": suffix_mask,
+            "prefix_index": prefix_index,
+        }
+        if uses_cf:
+            data["prefix_item_ids"] = _pad(item_ids[prefix_at], prefix_off, "left", 0)[0]
+            data["item_ids"] = _pad(item_ids[suffix_at], suffix_off, "right", 0)[0]
+            data["user_ids"] = users[first]
+        if cf_history is not None:
+            data["cf_history"] = cf_history[first]
+        return BatchFeature({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()})
+
     def process_dataset(self, dataset, batch_size: int = 2048, **map_kwargs):
         """
         Translate a whole `datasets.Dataset` (columns `user_id`, `item_id`, `history`, optional `label` and
@@ -476,7 +570,7 @@ class CCFLlamaProcessor(ProcessorMixin):
 
         def translate(batch: pa.Table) -> pa.Table:
             similar = batch.column("similar") if "similar" in columns else None
-            tokens, item_ids, offsets, cf_history = self._translate(
+            tokens, item_ids, offsets, cf_history, _ = self._translate(
                 batch.column("user_id"), batch.column("history"), batch.column("item_id"), similar
             )
             off = pa.array(offsets.astype(np.int32))

@@ -10,12 +10,13 @@ from the backbone LLM (default SmolLM2-135M-Instruct, found offline as `ccf_llm.
 the CF backbone(s) (`--cf_checkpoints` from `examples/pretrain_cf.py`, several for Eq. 7; without one, a
 `--cf_backbone` is pretrained on the train split first), wrap it with LoRA, and run the schedule:
 `two_stage` (§3.4: LoRA, then ALG + GATE with a fresh optimizer), `stage1_only` or `end_to_end` (Table 4). `text`
-mode has no fusion weights, so its schedule is stage 1 alone. Validation and test AUC/UAUC are written to
+mode has no fusion weights, so its schedule is stage 1 alone. Validation and test AUC/UAUC (full prompts
+scored with the shared-prefix cache, `ccf_llm.score_rows`) are written to
 `OUTPUT_DIR/<mode>/all_results.json` and, for the last mode, `OUTPUT_DIR/all_results.json` (keys `test_auc`,
 `test_uauc`, ...). Each finished stage saves its adapter in `OUTPUT_DIR/<mode>/stage_<n>_<stage>/final`; with
 `--resume_from_checkpoint true` a rerun skips finished stages and resumes an unfinished one from its last checkpoint
 (`--save_strategy steps`), giving the same weights as an uninterrupted run with the same seed. `OUTPUT_DIR/<mode>` then holds the adapter (LoRA + ALG/GATE), the processor, the base model
-(`base/`) and a model card rendered from `model_cards/ccf_llama_card.md`; `--push_to_hub` uploads that folder.
+(at its root) and a model card rendered from `model_cards/ccf_llama_card.md`; `--push_to_hub` uploads that folder.
 """
 
 import dataclasses
@@ -33,9 +34,17 @@ from peft import load_peft_weights, set_peft_model_state_dict
 from transformers import AutoModel, HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ccf_llm import DEFAULT_LLM, FUSION_MODES, CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, load_llm
+from ccf_llm import (
+    DEFAULT_LLM,
+    FUSION_MODES,
+    CCFDataCollator,
+    CCFLlamaForCTR,
+    CCFLlamaProcessor,
+    load_llm,
+    score_rows,
+)
 from ccf_llm.data import item_titles, load_amazon_book, load_interactions, load_movielens_1m
-from ccf_llm.metrics import rela_impr
+from ccf_llm.metrics import load_ctr_metric, rela_impr
 from ccf_llm.model_card import render_model_card
 from ccf_llm.synthetic import make_demo_log
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
@@ -230,9 +239,18 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
             peft_model.save_pretrained(finished)
     start = time.perf_counter()
     results = {}
-    for split, dataset in evaluation.items():
+    peft_model.eval()
+    for (
+        split,
+        dataset,
+    ) in evaluation.items():  # prefix-cached scoring (ccf_llm.score_rows), metrics via evaluate
         prefix = "eval" if split == "validation" else "test"
-        results.update(trainer.evaluate(dataset, metric_key_prefix=prefix))
+        scores = score_rows(peft_model, processor, dataset["user_id"], dataset.data.column("history"),
+                            dataset["item_id"], batch_size=args.per_device_eval_batch_size)  # fmt: skip
+        metrics = load_ctr_metric().compute(
+            predictions=scores, references=dataset["label"], users=dataset["user_id"]
+        )
+        results.update({f"{prefix}_{name}": value for name, value in metrics.items()})
     timings["evaluation_seconds"] = round(time.perf_counter() - start, 1)
     results.update(timings)
     results.update({"fusion_mode": mode, "schedule": "+".join(stages), "train_rows_per_stage": len(train),

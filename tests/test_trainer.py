@@ -232,6 +232,34 @@ def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
     with torch.no_grad():
         scores = model(**batch).scores
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+    # pipeline("ctr-scoring") on the folder merges the adapter: it ranks like the PEFT model
+    from transformers import pipeline
+
+    ranked = pipeline("ctr-scoring", model=str(out / "gate"))(
+        {"user_id": 1, "history": [1, 2], "candidates": [3, 4]}
+    )
+    with torch.no_grad():
+        peft_scores = model(**processor([1, 1], [[1, 2], [1, 2]], [3, 4])).scores.numpy()
+    assert ranked["item_ids"] == [[3, 4][i] for i in np.argsort(-peft_scores, kind="stable")]
+    np.testing.assert_allclose(
+        sorted(ranked["scores"], reverse=True), sorted(peft_scores, reverse=True), atol=1e-5
+    )
+
+    # examples/analyze.py on the two trained modes: t-SNE figure, embedding statistics and the case study
+    analysis = tmp_path / "analysis"
+    argv = ["analyze.py", "--gate_model", str(out / "gate"), "--text_model", str(out / "text"), "--cf_model",
+            str(out / "cf_mf"), "--dataset", "demo", "--items", "40", "--output_dir", str(analysis)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path("examples/analyze.py", run_name="__main__")
+    assert (analysis / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = json.loads((analysis / "analysis.json").read_text())
+    assert stats["items"] == 40 and stats["fusion_mode"] == "gate"
+    assert (
+        -1 <= stats["cosine_fused_aligned_cf"] <= 1 and stats["cf_part_norm_ratio"] > 0
+    )  # stage 2 trained the gate
+    case = (analysis / "case_study.md").read_text()
+    n = stats["case_study"]["candidates"]
+    assert n > 1 and case.count("\n| ") == n + 1  # header + one line per candidate
 
 
 def test_run_ctr_resumes_between_stages(tmp_path, monkeypatch):

@@ -1,0 +1,195 @@
+"""Prefix-cached candidate ranking against full prompts, and the throughput of scoring the ML-1M test set.
+
+    python benchmarks/ranking.py [--data_dir ../shared/data/ml-1m] [--candidates 100] [--threads 2]
+
+Model: SmolLM2-135M-Instruct as CCF-LLM in `gate` mode with the paper's template (§3.2), 10-item history, random
+64-d CF tables and a random (not zero) GATE, so every title token is fused. Training does not change the cost.
+
+* `ranking`: one ML-1M test user with a 10-item history and `--candidates` candidate items. `full` scores the full
+  prompts (`model(**processor(...))`, batches of `--batch_size`); `cached` runs `CCFLlamaForCTR.score_candidates`
+  (prefix once, suffixes in batches of `--batch_size`). Median of `--repeats` interleaved rounds, in bf16 and
+  fp32; `speedup` = full / cached (goal >= 4x). `max_abs_diff` is the largest score difference (goal <= 1e-5 in
+  fp32).
+* `test_set`: `ccf_llm.score_rows` over the whole ML-1M test split (7,331 rows) in bf16, rows per second, against
+  full prompts on the first `--full_rows` rows (sorted by length, batches of `--batch_size`).
+
+Writes `benchmarks/results/ranking.json` and `.md`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ccf_llm import CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows
+from ccf_llm.data import item_titles, load_movielens_1m
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build(dtype, num_users, num_items, titles):
+    llm, tokenizer = load_llm(dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+    model = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, num_users, num_items,
+        user_embeddings=torch.randn(num_users + 1, 64, generator=generator) * 0.1,
+        item_embeddings=torch.randn(num_items + 1, 64, generator=generator) * 0.1,
+        fusion_mode="gate", zero_init_gate=False,
+    ).eval()  # fmt: skip
+    return model, CCFLlamaProcessor(tokenizer, titles, fusion_mode="gate")
+
+
+def full_scores(model, processor, users, histories, items, batch_size):
+    """Full-prompt scores, batches of `batch_size` rows in length order (least padding)."""
+    batch = processor(users, histories, items, padding_side="left")
+    order = torch.argsort(batch["attention_mask"].sum(-1))
+    scores = torch.empty(len(items))
+    with torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            rows = order[start : start + batch_size]
+            mask = batch["attention_mask"][rows]
+            keep = mask.sum(0) > 0
+            sub = {
+                k: (v[rows][:, keep] if v.ndim == 2 and k != "cf_history" else v[rows])
+                for k, v in batch.items()
+            }
+            scores[rows] = model(**sub).scores.float()
+    return scores
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data_dir", default="../shared/data/ml-1m")
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--batch_size", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full_rows", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--test_rows", type=int, default=None, help="score only the first rows (smoke runs)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    splits = load_movielens_1m(args.data_dir)
+    titles = item_titles(splits)
+    test = splits["test"] if args.test_rows is None else splits["test"].select(range(args.test_rows))
+    num_users = max(max(s["user_id"]) for s in splits.values())
+    num_items = max(titles)
+    # the first test user with at least 10 history items; candidates: the test items, then other titled items
+    lengths = np.array([len(h) for h in test["history"]])
+    row = int(np.flatnonzero(lengths >= 10)[0])
+    user, history = int(test[row]["user_id"]), list(test[row]["history"])
+    rng = np.random.default_rng(0)
+    candidates = rng.choice(np.array(sorted(titles)), size=args.candidates, replace=False)
+    users = np.full(args.candidates, user)
+    histories = [history] * args.candidates
+
+    ranking = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        model, processor = build(dtype, num_users, num_items, titles)
+        features = processor.ranking_inputs([user], [history], [candidates])
+        full_prompt = processor([user], [history], [int(candidates[0])])["input_ids"].shape[1]
+        times = {"full": [], "cached": []}
+
+        def run_full(model=model, processor=processor):
+            return full_scores(model, processor, users, histories, candidates, args.batch_size)
+
+        def run_cached(model=model, features=features):
+            return model.score_candidates(**features, batch_size=args.batch_size).scores
+
+        for _ in range(args.repeats):
+            t_full, full = timed(run_full)
+            t_cached, cached = timed(run_cached)
+            times["full"].append(t_full)
+            times["cached"].append(t_cached)
+        full_s, cached_s = statistics.median(times["full"]), statistics.median(times["cached"])
+        ranking[str(dtype).removeprefix("torch.")] = {
+            "full_seconds": round(full_s, 3),
+            "cached_seconds": round(cached_s, 3),
+            "speedup": round(full_s / cached_s, 2),
+            "max_abs_diff": float((full - cached.float()).abs().max()),
+            "prompt_tokens": int(full_prompt),
+            "prefix_tokens": int(features["prefix_attention_mask"].sum()),
+            "mean_suffix_tokens": round(float(features["attention_mask"].sum(-1).float().mean()), 1),
+        }
+        print(dtype, ranking[str(dtype).removeprefix("torch.")], flush=True)
+
+    # whole test set, bf16 (the last model is fp32: rebuild in bf16)
+    model, processor = build(torch.bfloat16, num_users, num_items, titles)
+    users_t, items_t = np.array(test["user_id"]), np.array(test["item_id"])
+    histories_t = test.data.column("history")
+    t_cached, scores = timed(
+        lambda: score_rows(model, processor, users_t, histories_t, items_t, args.batch_size)
+    )
+    n = args.full_rows
+    t_full, full = timed(
+        lambda: full_scores(
+            model, processor, users_t[:n], histories_t.slice(0, n), items_t[:n], args.batch_size
+        )
+    )
+    test_set = {
+        "rows": len(items_t),
+        "cached_seconds": round(t_cached, 1),
+        "cached_rows_per_s": round(len(items_t) / t_cached, 1),
+        "full_prompt_rows": n,
+        "full_prompt_rows_per_s": round(n / t_full, 1),
+        "max_abs_diff_bf16_first_rows": float((torch.from_numpy(scores[:n]) - full).abs().max()),
+    }
+    print(test_set, flush=True)
+    out = {
+        "command": "python benchmarks/ranking.py",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+        "settings": {
+            "candidates": args.candidates,
+            "history": len(history[-10:]),
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "mode": "gate",
+            "template": "PAPER_TEMPLATE",
+        },  # fmt: skip
+        "speedup": ranking["bfloat16"]["speedup"],
+        "max_abs_diff": ranking["float32"]["max_abs_diff"],
+        "ranking": ranking,
+        "test_set": test_set,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ranking.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        "# Prefix-cached ranking vs full prompts (SmolLM2-135M, `gate`, paper template)",
+        "",
+        f"`{out['command']}` on {out['machine']}, {out['date']}.",
+        "",
+        f"1 user x {args.candidates} candidates, 10-item history, batches of {args.batch_size}, median of "
+        f"{args.repeats} rounds:",
+        "",
+        "| dtype | full prompts | prefix-cached | speedup | max abs diff | prompt / prefix / suffix tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dtype, r in ranking.items():
+        lines.append(
+            f"| {dtype} | {r['full_seconds']:.2f} s | {r['cached_seconds']:.2f} s | {r['speedup']:.2f}x | "
+            f"{r['max_abs_diff']:.1e} | {r['prompt_tokens']} / {r['prefix_tokens']} / {r['mean_suffix_tokens']} |"
+        )
+    lines += [
+        "",
+        f"Whole ML-1M test set ({test_set['rows']} rows, bf16, `score_rows`): {test_set['cached_seconds']} s, "
+        f"**{test_set['cached_rows_per_s']} rows/s**; full prompts on the first {n} rows: "
+        f"{test_set['full_prompt_rows_per_s']} rows/s.",
+    ]
+    (RESULTS / "ranking.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Reproduce the paper's Table 3, Table 4 and Fig. 3 on ML-1M (CoLLM's split) at one fixed CPU budget, resumably.
+
+    python benchmarks/reproduce.py [--data_dir ../shared/data/ml-1m] [--output_dir outputs/reproduce]
+                                   [--config examples/configs/reproduce_ml1m.json] [--only ROW ...]
+
+Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, output in `OUTPUT_DIR/<row>`):
+
+* CF: `mf`, `lightgcn`, `sasrec` (CoLLM's settings; SASRec with patience 20, see `CF_PATIENCE`);
+* LLM without CF: `text` (TALLRec-style prompt, stage 1 only: it has no fusion weights);
+* CoLLM-style `inject_{mf,lightgcn,sasrec}` and CCF-LLM `gate_{mf,lightgcn,sasrec}` (two stages);
+* ablations, on LightGCN as in the paper: `token_gate_lightgcn` (α ∈ R), `add_lightgcn` (α = 1),
+  `gate_lightgcn+mf` (two CF sources, Eq. 7), `gate_lightgcn_stage1_only`, `gate_lightgcn_end_to_end` (Table 4).
+
+Every LLM row uses SmolLM2-135M-Instruct and the same budget (`--config`): the same seeded `train_rows_per_stage`
+training rows per stage, hyperparameters fixed beforehand on the validation set of pilot runs, and the full
+validation and test sets, each read once at the end. A row is finished when `OUTPUT_DIR/<row>/all_results.json`
+exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage.
+
+Writes `benchmarks/results/reproduce.json` and `.md` (AUC, UAUC, RelaImpr as in Table 3, and each row's time).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ccf_llm.metrics import rela_impr
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CF_PATIENCE = {"mf": 100, "lightgcn": 100, "sasrec": 20}
+PAPER_AUC = {  # Table 3 (ML-1M), Table 4
+    "mf": 0.6482, "lightgcn": 0.5959, "sasrec": 0.7078, "text": 0.7097,
+    "inject_mf": 0.7295, "inject_lightgcn": 0.7100, "inject_sasrec": 0.7235,
+    "gate_mf": 0.7315, "gate_lightgcn": 0.7427, "gate_sasrec": 0.7526,
+    "gate_lightgcn_stage1_only": 0.7025, "gate_lightgcn_end_to_end": 0.6390,
+}  # fmt: skip
+# name -> (fusion mode, CF sources, schedule, group)
+LLM_ROWS = {
+    "text": ("text", [], "two_stage", "LLM without CF"),
+    **{
+        f"inject_{cf}": ("inject", [cf], "two_stage", "CoLLM-style inject")
+        for cf in ("mf", "lightgcn", "sasrec")
+    },
+    **{f"gate_{cf}": ("gate", [cf], "two_stage", "CCF-LLM gate") for cf in ("mf", "lightgcn", "sasrec")},
+    "token_gate_lightgcn": ("token_gate", ["lightgcn"], "two_stage", "ablation: how to fuse"),
+    "add_lightgcn": ("add", ["lightgcn"], "two_stage", "ablation: how to fuse"),
+    "gate_lightgcn+mf": ("gate", ["lightgcn", "mf"], "two_stage", "ablation: what to fuse"),
+    "gate_lightgcn_stage1_only": ("gate", ["lightgcn"], "stage1_only", "ablation: training strategy"),
+    "gate_lightgcn_end_to_end": ("gate", ["lightgcn"], "end_to_end", "ablation: training strategy"),
+}
+ROWS = [*CF_PATIENCE, *LLM_ROWS]
+
+
+def command(row: str, args) -> list[str]:
+    out = str(args.output_dir / row)
+    if row in CF_PATIENCE:
+        return [sys.executable, "examples/pretrain_cf.py", "--backbone", row, "--data_dir", args.data_dir,
+                "--output_dir", out, "--patience", str(CF_PATIENCE[row]), "--report_to", "none"]  # fmt: skip
+    mode, sources, schedule, _ = LLM_ROWS[row]
+    cmd = [sys.executable, "examples/run_ctr.py", str(args.config), "--data_dir", args.data_dir, "--output_dir", out,
+           "--fusion_modes", mode, "--schedule", schedule, "--overwrite_output_dir", "true",
+           "--resume_from_checkpoint", "true"]  # fmt: skip
+    if sources:
+        cmd += ["--cf_checkpoints", *(str(args.output_dir / cf) for cf in sources)]
+    return cmd
+
+
+def run_row(row: str, args) -> dict:
+    folder = args.output_dir / row
+    done = folder / "all_results.json"
+    timing = folder / "reproduce_row.json"
+    if not done.is_file():
+        start = time.perf_counter()
+        log = args.output_dir / f"{row}.log"
+        print(f"[reproduce] {row}: {' '.join(command(row, args))} (log: {log})", flush=True)
+        with open(log, "a") as handle:
+            subprocess.run(command(row, args), check=True, stdout=handle, stderr=subprocess.STDOUT)
+        timing.write_text(json.dumps({"wall_seconds": round(time.perf_counter() - start, 1)}) + "\n")
+    results = json.loads(done.read_text())
+    wall = json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else None
+    if row not in CF_PATIENCE:
+        results = results["by_mode"][LLM_ROWS[row][0]]
+    return {**results, "wall_seconds": wall}
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", default="../shared/data/ml-1m")
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/reproduce"))
+    parser.add_argument("--config", type=Path, default=Path("examples/configs/reproduce_ml1m.json"))
+    parser.add_argument("--only", nargs="*", choices=ROWS, help="run these rows only (their CF rows first)")
+    args = parser.parse_args()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    wanted = args.only or ROWS
+    needed = {cf for row in wanted if row in LLM_ROWS for cf in LLM_ROWS[row][1]} | set(wanted)
+    rows = [row for row in ROWS if row in needed]
+    start = time.perf_counter()
+    results = {row: run_row(row, args) for row in rows}
+    config = json.loads(args.config.read_text())
+    table = []
+    for row, r in results.items():
+        cf = row if row in CF_PATIENCE else (LLM_ROWS[row][1] or [None])[0]
+        base = results.get(cf, {}).get("test_auc") if cf and cf != row else None
+        table.append({
+            "row": row,
+            "group": "CF" if row in CF_PATIENCE else LLM_ROWS[row][3],
+            "valid_auc": round(r["eval_auc"], 4),
+            "test_auc": round(r["test_auc"], 4),
+            "test_uauc": round(r["test_uauc"], 4),
+            "test_rela_impr_vs_cf": None if base is None else round(rela_impr(r["test_auc"], base), 2),
+            "paper_test_auc": PAPER_AUC.get(row),
+            "train_seconds": r.get("seconds_to_best_epoch") if row in CF_PATIENCE else round(sum(v for k, v in r.items() if k.startswith("stage_") and k.endswith("_seconds")), 1),
+            "evaluation_seconds": r.get("evaluation_seconds"),
+            "wall_seconds": r["wall_seconds"],
+        })  # fmt: skip
+    out = {
+        "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "budget": {
+            k: config[k]
+            for k in (
+                "train_rows_per_stage",
+                "history_size",
+                "dtype",
+                "learning_rate",
+                "fusion_learning_rate",
+                "per_device_train_batch_size",
+                "template",
+            )
+        },  # fmt: skip
+        "this_invocation_seconds": round(time.perf_counter() - start, 1),
+        "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in results.values()), 1),
+        "rows": table,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "reproduce.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        "# ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct, one CPU budget",
+        "",
+        f"`{out['command']}` on {out['machine']}, {out['date']}. Budget: {json.dumps(out['budget'])}; full "
+        "validation (10,401) and test (7,331) sets. RelaImpr (Eq. 6) against the row's CF model, as in Table 3.",
+        "",
+        "| row | group | valid AUC | test AUC | test UAUC | RelaImpr vs CF | paper AUC | train s | eval s | row wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        rel = "" if t["test_rela_impr_vs_cf"] is None else f"{t['test_rela_impr_vs_cf']:+.2f}%"
+        lines.append(
+            f"| {t['row']} | {t['group']} | {t['valid_auc']:.4f} | {t['test_auc']:.4f} | {t['test_uauc']:.4f} | "
+            f"{rel} | {t['paper_test_auc'] or ''} | {t['train_seconds']} | {t['evaluation_seconds'] or ''} | "
+            f"{t['wall_seconds'] or ''} |"
+        )
+    lines += ["", f"Sum of row wall times: {out['total_row_wall_seconds']} s."]
+    (RESULTS / "reproduce.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Speed and memory of CCF-LLM on this machine: training throughput, MFU, fusion overhead, scoring, peak memory.
+
+    python benchmarks/speed.py [--data_dir ../shared/data/ml-1m] [--threads 2]
+
+SmolLM2-135M-Instruct in bf16, `gate` mode with random 64-d CF tables, the paper's template (§3.2) with 10 history
+items on ML-1M rows. Writes `benchmarks/results/speed.json` and `.md` with:
+
+* `peak_bf16_tflops`: the best of several large bf16 matmuls, measured in this run (the MFU denominator);
+* `train_tokens_per_s`, `mfu`: stage-1 LoRA training with `CCFTrainer` (batch `--batch`, group_by_length), real
+  (unpadded) prompt tokens per second over the steps after `--warmup` ones. With the LLM frozen, a token costs a
+  forward (2N) and the backward through the activations (2N), N = non-embedding parameters: `mfu` = tokens/s x 4N
+  / peak; `mfu_6n` uses the usual 6N of full fine-tuning for comparison. Attention scores are not counted;
+* `peak_rss_mb`: the process's peak resident memory after training (model load included), training first;
+* `fusion_overhead`: fused (`gate`) forward+backward time / plain LLM on the same 8 x 256 tokens, medians of
+  per-round ratios (as `benchmarks/fusion_overhead.py`, bf16 only; goal <= 1.05);
+* `score_prompts_per_s`: scoring the first `--score_rows` ML-1M test rows with `ccf_llm.score_rows` (prefix
+  cache, batches of 64), and with full prompts (`full_prompt_score_prompts_per_s`).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fusion_overhead import make_steps, synthetic_batch, time_interleaved  # noqa: E402
+from ranking import full_scores  # noqa: E402
+
+from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows  # noqa: E402
+from ccf_llm.data import item_titles, load_movielens_1m  # noqa: E402
+from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def matmul_peak(dtype, sizes=(1024, 2048, 3072), repeats=5) -> float:
+    """Best TFLOP/s of square matmuls of `dtype` (the machine's practical peak on these threads)."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e12)
+    return best
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times, self._start = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def build(num_users, num_items, titles, fusion_mode="gate"):
+    llm, tokenizer = load_llm(dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    cf = {}
+    if fusion_mode != "text":
+        cf = {"user_embeddings": torch.randn(num_users + 1, 64, generator=generator) * 0.1,
+              "item_embeddings": torch.randn(num_items + 1, 64, generator=generator) * 0.1}  # fmt: skip
+    model = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, num_users, num_items, fusion_mode=fusion_mode, zero_init_gate=False, **cf
+    )
+    return model, tokenizer, CCFLlamaProcessor(tokenizer, titles, fusion_mode=fusion_mode)
+
+
+def non_embedding_parameters(model) -> int:
+    embeddings = model.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.llm.parameters()) - embeddings
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", default="../shared/data/ml-1m")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--score_rows", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    splits = load_movielens_1m(args.data_dir)
+    titles = item_titles(splits)
+    num_users = max(max(s["user_id"]) for s in splits.values())
+    num_items = max(titles)
+
+    # 1. training throughput and peak memory (first, so the RSS peak is training's)
+    model, tokenizer, processor = build(num_users, num_items, titles)
+    n_params = non_embedding_parameters(model)
+    rows = splits["train"].shuffle(seed=0).select(range(args.batch * args.steps))
+    train = processor.process_dataset(rows)
+    tokens_per_step = sum(len(ids) for ids in train["input_ids"]) / args.steps
+    training_args = CCFTrainingArguments(
+        output_dir="outputs/speed", stage="lora", per_device_train_batch_size=args.batch, max_steps=args.steps,
+        learning_rate=2e-3, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
+        disable_tqdm=True, train_sampling_strategy="group_by_length", seed=0,
+    )  # fmt: skip
+    timer = StepTimer()
+    peft_model = add_lora(model, training_args)
+    trainer = CCFTrainer(model=peft_model, args=training_args, train_dataset=train,
+                         data_collator=CCFDataCollator(tokenizer.pad_token_id), callbacks=[timer])  # fmt: skip
+    trainer.train()
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step_s = statistics.mean(timer.times[args.warmup :])
+    train_tokens_per_s = tokens_per_step / step_s
+    peak = matmul_peak(torch.bfloat16)
+    del trainer, peft_model, model
+    print(
+        f"training: {train_tokens_per_s:.0f} tokens/s, {step_s:.2f} s/step, peak {peak:.2f} TFLOP/s",
+        flush=True,
+    )
+
+    # 2. fusion overhead, bf16, 8 x 256 tokens
+    llm, tokenizer = load_llm(dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    cf = {"user_embeddings": torch.randn(num_users + 1, 128, generator=generator),
+          "item_embeddings": torch.randn(num_items + 1, 128, generator=generator)}  # fmt: skip
+    gate = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, num_users, num_items, fusion_mode="gate", zero_init_gate=False, **cf
+    )
+    text = CCFLlamaForCTR.from_llm(llm, tokenizer, num_users, num_items, fusion_mode="text")
+    gate, text = gate.to(torch.bfloat16), text.to(torch.bfloat16)
+    batch = synthetic_batch(gate, 8, 256, num_users, num_items, torch.Generator().manual_seed(0))
+    text_batch = {k: v for k, v in batch.items() if k not in ("user_ids", "item_ids")}
+    text_batch["input_ids"] = text_batch["input_ids"].clamp(max=40000)
+    text_batch["input_ids"][:, 5] = 42
+    times = time_interleaved(make_steps(llm, text, gate, batch, text_batch), args.repeats)
+    fusion_overhead = statistics.median(g / p for g, p in zip(times["gate"], times["llm"], strict=True))
+    del llm, gate, text
+    print(f"fusion overhead {fusion_overhead:.3f}", flush=True)
+
+    # 3. scoring throughput on test rows
+    model, tokenizer, processor = build(num_users, num_items, titles)
+    model.eval()
+    test = splits["test"].select(range(min(args.score_rows, len(splits["test"]))))
+    users, items, histories = (
+        np.array(test["user_id"]),
+        np.array(test["item_id"]),
+        test.data.column("history"),
+    )
+    start = time.perf_counter()
+    score_rows(model, processor, users, histories, items, batch_size=64)
+    cached_s = time.perf_counter() - start
+    start = time.perf_counter()
+    full_scores(model, processor, users, histories, items, 64)
+    full_s = time.perf_counter() - start
+
+    out = {
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, torch {torch.__version__}",
+        "peak_bf16_tflops": round(peak, 3),
+        "train_tokens_per_s": round(train_tokens_per_s, 1),
+        "train_seconds_per_step": round(step_s, 3),
+        "train_tokens_per_step": round(tokens_per_step, 1),
+        "non_embedding_parameters": n_params,
+        "mfu": round(train_tokens_per_s * 4 * n_params / (peak * 1e12), 4),
+        "mfu_6n": round(train_tokens_per_s * 6 * n_params / (peak * 1e12), 4),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "fusion_overhead": round(fusion_overhead, 4),
+        "fusion_overhead_times_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
+        "score_prompts_per_s": round(len(items) / cached_s, 1),
+        "full_prompt_score_prompts_per_s": round(len(items) / full_s, 1),
+        "settings": {
+            "batch": args.batch,
+            "steps": args.steps,
+            "warmup_steps_excluded": args.warmup,
+            "dtype": "bfloat16",
+            "stage": "lora (r=8, q_proj/v_proj)",
+            "template": "PAPER_TEMPLATE",
+            "history_size": 10,
+            "score_rows": len(items),
+        },  # fmt: skip
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        "# Speed and memory (SmolLM2-135M-Instruct, bf16, `gate`, paper template)",
+        "",
+        f"`{out['command']}` on {out['machine']}, {out['date']}.",
+        "",
+        "| metric | value | goal |",
+        "|---|---|---|",
+        f"| measured bf16 matmul peak | {out['peak_bf16_tflops']} TFLOP/s | |",
+        f"| LoRA training throughput (batch {args.batch}, {tokens_per_step:.0f} tokens/step) | "
+        f"{out['train_tokens_per_s']} tokens/s ({step_s:.2f} s/step) | |",
+        f"| MFU (4N per token; 6N convention in brackets) | {out['mfu']:.3f} ({out['mfu_6n']:.3f}) | >= 0.40 |",
+        f"| peak RSS of training | {out['peak_rss_mb']} MB | |",
+        f"| fusion overhead, gate / plain LLM, fwd+bwd 8 x 256 | {out['fusion_overhead']:.3f} | <= 1.05 |",
+        f"| test-set scoring, prefix cache (`score_rows`) | {out['score_prompts_per_s']} prompts/s | |",
+        f"| test-set scoring, full prompts | {out['full_prompt_score_prompts_per_s']} prompts/s | |",
+    ]
+    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+# Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
+"""Serving CCF-LLM: rank many candidate items per user with a shared, cached prompt prefix.
+
+* `CTRScoringPipeline`, registered as `pipeline("ctr-scoring", ...)`: one user, their history and candidate items
+  in; candidates ranked by click score out.
+* `score_rows`: offline scoring of a whole table of `(user, history, item)` rows (e.g. a test split), grouping the
+  rows that share a prompt prefix and batching many users per LLM call.
+* `load_ctr_model`: a trained `examples/run_ctr.py` folder (base model + `adapter/`) as one merged model.
+
+All three go through `CCFLlamaProcessor.ranking_inputs` and `CCFLlamaForCTR.score_candidates`.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from transformers import AutoModel, Pipeline
+from transformers.utils import logging
+
+from .modeling_ccf_llama import CCFLlamaForCTR
+from .processing_ccf_llama import _ragged, latest_items
+
+logger = logging.get_logger(__name__)
+
+ADAPTER_SUBFOLDER = "adapter"
+
+
+def _merge_saved_adapter(model, path: str | Path | None = None):
+    """`model` with the adapter saved next to it (`<path>/adapter`, as `run_ctr.py` writes it) merged in."""
+    if not isinstance(model, CCFLlamaForCTR) or hasattr(model, "peft_config"):
+        return model
+    folder = Path(path if path is not None else model.name_or_path or "")
+    if not (folder / ADAPTER_SUBFOLDER / "adapter_config.json").is_file():
+        return model
+    from peft import PeftModel
+
+    logger.info("merging the adapter in %s into the model", folder / ADAPTER_SUBFOLDER)
+    return PeftModel.from_pretrained(model, str(folder), subfolder=ADAPTER_SUBFOLDER).merge_and_unload()
+
+
+def load_ctr_model(path: str | Path, merge_adapter: bool = True, **kwargs) -> CCFLlamaForCTR:
+    """
+    Load a trained CCF-LLM for scoring: `AutoModel.from_pretrained(path, **kwargs)` and, when the folder has an
+    `adapter/` subfolder (LoRA + ALG/GATE, as `examples/run_ctr.py` saves it), that adapter merged in, so scoring
+    runs at the speed of the plain model. Without `merge_adapter` the base model alone is returned.
+    """
+    model = AutoModel.from_pretrained(path, **kwargs)
+    if not isinstance(model, CCFLlamaForCTR):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a CCF-LLM model (CCFLlamaForCTR)")
+    return (_merge_saved_adapter(model, path) if merge_adapter else model).eval()
+
+
+class CTRScoringPipeline(Pipeline):
+    """
+    Rank candidate items for a user with CCF-LLM (`pipeline("ctr-scoring", model=..., processor=...)`).
+
+    Input: a dict `{"user_id": int, "history": [item ids, oldest first], "candidates": [item ids]}`, or a list of
+    them. Output per input: `{"item_ids": [...], "scores": [...], "titles": [...]}`, best candidate first.
+
+    The user's prompt prefix (history and user feature) runs through the LLM once; the candidates' suffixes are
+    scored against its key/value cache `candidate_batch_size` at a time (see `CCFLlamaForCTR.score_candidates`),
+    so many candidates cost little more than one prompt each of the suffix length.
+
+    `model` may be a folder written by `examples/run_ctr.py`: its `adapter/` is merged in on load.
+
+    Call parameters: `top_k` (keep the best k), `candidate_batch_size` (candidates per LLM call; default 64).
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(_merge_saved_adapter(model), *args, **kwargs)
+        if self.processor is None:
+            raise ValueError(
+                "ctr-scoring needs the CCFLlamaProcessor that built the training prompts: pass processor= "
+                "(it is saved next to a model trained with examples/run_ctr.py)"
+            )
+        self.model.eval()
+
+    def _sanitize_parameters(self, top_k=None, candidate_batch_size=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"ctr-scoring got unexpected arguments {sorted(kwargs)}")
+        forward = {} if candidate_batch_size is None else {"candidate_batch_size": candidate_batch_size}
+        return {}, forward, {} if top_k is None else {"top_k": top_k}
+
+    def preprocess(self, inputs):
+        if not isinstance(inputs, dict):
+            raise TypeError(
+                f"ctr-scoring takes dicts with user_id, history, candidates; got {type(inputs).__name__}"
+            )
+        needed = {"history", "candidates"} | ({"user_id"} if self.processor.fusion_mode != "text" else set())
+        missing = needed - set(inputs)
+        if missing:
+            raise ValueError(f"ctr-scoring input lacks {sorted(missing)} (got keys {sorted(inputs)})")
+        candidates = np.asarray(inputs["candidates"], dtype=np.int64).reshape(-1)
+        features = self.processor.ranking_inputs(
+            [inputs.get("user_id", 0)], [list(inputs["history"])], [candidates]
+        )
+        return {"features": features, "candidates": candidates}
+
+    def _forward(self, model_inputs, candidate_batch_size: int = 64):
+        output = self.model.score_candidates(**model_inputs["features"], batch_size=candidate_batch_size)
+        return {"scores": output.scores.float().cpu().numpy(), "candidates": model_inputs["candidates"]}
+
+    def postprocess(self, model_outputs, top_k: int | None = None):
+        scores, candidates = model_outputs["scores"], model_outputs["candidates"]
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        titles = self.processor.item_titles
+        return {
+            "item_ids": candidates[order].tolist(),
+            "scores": scores[order].tolist(),
+            "titles": [titles[i] for i in candidates[order]],
+        }
+
+
+def score_rows(
+    model,
+    processor,
+    user_ids,
+    histories,
+    item_ids,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """
+    Click scores of a table of rows `(user_ids[r], histories[r], item_ids[r])`, in row order, with prefix caching.
+
+    Rows whose prompts share a prefix (same user and same latest history items) are grouped; groups are packed into
+    calls of about `batch_size` rows to `model.score_candidates`, each encoding its prefixes once.
+
+    Args:
+        model: a `CCFLlamaForCTR` (or a PEFT model around one).
+        processor: its `CCFLlamaProcessor`.
+        user_ids, item_ids: `(rows,)` ids; histories: one list (or arrow list) of earlier positives per row.
+        batch_size: rows per LLM call.
+        progress: show a tqdm progress bar over rows.
+    """
+    users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    items = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+    flat_hist, hist_off = _ragged(histories)
+    if not len(users) == len(items) == len(hist_off) - 1:
+        raise ValueError(
+            f"got {len(users)} user ids, {len(hist_off) - 1} histories and {len(items)} item ids: one of each per row"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    # only the latest items enter the prompt (and the sequential CF encoder): rows agreeing on them share a prefix
+    latest = latest_items(flat_hist, hist_off, max(processor.history_size, processor.cf_history_size, 1))
+    keys, group = np.unique(np.column_stack([users, latest]), axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.argsort(group, kind="stable")
+    sizes = np.bincount(group, minlength=len(keys))
+    group_start = np.cumsum(sizes) - sizes
+    chunk_of_group = group_start // batch_size  # groups starting in the same window of batch_size rows
+    chunk_bounds = np.searchsorted(chunk_of_group, np.unique(chunk_of_group))
+    chunk_bounds = np.append(chunk_bounds, len(keys))
+    scores = np.empty(len(items), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(items), disable=not progress, unit="row", desc="scoring") as bar:
+        for lo, hi in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
+            rows = order[group_start[lo] : group_start[hi - 1] + sizes[hi - 1]]
+            chunk_hist = keys[lo:hi, 1:]  # latest items, left-padded with 0
+            present = chunk_hist > 0
+            hist = pa.LargeListArray.from_arrays(
+                np.concatenate([[0], np.cumsum(present.sum(1))]), chunk_hist[present]
+            )
+            cand = pa.LargeListArray.from_arrays(np.concatenate([[0], np.cumsum(sizes[lo:hi])]), items[rows])
+            features = processor.ranking_inputs(keys[lo:hi, 0], hist, cand)
+            output = model.score_candidates(**features, batch_size=batch_size)
+            scores[rows] = output.scores.float().cpu().numpy()
+            bar.update(len(rows))
+    return scores
+
+
+__all__ = ["CTRScoringPipeline", "load_ctr_model", "score_rows"]

@@ -1,0 +1,177 @@
+"""Serving: prefix-cached candidate scoring, the `ctr-scoring` pipeline, offline row scoring and examples/score.py."""
+
+import runpy
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import pipeline
+
+from ccf_llm import FUSION_MODES, CCFLlamaForCTR, CCFLlamaProcessor, SASRecConfig, SASRecModel, score_rows
+
+from .conftest import tiny_llm, tiny_tokenizer
+
+TITLES = {
+    1: "red apple",
+    2: "green pear pie",
+    3: "blue plum",
+    4: "black fig",
+    5: "old big brown fig tree",
+    6: "kiwi",
+}
+WORDS = "likes user item A: red apple green pear pie blue plum black fig old big brown tree kiwi Yes No none".split()
+TEMPLATES = {
+    "prefix": "likes {history} user {user} item {target} A:",
+    "user_after_target": "likes {history} item {target} user {user} A:",
+}
+
+
+def build(mode, template="prefix", sasrec=False, seed=0, max_length=700):
+    """A tiny fp32 model and processor; with `sasrec`, a second CF source that encodes users from their history."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(WORDS + ['"', ', "'])
+    llm = tiny_llm(
+        tokenizer, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    cf = {}
+    if mode != "text":
+        cf["cf_models"] = [_mf_like(8)] + ([SASRecModel(SASRecConfig(num_users=6, num_items=6, hidden_size=8, max_history=3))] if sasrec else [])  # fmt: skip
+    model = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, 6, 6, yes_token="Yes", no_token="No", fusion_mode=mode, zero_init_gate=False, **cf
+    ).eval()
+    text = TEMPLATES[template] if mode != "text" else "likes {history} item {target} A:"
+    processor = CCFLlamaProcessor(
+        tokenizer, TITLES, fusion_mode=mode, template=text, history_size=3, max_length=max_length,
+        cf_history_size=model.config.max_cf_history,
+    )  # fmt: skip
+    return model, processor
+
+
+def _mf_like(dim):
+    from ccf_llm import MFConfig, MFModel
+
+    return MFModel(MFConfig(num_users=6, num_items=6, hidden_size=dim))
+
+
+def full_prompt_scores(model, processor, users, histories, items):
+    batch = processor(users, histories, items)
+    with torch.no_grad():
+        return model(**batch).scores
+
+
+@pytest.mark.parametrize("mode", FUSION_MODES)
+def test_prefix_cached_scores_equal_full_prompts_in_every_mode(mode):
+    model, processor = build(mode, sasrec=mode != "text")
+    histories = [[1, 2, 3, 4], [], [6]]
+    candidates = [[1, 2, 3, 4, 5, 6, 2], [3], [5, 1]]
+    features = processor.ranking_inputs([1, 2, 5], histories, candidates)
+    assert features["prefix_input_ids"].shape[0] == 3
+    assert features["prefix_index"].tolist() == [0] * 7 + [1] + [2, 2]
+    cached = model.score_candidates(**features, batch_size=3)  # 4 chunks, one spanning two users
+    rows = np.repeat(np.arange(3), [7, 1, 2])
+    full = full_prompt_scores(
+        model, processor, np.array([1, 2, 5])[rows], [histories[r] for r in rows], sum(candidates, [])
+    )
+    assert cached.scores.shape == (10,)
+    torch.testing.assert_close(cached.scores, full, atol=1e-5, rtol=0)
+    assert full.std() > 1e-3  # the candidates really get different scores
+
+
+def test_user_feature_after_the_target_rides_in_the_suffix():
+    model, processor = build("gate", template="user_after_target", sasrec=True)
+    features = processor.ranking_inputs([3], [[1, 2]], [[4, 5, 6]])
+    assert (features["input_ids"] == model.config.user_token_id).sum() == 3  # one per suffix
+    cached = model.score_candidates(**features)
+    full = full_prompt_scores(model, processor, [3, 3, 3], [[1, 2]] * 3, [4, 5, 6])
+    torch.testing.assert_close(cached.scores, full, atol=1e-5, rtol=0)
+
+
+def test_candidates_whose_prompts_drop_different_history_get_their_own_prefix():
+    model, processor = build("gate", max_length=23)
+    # the long title of item 5 leaves room for one history item fewer than the one-word title of item 6
+    assert processor([1], [[1, 2, 3]], [6])["input_ids"].shape[1] == 23  # all 3 history items
+    assert processor([1], [[1, 2, 3]], [5])["input_ids"].shape[1] == 22  # "red apple" dropped
+    features = processor.ranking_inputs([1], [[1, 2, 3]], [[6, 5, 6]])
+    assert features["prefix_index"].tolist() == [1, 0, 1]  # prefixes sorted by length: the shorter one first
+    assert features["prefix_attention_mask"].sum(-1).tolist() == [14, 19]  # 23 - 4 and 22 - 8 suffix tokens
+    full = full_prompt_scores(model, processor, [1] * 3, [[1, 2, 3]] * 3, [6, 5, 6])
+    torch.testing.assert_close(model.score_candidates(**features).scores, full, atol=1e-5, rtol=0)
+
+
+def test_pipeline_ranks_candidates_and_handles_bad_input(tmp_path):
+    model, processor = build("gate")
+    scorer = pipeline("ctr-scoring", model=model, processor=processor)
+    out = scorer({"user_id": 2, "history": [1, 3], "candidates": [6, 4, 5, 2]}, candidate_batch_size=2)
+    full = full_prompt_scores(model, processor, [2] * 4, [[1, 3]] * 4, [6, 4, 5, 2]).numpy()
+    order = np.argsort(-full, kind="stable")
+    assert out["item_ids"] == np.array([6, 4, 5, 2])[order].tolist()
+    np.testing.assert_allclose(out["scores"], full[order], atol=1e-5)
+    assert out["titles"][0] == TITLES[out["item_ids"][0]]
+    top = scorer([{"user_id": 2, "history": [1, 3], "candidates": [6, 4, 5, 2]}] * 2, top_k=1)
+    assert [t["item_ids"] for t in top] == [out["item_ids"][:1]] * 2
+    assert scorer({"user_id": 2, "history": [1], "candidates": []}) == {
+        "item_ids": [],
+        "scores": [],
+        "titles": [],
+    }
+    with pytest.raises(ValueError, match=r"unknown item ids .* target .*\[9\]"):
+        scorer({"user_id": 2, "history": [1], "candidates": [1, 9]})
+    with pytest.raises(ValueError, match="lacks \\['user_id'\\]"):
+        scorer({"history": [1], "candidates": [1]})
+    with pytest.raises(ValueError, match="unknown item ids .* history"):
+        scorer({"user_id": 2, "history": [0], "candidates": [1]})
+
+    # a saved folder with processor (and adapter, see test_trainer) loads by path
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = pipeline("ctr-scoring", model=str(tmp_path), dtype=torch.float32)
+    again = reloaded({"user_id": 2, "history": [1, 3], "candidates": [6, 4, 5, 2]})
+    assert again["item_ids"] == out["item_ids"]
+    np.testing.assert_allclose(again["scores"], out["scores"], atol=1e-6)
+
+
+def test_score_candidates_errors():
+    model, processor = build("gate")
+    features = processor.ranking_inputs([1, 2], [[1], [2]], [[3], [4]])
+    with pytest.raises(ValueError, match="pass prefix_index"):
+        model.score_candidates(**{k: v for k, v in features.items() if k != "prefix_index"})
+    bad = dict(features, prefix_index=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="prefix_index must have shape"):
+        model.score_candidates(**bad)
+    left = dict(features, attention_mask=torch.flip(features["attention_mask"], [1]))
+    left["attention_mask"][:, 0] = 0
+    with pytest.raises(ValueError, match="right-padded"):
+        model.score_candidates(**left)
+
+
+def test_score_rows_matches_full_prompts_in_row_order_and_score_script(tmp_path, monkeypatch):
+    model, processor = build("inject", sasrec=True)
+    rng = np.random.default_rng(0)
+    n = 40
+    users = rng.integers(1, 4, n)
+    histories = [list(rng.integers(1, 7, rng.integers(0, 3))) for _ in range(n)]
+    items = rng.integers(1, 7, n)
+    scores = score_rows(model, processor, users, histories, items, batch_size=7)
+    full = full_prompt_scores(model, processor, users, histories, items).numpy()
+    np.testing.assert_allclose(scores, full, atol=1e-5)
+
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    table = pd.DataFrame(
+        {"user_id": users, "history": histories, "item_id": items, "label": rng.integers(0, 2, n)}
+    )
+    table.to_parquet(tmp_path / "candidates.parquet")
+    argv = ["score.py", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "candidates.parquet"),
+            "--output", str(tmp_path / "scores.parquet"), "--batch_size", "5", "--dtype", "float32"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path("examples/score.py", run_name="__main__")
+    out = pd.read_parquet(tmp_path / "scores.parquet")
+    assert out.columns.tolist() == ["user_id", "history", "item_id", "label", "score"]
+    np.testing.assert_allclose(out["score"].to_numpy(), full, atol=1e-5)
+
+    table.drop(columns="history").to_parquet(tmp_path / "bad.parquet")
+    monkeypatch.setattr(sys, "argv", argv[:3] + ["--input", str(tmp_path / "bad.parquet")] + argv[5:])
+    with pytest.raises(SystemExit, match="lacks the columns \\['history'\\]"):
+        runpy.run_path("examples/score.py", run_name="__main__")
