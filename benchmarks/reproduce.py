@@ -95,14 +95,18 @@ def main():
     parser.add_argument("--data_dir", default="../shared/data/ml-1m")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/reproduce"))
     parser.add_argument("--config", type=Path, default=Path("examples/configs/reproduce_ml1m.json"))
-    parser.add_argument("--only", nargs="*", choices=ROWS, help="run these rows only (their CF rows first)")
+    parser.add_argument("--only", nargs="*", choices=ROWS, help="run these rows only, in this order (their CF rows first)")
+    parser.add_argument("--report_only", action="store_true", help="tabulate the finished rows, run nothing")
     args = parser.parse_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     wanted = args.only or ROWS
     needed = {cf for row in wanted if row in LLM_ROWS for cf in LLM_ROWS[row][1]} | set(wanted)
-    rows = [row for row in ROWS if row in needed]
+    rows = [row for row in CF_PATIENCE if row in needed] + [row for row in wanted if row not in CF_PATIENCE]
     start = time.perf_counter()
+    if args.report_only:
+        rows = [row for row in rows if (args.output_dir / row / "all_results.json").is_file()]
     results = {row: run_row(row, args) for row in rows}
+    missing = [row for row in ROWS if row not in results]
     config = json.loads(args.config.read_text())
     table = []
     for row, r in results.items():
@@ -139,6 +143,7 @@ def main():
         "this_invocation_seconds": round(time.perf_counter() - start, 1),
         "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in results.values()), 1),
         "rows": table,
+        "rows_not_run": missing,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "reproduce.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -159,6 +164,8 @@ def main():
             f"{t['wall_seconds'] or ''} |"
         )
     lines += ["", f"Sum of row wall times: {out['total_row_wall_seconds']} s."]
+    if missing:
+        lines += ["", f"Not run yet (rerun the command to resume): {', '.join(missing)}."]
     (RESULTS / "reproduce.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

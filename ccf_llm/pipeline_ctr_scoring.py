@@ -148,6 +148,9 @@ def score_rows(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if (flat_hist < 1).any():  # 0 pads the grouping keys below: a 0 in a history must not vanish there
+        bad = np.searchsorted(hist_off, np.flatnonzero(flat_hist < 1)[:5], side="right") - 1
+        raise ValueError(f"histories of rows {bad.tolist()} hold item ids < 1 (ids start at 1)")
     # only the latest items enter the prompt (and the sequential CF encoder): rows agreeing on them share a prefix
     latest = latest_items(flat_hist, hist_off, max(processor.history_size, processor.cf_history_size, 1))
     keys, group = np.unique(np.column_stack([users, latest]), axis=0, return_inverse=True)

@@ -29,7 +29,7 @@ from transformers import AutoModel
 
 from ccf_llm import CCFLlamaProcessor, load_ctr_model, score_rows
 from ccf_llm.data import item_titles, load_movielens_1m
-from ccf_llm.processing_ccf_llama import latest_items
+from ccf_llm.processing_ccf_llama import _ragged, latest_items
 from ccf_llm.synthetic import make_demo_log
 
 
@@ -97,8 +97,7 @@ def case_study(splits, cf_model, text, gate, text_processor, gate_processor) -> 
     rows = np.flatnonzero(users == user)
     items = np.array(test["item_id"])[rows]
     histories = test.data.column("history").take(rows)
-    flat = np.asarray(histories.combine_chunks().values)
-    offsets = np.asarray(histories.combine_chunks().offsets)
+    flat, offsets = _ragged(histories)
     max_history = getattr(cf_model.config, "max_history", 0)
     with torch.no_grad():
         cf_scores = cf_model(

@@ -144,6 +144,8 @@ def test_score_candidates_errors():
     left["attention_mask"][:, 0] = 0
     with pytest.raises(ValueError, match="right-padded"):
         model.score_candidates(**left)
+    with pytest.raises(ValueError, match=r"histories of rows \[1\] hold item ids < 1"):
+        score_rows(model, processor, [1, 2], [[1], [0, 2]], [3, 4])
 
 
 def test_score_rows_matches_full_prompts_in_row_order_and_score_script(tmp_path, monkeypatch):
