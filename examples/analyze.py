@@ -10,7 +10,7 @@ The defaults are the folders `benchmarks/reproduce.py` writes. Outputs in `--out
   (Eq. 2), the LLM embedding (mean of the title's token embeddings x_i^SM) and the fused embedding (mean over the
   title tokens of Eq. 4). `analysis.json` adds numbers: cosine similarities between the three, and the size of the
   fused-in CF part ||α ⊙ ALG(x^CF)|| relative to ||x^SM||.
-* `case_study.md` (Table 5): for the test user with the most test rows of both labels, each candidate's rank
+* `case_study.md` (Table 5): for the warm test user (one with train rows) with the most test rows of both labels, each candidate's rank
   by the CF model, by `text` and by `gate`, with per-user AUCs.
 
 These outputs hold MovieLens titles and ratings: keep them out of the repository (its license forbids
@@ -92,7 +92,10 @@ def case_study(splits, cf_model, text, gate, text_processor, gate_processor) -> 
     users, labels = np.array(test["user_id"]), np.array(test["label"])
     positives = np.bincount(users, weights=labels)
     counts = np.bincount(users)
-    both = (positives > 0) & (positives < counts)
+    warm = np.zeros(len(counts), dtype=bool)  # users with train rows: cold users have the zero CF vector
+    train_users = np.array(splits["train"]["user_id"])
+    warm[train_users[train_users < len(counts)]] = True
+    both = (positives > 0) & (positives < counts) & warm
     user = int(np.argmax(np.where(both, counts, 0)))
     rows = np.flatnonzero(users == user)
     items = np.array(test["item_id"])[rows]
