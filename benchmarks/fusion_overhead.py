@@ -66,6 +66,25 @@ def make_steps(llm, text, gate, batch, text_batch) -> dict:
     return {"llm": step_llm, "text": step_model(text, text_batch), "gate": step_model(gate, batch)}
 
 
+def compared_steps(llm_name, dtype, batch_size, length, num_users, num_items) -> dict:
+    """The plain LLM, CCF `text` and CCF `gate` (random 128-d CF tables, random GATE) and one training step of each."""
+    llm, tokenizer = load_llm(llm_name, dtype=dtype)
+    torch.manual_seed(0)
+    cf = {
+        "user_embeddings": torch.randn(num_users + 1, 128),
+        "item_embeddings": torch.randn(num_items + 1, 128),
+    }
+    gate = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, num_users, num_items, fusion_mode="gate", zero_init_gate=False, **cf
+    ).to(dtype)
+    text = CCFLlamaForCTR.from_llm(llm, tokenizer, num_users, num_items, fusion_mode="text").to(dtype)
+    batch = synthetic_batch(gate, batch_size, length, num_users, num_items, torch.Generator().manual_seed(0))
+    text_batch = {k: v for k, v in batch.items() if k not in ("user_ids", "item_ids")}
+    text_batch["input_ids"] = text_batch["input_ids"].clamp(max=40000)  # no placeholder in text mode
+    text_batch["input_ids"][:, 5] = 42
+    return make_steps(llm, text, gate, batch, text_batch)
+
+
 def time_interleaved(steps: dict, repeats: int) -> dict:
     """Time each step `repeats` times, rotating the order every round so drift hits all models alike."""
     for step in steps.values():
@@ -94,24 +113,7 @@ def main():
     num_users, num_items = 838, 3255
     results = {}
     for dtype in (torch.float32, torch.bfloat16):
-        llm, tokenizer = load_llm(args.llm, dtype=dtype)
-        torch.manual_seed(0)
-        cf = {
-            "user_embeddings": torch.randn(num_users + 1, 128),
-            "item_embeddings": torch.randn(num_items + 1, 128),
-        }
-        gate = CCFLlamaForCTR.from_llm(
-            llm, tokenizer, num_users, num_items, fusion_mode="gate", zero_init_gate=False, **cf
-        ).to(dtype)
-        text = CCFLlamaForCTR.from_llm(llm, tokenizer, num_users, num_items, fusion_mode="text").to(dtype)
-        batch = synthetic_batch(
-            gate, args.batch, args.length, num_users, num_items, torch.Generator().manual_seed(0)
-        )
-        text_batch = {k: v for k, v in batch.items() if k not in ("user_ids", "item_ids")}
-        text_batch["input_ids"] = text_batch["input_ids"].clamp(max=40000)  # no placeholder in text mode
-        text_batch["input_ids"][:, 5] = 42
-
-        steps = make_steps(llm, text, gate, batch, text_batch)
+        steps = compared_steps(args.llm, dtype, args.batch, args.length, num_users, num_items)
         name = str(dtype).replace("torch.", "")
         times = time_interleaved(steps, args.repeats)
         row = {}
@@ -127,7 +129,7 @@ def main():
             statistics.median(g / p for g, p in zip(times["gate"], times["text"])), 4
         )
         results[name] = row
-        del llm, gate, text, steps
+        del steps
     out = {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -95,7 +95,9 @@ def main():
     parser.add_argument("--data_dir", default="../shared/data/ml-1m")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/reproduce"))
     parser.add_argument("--config", type=Path, default=Path("examples/configs/reproduce_ml1m.json"))
-    parser.add_argument("--only", nargs="*", choices=ROWS, help="run these rows only, in this order (their CF rows first)")
+    parser.add_argument(
+        "--only", nargs="*", choices=ROWS, help="run these rows only, in this order (their CF rows first)"
+    )
     parser.add_argument("--report_only", action="store_true", help="tabulate the finished rows, run nothing")
     args = parser.parse_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,10 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion_overhead import make_steps, synthetic_batch, time_interleaved  # noqa: E402
-from ranking import full_scores  # noqa: E402
+from fusion_overhead import compared_steps, time_interleaved  # noqa: E402
+from ranking import build, full_scores  # noqa: E402
 
-from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows  # noqa: E402
+from ccf_llm import DEFAULT_LLM, CCFDataCollator, score_rows  # noqa: E402
 from ccf_llm.data import item_titles, load_movielens_1m  # noqa: E402
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora  # noqa: E402
 
@@ -67,19 +67,6 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def build(num_users, num_items, titles, fusion_mode="gate"):
-    llm, tokenizer = load_llm(dtype=torch.bfloat16)
-    generator = torch.Generator().manual_seed(0)
-    cf = {}
-    if fusion_mode != "text":
-        cf = {"user_embeddings": torch.randn(num_users + 1, 64, generator=generator) * 0.1,
-              "item_embeddings": torch.randn(num_items + 1, 64, generator=generator) * 0.1}  # fmt: skip
-    model = CCFLlamaForCTR.from_llm(
-        llm, tokenizer, num_users, num_items, fusion_mode=fusion_mode, zero_init_gate=False, **cf
-    )
-    return model, tokenizer, CCFLlamaProcessor(tokenizer, titles, fusion_mode=fusion_mode)
-
-
 def non_embedding_parameters(model) -> int:
     embeddings = model.get_input_embeddings().weight.numel()
     return sum(p.numel() for p in model.llm.parameters()) - embeddings
@@ -104,7 +91,8 @@ def main():
     num_items = max(titles)
 
     # 1. training throughput and peak memory (first, so the RSS peak is training's)
-    model, tokenizer, processor = build(num_users, num_items, titles)
+    model, processor = build(torch.bfloat16, num_users, num_items, titles)
+    tokenizer = processor.tokenizer
     n_params = non_embedding_parameters(model)
     rows = splits["train"].shuffle(seed=0).select(range(args.batch * args.steps))
     train = processor.process_dataset(rows)
@@ -130,27 +118,14 @@ def main():
     )
 
     # 2. fusion overhead, bf16, 8 x 256 tokens
-    llm, tokenizer = load_llm(dtype=torch.bfloat16)
-    generator = torch.Generator().manual_seed(0)
-    cf = {"user_embeddings": torch.randn(num_users + 1, 128, generator=generator),
-          "item_embeddings": torch.randn(num_items + 1, 128, generator=generator)}  # fmt: skip
-    gate = CCFLlamaForCTR.from_llm(
-        llm, tokenizer, num_users, num_items, fusion_mode="gate", zero_init_gate=False, **cf
-    )
-    text = CCFLlamaForCTR.from_llm(llm, tokenizer, num_users, num_items, fusion_mode="text")
-    gate, text = gate.to(torch.bfloat16), text.to(torch.bfloat16)
-    batch = synthetic_batch(gate, 8, 256, num_users, num_items, torch.Generator().manual_seed(0))
-    text_batch = {k: v for k, v in batch.items() if k not in ("user_ids", "item_ids")}
-    text_batch["input_ids"] = text_batch["input_ids"].clamp(max=40000)
-    text_batch["input_ids"][:, 5] = 42
-    times = time_interleaved(make_steps(llm, text, gate, batch, text_batch), args.repeats)
+    steps = compared_steps(DEFAULT_LLM, torch.bfloat16, 8, 256, num_users, num_items)
+    times = time_interleaved(steps, args.repeats)
     fusion_overhead = statistics.median(g / p for g, p in zip(times["gate"], times["llm"], strict=True))
-    del llm, gate, text
+    del steps
     print(f"fusion overhead {fusion_overhead:.3f}", flush=True)
 
     # 3. scoring throughput on test rows
-    model, tokenizer, processor = build(num_users, num_items, titles)
-    model.eval()
+    model, processor = build(torch.bfloat16, num_users, num_items, titles)
     test = splits["test"].select(range(min(args.score_rows, len(splits["test"]))))
     users, items, histories = (
         np.array(test["user_id"]),

@@ -277,6 +277,17 @@ class CCFLlamaProcessor(ProcessorMixin):
             count=int(seg_lengths.sum()),
         )
 
+    def title_token_ids(self, item_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached title tokens of `item_ids` (as prompts hold them): right-padded `(items, L)` ids and mask."""
+        ids = _as_int_array(item_ids)
+        self._check_items(ids, "item list", np.arange(len(ids)))
+        lengths = self._seg_len[ids]
+        tokens = self._store[_slices(self._seg_start[ids], lengths)]
+        matrix, mask = _pad(
+            tokens, np.concatenate([[0], np.cumsum(lengths)]), "right", self.tokenizer.pad_token_id
+        )
+        return torch.from_numpy(matrix), torch.from_numpy(mask)
+
     def _piece(self, name: str) -> int:
         return self._num_title_segments + self._piece_ids[name]
 
@@ -530,8 +541,8 @@ class CCFLlamaProcessor(ProcessorMixin):
         hist = pa.LargeListArray.from_arrays(*reversed(_ragged_take(flat_hist, hist_off, owner)))
         tokens, item_ids, offsets, cf_history, prefix_len = self._translate(users, hist, flat_cand, similar)
         # one prefix per (user, prefix length): within a user, prefixes differ only by dropped history items
-        keys, first, prefix_index = np.unique(
-            np.stack([owner, prefix_len], 1).reshape(-1, 2), axis=0, return_index=True, return_inverse=True
+        _, first, prefix_index = np.unique(
+            np.stack([owner, prefix_len], 1), axis=0, return_index=True, return_inverse=True
         )
         prefix_index = prefix_index.reshape(-1)
         starts, lengths = offsets[:-1], np.diff(offsets)

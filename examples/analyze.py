@@ -35,12 +35,7 @@ from ccf_llm.synthetic import make_demo_log
 
 def item_embeddings(model, processor, item_ids: np.ndarray) -> dict[str, np.ndarray]:
     """Per item: aligned CF (Eq. 2), mean LLM title embedding, mean fused title embedding (Eq. 4)."""
-    titles = [processor.item_titles[i] for i in item_ids]
-    encoded = processor.tokenizer(
-        titles, add_special_tokens=False, split_special_tokens=True, padding=True, padding_side="right",
-        return_tensors="pt",
-    )  # fmt: skip
-    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    ids, mask = processor.title_token_ids(item_ids)
     marks = torch.as_tensor(item_ids)[:, None] * mask
     with torch.no_grad():
         semantic = model.get_input_embeddings()(ids).float()

@@ -162,3 +162,12 @@ def test_processor_save_and_load_round_trip(tokenizer, tmp_path):
     assert loaded.fusion_mode == "inject" and loaded.history_size == 3 and loaded.item_titles[7] == TITLES[7]
     a, b = proc([1], [[1, 2]], [3]), loaded([1], [[1, 2]], [3])
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["item_ids"], b["item_ids"])
+
+
+def test_title_token_ids_are_the_cached_prompt_tokens(tokenizer):
+    proc = CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE)
+    ids, mask = proc.title_token_ids([2, 1])
+    assert _words(tokenizer, ids[0], mask[0]) == ["green", "pear", "pie"]
+    assert _words(tokenizer, ids[1], mask[1]) == ["red", "apple"] and mask[1].tolist() == [1, 1, 0]
+    with pytest.raises(ValueError, match=r"unknown item ids .* item list .*\[9\]"):
+        proc.title_token_ids([9])
