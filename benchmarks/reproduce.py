@@ -5,7 +5,8 @@
 
 Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, output in `OUTPUT_DIR/<row>`):
 
-* CF: `mf`, `lightgcn`, `sasrec` (CoLLM's settings; SASRec with patience 20, see `CF_PATIENCE`);
+* CF: `mf`, `lightgcn`, `sasrec` (CoLLM's settings; SASRec capped at 50 epochs with patience 10 to fit the
+  budget, see `CF_ARGS`);
 * LLM without CF: `text` (TALLRec-style prompt, stage 1 only: it has no fusion weights);
 * CoLLM-style `inject_{mf,lightgcn,sasrec}` and CCF-LLM `gate_{mf,lightgcn,sasrec}` (two stages);
 * ablations, on LightGCN as in the paper: `token_gate_lightgcn` (α ∈ R), `add_lightgcn` (α = 1),
@@ -14,7 +15,8 @@ Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, ou
 Every LLM row uses SmolLM2-135M-Instruct and the same budget (`--config`): the same seeded `train_rows_per_stage`
 training rows per stage, hyperparameters fixed beforehand on the validation set of pilot runs, and the full
 validation and test sets, each read once at the end. A row is finished when `OUTPUT_DIR/<row>/all_results.json`
-exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage.
+exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage. A row's time is
+the sum of its attempts (`OUTPUT_DIR/<row>.timing.json`); an interrupted attempt counts until its log's last write.
 
 Writes `benchmarks/results/reproduce.json` and `.md` (AUC, UAUC, RelaImpr as in Table 3, and each row's time).
 """
@@ -32,7 +34,11 @@ from pathlib import Path
 from ccf_llm.metrics import rela_impr
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CF_PATIENCE = {"mf": 100, "lightgcn": 100, "sasrec": 20}
+CF_ARGS = {  # extra pretrain_cf.py arguments: CoLLM's patience 100, except SASRec (~15 s/epoch here)
+    "mf": ["--patience", "100"],
+    "lightgcn": ["--patience", "100"],
+    "sasrec": ["--patience", "10", "--num_train_epochs", "50"],
+}
 PAPER_AUC = {  # Table 3 (ML-1M), Table 4
     "mf": 0.6482, "lightgcn": 0.5959, "sasrec": 0.7078, "text": 0.7097,
     "inject_mf": 0.7295, "inject_lightgcn": 0.7100, "inject_sasrec": 0.7235,
@@ -53,14 +59,14 @@ LLM_ROWS = {
     "gate_lightgcn_stage1_only": ("gate", ["lightgcn"], "stage1_only", "ablation: training strategy"),
     "gate_lightgcn_end_to_end": ("gate", ["lightgcn"], "end_to_end", "ablation: training strategy"),
 }
-ROWS = [*CF_PATIENCE, *LLM_ROWS]
+ROWS = [*CF_ARGS, *LLM_ROWS]
 
 
 def command(row: str, args) -> list[str]:
     out = str(args.output_dir / row)
-    if row in CF_PATIENCE:
+    if row in CF_ARGS:
         return [sys.executable, "examples/pretrain_cf.py", "--backbone", row, "--data_dir", args.data_dir,
-                "--output_dir", out, "--patience", str(CF_PATIENCE[row]), "--report_to", "none"]  # fmt: skip
+                "--output_dir", out, *CF_ARGS[row], "--report_to", "none"]  # fmt: skip
     mode, sources, schedule, _ = LLM_ROWS[row]
     cmd = [sys.executable, "examples/run_ctr.py", str(args.config), "--data_dir", args.data_dir, "--output_dir", out,
            "--fusion_modes", mode, "--schedule", schedule, "--overwrite_output_dir", "true",
@@ -71,19 +77,23 @@ def command(row: str, args) -> list[str]:
 
 
 def run_row(row: str, args) -> dict:
-    folder = args.output_dir / row
-    done = folder / "all_results.json"
-    timing = folder / "reproduce_row.json"
+    done = args.output_dir / row / "all_results.json"
+    timing = args.output_dir / f"{row}.timing.json"
+    log = args.output_dir / f"{row}.log"
+    attempts = json.loads(timing.read_text())["attempts"] if timing.is_file() else []
     if not done.is_file():
-        start = time.perf_counter()
-        log = args.output_dir / f"{row}.log"
+        if attempts and "seconds" not in attempts[-1]:  # interrupted: it ran until its log's last write
+            attempts[-1]["seconds"] = round(log.stat().st_mtime - attempts[-1]["started"], 1)
+        attempts.append({"started": time.time()})
+        timing.write_text(json.dumps({"attempts": attempts}) + "\n")
         print(f"[reproduce] {row}: {' '.join(command(row, args))} (log: {log})", flush=True)
         with open(log, "a") as handle:
             subprocess.run(command(row, args), check=True, stdout=handle, stderr=subprocess.STDOUT)
-        timing.write_text(json.dumps({"wall_seconds": round(time.perf_counter() - start, 1)}) + "\n")
+        attempts[-1]["seconds"] = round(time.time() - attempts[-1]["started"], 1)
+        timing.write_text(json.dumps({"attempts": attempts}) + "\n")
     results = json.loads(done.read_text())
-    wall = json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else None
-    if row not in CF_PATIENCE:
+    wall = round(sum(a["seconds"] for a in attempts), 1) if attempts else None
+    if row not in CF_ARGS:
         results = results["by_mode"][LLM_ROWS[row][0]]
     return {**results, "wall_seconds": wall}
 
@@ -103,7 +113,7 @@ def main():
     args.output_dir.mkdir(parents=True, exist_ok=True)
     wanted = args.only or ROWS
     needed = {cf for row in wanted if row in LLM_ROWS for cf in LLM_ROWS[row][1]} | set(wanted)
-    rows = [row for row in CF_PATIENCE if row in needed] + [row for row in wanted if row not in CF_PATIENCE]
+    rows = [row for row in CF_ARGS if row in needed] + [row for row in wanted if row not in CF_ARGS]
     start = time.perf_counter()
     if args.report_only:
         rows = [row for row in rows if (args.output_dir / row / "all_results.json").is_file()]
@@ -112,17 +122,17 @@ def main():
     config = json.loads(args.config.read_text())
     table = []
     for row, r in results.items():
-        cf = row if row in CF_PATIENCE else (LLM_ROWS[row][1] or [None])[0]
+        cf = row if row in CF_ARGS else (LLM_ROWS[row][1] or [None])[0]
         base = results.get(cf, {}).get("test_auc") if cf and cf != row else None
         table.append({
             "row": row,
-            "group": "CF" if row in CF_PATIENCE else LLM_ROWS[row][3],
+            "group": "CF" if row in CF_ARGS else LLM_ROWS[row][3],
             "valid_auc": round(r["eval_auc"], 4),
             "test_auc": round(r["test_auc"], 4),
             "test_uauc": round(r["test_uauc"], 4),
             "test_rela_impr_vs_cf": None if base is None else round(rela_impr(r["test_auc"], base), 2),
             "paper_test_auc": PAPER_AUC.get(row),
-            "train_seconds": r.get("seconds_to_best_epoch") if row in CF_PATIENCE else round(sum(v for k, v in r.items() if k.startswith("stage_") and k.endswith("_seconds")), 1),
+            "train_seconds": r.get("train_seconds") if row in CF_ARGS else round(sum(v for k, v in r.items() if k.startswith("stage_") and k.endswith("_seconds")), 1),
             "evaluation_seconds": r.get("evaluation_seconds"),
             "wall_seconds": r["wall_seconds"],
         })  # fmt: skip
@@ -139,6 +149,7 @@ def main():
                 "learning_rate",
                 "fusion_learning_rate",
                 "per_device_train_batch_size",
+                "lora_dropout",
                 "template",
             )
         },  # fmt: skip

@@ -9,6 +9,7 @@
   on a non-finite loss (the last saved checkpoint stays the last good one), and reports AUC / UAUC through the
   packaged `evaluate` metric. Two stages are two `CCFTrainer`s on the same model: stage 2 starts from stage 1's
   weights with a fresh optimizer (the optimizer only holds what is trainable when it is built).
+* `compile_layers=True` compiles each decoder layer of the LLM in place (regional compilation) before training.
 """
 
 from dataclasses import dataclass, field
@@ -45,6 +46,14 @@ class CCFTrainingArguments(TrainingArguments):
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata={"help": "LLM modules that get LoRA (CoLLM: q, v)"},
+    )
+    compile_layers: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile each decoder layer in place (dynamic shapes) before training: fuses the "
+            "elementwise work of RMSNorm, RoPE, SiLU and LoRA; pays off once training outlasts the compile "
+            "(about 45 s for SmolLM2 on 2 CPU cores)"
+        },
     )
 
     def __post_init__(self):
@@ -103,6 +112,25 @@ def apply_stage(model, stage: str, train_cf_encoder: bool = False) -> int:
     return trainable
 
 
+def compile_decoder_layers(model, **compile_kwargs) -> int:
+    """
+    Regional compilation: `torch.compile` every decoder layer of the LLM inside `model` (a `CCFLlamaForCTR`, PEFT
+    wrapped or not) in place, with dynamic shapes by default, so that all layers share one compiled graph.
+
+    In place (`nn.Module.compile`) rather than accelerate's `compile_regions`: the latter wraps modules in
+    `OptimizedModule`s, which renames parameters (`_orig_mod.`) and so changes PEFT adapter files, and it also
+    compiles every other child (the CF encoders, whose sparse graph ops do not compile). Layers already compiled are
+    left alone, so calling this once per stage costs one compilation. Returns the number of layers compiled now.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    compiled = 0
+    for layer in base.llm.get_decoder().layers:
+        if getattr(layer, "_compiled_call_impl", None) is None:
+            layer.compile(**{"dynamic": True, **compile_kwargs})
+            compiled += 1
+    return compiled
+
+
 class CCFTrainer(Trainer):
     """`Trainer` for `CCFLlamaForCTR` (usually PEFT-wrapped): stage freezing, Eq. 5, AUC/UAUC evaluation."""
 
@@ -114,6 +142,8 @@ class CCFTrainer(Trainer):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.config.bpr_weight = args.bpr_weight  # the config records the k the model was trained with
         self.trainable_parameters = apply_stage(model, args.stage, args.train_cf_encoder)
+        if args.compile_layers:
+            compile_decoder_layers(model)
         super().__init__(model=model, args=args, compute_metrics=compute_metrics, **kwargs)
 
     def _model_inputs(self, inputs: dict) -> dict:
@@ -140,4 +170,11 @@ class CCFTrainer(Trainer):
         return loss, outputs.scores.detach(), labels if all(x is not None for x in labels) else None
 
 
-__all__ = ["CCFTrainer", "CCFTrainingArguments", "STAGES", "add_lora", "apply_stage"]
+__all__ = [
+    "CCFTrainer",
+    "CCFTrainingArguments",
+    "STAGES",
+    "add_lora",
+    "apply_stage",
+    "compile_decoder_layers",
+]

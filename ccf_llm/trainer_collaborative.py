@@ -69,7 +69,7 @@ def pretrain_cf(
     """
     Train `backbone` (`mf`, `lightgcn`, `sasrec`) on `splits` (a `DatasetDict` from `ccf_llm.data`).
     Returns `(model, results)`; `results` has `eval_auc`, `eval_uauc`, `test_auc`, `test_uauc`, `best_epoch`,
-    `seconds_to_best_epoch`, `cold_users`, `cold_items`.
+    `seconds_to_best_epoch`, `train_seconds` (all epochs run), `cold_users`, `cold_items`.
     """
     config_class, model_class = cf_backbone(backbone)
     backbone = backbone.lower()
@@ -111,7 +111,7 @@ def pretrain_cf(
         ),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), clock],
     )
-    trainer.train()
+    train_seconds = trainer.train().metrics["train_runtime"]
     best_step = trainer.state.best_global_step
     steps_per_epoch = -(-len(rows["train"]) // args.per_device_train_batch_size)
     results = trainer.evaluate(rows["validation"], metric_key_prefix="eval")
@@ -122,6 +122,7 @@ def pretrain_cf(
             "best_epoch": round(best_step / steps_per_epoch) if best_step else None,
             "seconds_to_best_epoch": round(clock.seconds.get(best_step, float("nan")), 1),
             "epochs_run": round(trainer.state.epoch or 0),
+            "train_seconds": round(train_seconds, 1),
             "cold_users": cold_users,
             "cold_items": cold_items,
         }

@@ -11,7 +11,13 @@ import torch
 from transformers import AutoModel, AutoTokenizer, TrainerCallback
 
 from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor
-from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora, apply_stage
+from ccf_llm.trainer_ccf_llama import (
+    CCFTrainer,
+    CCFTrainingArguments,
+    add_lora,
+    apply_stage,
+    compile_decoder_layers,
+)
 
 from .conftest import tiny_llm, tiny_tokenizer
 
@@ -88,6 +94,32 @@ def test_two_stage_schedule_trains_lora_then_fusion_only(tmp_path):
     metrics = trainer.evaluate(data)
     assert 0.0 <= metrics["eval_auc"] <= 1.0 and 0.0 <= metrics["eval_uauc"] <= 1.0
     assert peft_model.get_base_model().config.bpr_weight == 2.0
+
+
+def test_compiled_layers_train_like_eager_ones_and_keep_parameter_names(tmp_path):
+    trained = {}
+    for compile_layers in (False, True):
+        model, tokenizer, data = tiny_setup("gate")
+        # no dropout (compiled code draws other random numbers); SGD, whose update is the gradient itself
+        args = args_for(tmp_path, "lora", compile_layers=compile_layers, max_steps=2, lora_dropout=0.0,
+                        optim="sgd", learning_rate=0.5)  # fmt: skip
+        peft_model = add_lora(model, args)
+        CCFTrainer(
+            model=peft_model,
+            args=args,
+            train_dataset=data,
+            data_collator=CCFDataCollator(tokenizer.pad_token_id),
+        ).train()
+        trained[compile_layers] = snapshot(peft_model)
+    assert trained[True].keys() == trained[False].keys()  # PEFT adapter names do not change
+    lora = [n for n in trained[False] if "lora_" in n]
+    assert any(trained[False][n].abs().sum() > 0 for n in lora if "lora_B" in n)  # B starts at 0: it trained
+    for name in lora:
+        torch.testing.assert_close(trained[True][name], trained[False][name], rtol=1e-4, atol=1e-6)
+    assert all(
+        layer._compiled_call_impl is not None for layer in peft_model.get_base_model().llm.model.layers
+    )
+    assert compile_decoder_layers(peft_model) == 0  # already compiled: a second stage compiles nothing
 
 
 def test_apply_stage_and_argument_errors(tmp_path):
