@@ -38,6 +38,11 @@ class CCFLlamaConfig(PreTrainedConfig):
         cf_sequential_encoders (`list[dict | None]`, *optional*):
             Per CF source, `None` for a user table (MF, LightGCN) or the `SASRecConfig` dict of a sequential user
             encoder (SASRec): its user vector is computed per row from `cf_history`.
+        cf_input_scales (`list[list[float]]`, *optional*):
+            Per CF source, `[user_scale, item_scale]`: ENC's outputs are divided by them before ALG (a fixed
+            reparameterization of ALG's first layer). `CCFLlamaForCTR.from_llm(..., standardize_cf=True)` sets them
+            to the RMS of each CF table's entries, so ALG sees unit-scale inputs whatever the CF backbone's weight
+            decay left (SASRec's item table on ML-1M has RMS 0.005, MF's 0.044). `None`: no scaling.
         fusion_mode (`str`, *optional*, defaults to `"gate"`):
             One of `"gate"`, `"token_gate"`, `"add"`, `"inject"`, `"text"` (see `FUSION_MODES`).
         alignment_hidden_size (`int`, *optional*):
@@ -85,6 +90,7 @@ class CCFLlamaConfig(PreTrainedConfig):
     cf_embedding_dims: list[int] | None = None
     cf_source_names: list[str] | None = None
     cf_sequential_encoders: list[dict | None] | None = None
+    cf_input_scales: list[list[float]] | None = None
     fusion_mode: Literal["gate", "token_gate", "add", "inject", "text"] = "gate"
     alignment_hidden_size: int | None = None
     gate_hidden_size: int | None = None
@@ -120,6 +126,14 @@ class CCFLlamaConfig(PreTrainedConfig):
         if self.cf_source_names is not None and len(self.cf_source_names) != len(self.cf_embedding_dims):
             raise ValueError(
                 f"cf_source_names has {len(self.cf_source_names)} names for {len(self.cf_embedding_dims)} CF sources"
+            )
+        scales = self.cf_input_scales
+        if scales is not None and (
+            len(scales) != len(self.cf_embedding_dims) or any(len(s) != 2 or min(s) <= 0 for s in scales)
+        ):
+            raise ValueError(
+                f"cf_input_scales must hold one positive [user_scale, item_scale] pair per CF source "
+                f"({len(self.cf_embedding_dims)}), got {scales}"
             )
         sequential = self.cf_sequential_encoders
         if sequential is not None:

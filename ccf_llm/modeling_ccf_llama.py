@@ -99,11 +99,13 @@ class CCFCollaborativeEncoder(nn.Module):
     """
     ENC of Eq. 1 (Θ_E), one entry per CF source: the item table and either a user table (MF, LightGCN) or a
     sequential user encoder over the row's latest items (SASRec, reading `history` through the same item table).
-    Row 0 of each table is the padding row. `forward(ids, kind, history)` returns one `(..., l_s)` tensor per source.
+    Row 0 of each table is the padding row. `forward(ids, kind, history)` returns one `(..., l_s)` tensor per source,
+    divided by `config.cf_input_scales` when set.
     """
 
     def __init__(self, config: CCFLlamaConfig):
         super().__init__()
+        self.config = config  # the model's config object: `cf_input_scales` is read at call time
         dims = config.cf_embedding_dims
         sequential = config.cf_sequential_encoders or [None] * len(dims)
         self.user_encoders = nn.ModuleList(
@@ -120,10 +122,30 @@ class CCFCollaborativeEncoder(nn.Module):
         self, ids: torch.LongTensor, kind: str, history: torch.LongTensor | None = None
     ) -> list[torch.Tensor]:
         if kind == "item":
-            return [table(ids) for table in self.item_embeddings]
+            outputs = [table(ids) for table in self.item_embeddings]
+        else:
+            outputs = [
+                encoder(ids) if isinstance(encoder, nn.Embedding) else encoder(history, items)
+                for encoder, items in zip(self.user_encoders, self.item_embeddings, strict=True)
+            ]
+        scales = self.config.cf_input_scales
+        if scales is None:
+            return outputs
+        side = 1 if kind == "item" else 0
+        return [x / scale[side] for x, scale in zip(outputs, scales, strict=True)]
+
+    def table_scales(self) -> list[list[float]]:
+        """
+        `[user_scale, item_scale]` per source: the RMS of the table's entries (padding row excluded); 1.0 for a
+        sequential user encoder, whose output is already layer-normalized.
+        """
+
+        def rms(table: nn.Embedding) -> float:
+            return max(table.weight[1:].detach().float().pow(2).mean().sqrt().item(), 1e-12)
+
         return [
-            encoder(ids) if isinstance(encoder, nn.Embedding) else encoder(history, items)
-            for encoder, items in zip(self.user_encoders, self.item_embeddings, strict=True)
+            [rms(user) if isinstance(user, nn.Embedding) else 1.0, rms(items)]
+            for user, items in zip(self.user_encoders, self.item_embeddings, strict=True)
         ]
 
 
@@ -645,6 +667,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         no_token: str = " No",
         user_token: str = "<|user_cf|>",
         item_token: str = "<|item_cf|>",
+        standardize_cf: bool = False,
         **config_kwargs,
     ) -> "CCFLlamaForCTR":
         """
@@ -663,6 +686,8 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             cf_models: instead of tables, pretrained CF backbones from `ccf_llm.modeling_collaborative` (one per
                 source): MF/LightGCN give their tables, SASRec its item table and history encoder.
             yes_token, no_token: the answer strings as they follow `#Answer:` (BPE tokenizers: with a space).
+            standardize_cf: set `config.cf_input_scales` from the given CF tables (see [`CCFLlamaConfig`]), so ALG
+                reads unit-scale CF inputs.
             **config_kwargs: any other [`CCFLlamaConfig`] field, e.g. `fusion_mode="inject"`.
         """
         answer_ids = []
@@ -724,6 +749,10 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             if user_embeddings is None or item_embeddings is None:
                 raise ValueError("pass both user_embeddings and item_embeddings, or neither")
             model.set_cf_embeddings(user_embeddings, item_embeddings)
+        if standardize_cf:
+            if not given:
+                raise ValueError("standardize_cf=True needs CF tables (cf_models or user/item_embeddings)")
+            model.config.cf_input_scales = model.cf_encoder.table_scales()
         model.name_or_path = getattr(llm, "name_or_path", "")
         return model
 

@@ -78,6 +78,12 @@ class ModelArguments:
     zero_init_gate: bool = field(
         default=True, metadata={"help": "zero GATE outputs at init (α = 0: pure text)"}
     )
+    standardize_cf: bool = field(
+        default=False,
+        metadata={
+            "help": "divide each CF table by the RMS of its entries before ALG (config.cf_input_scales)"
+        },
+    )
     dtype: str = field(default="float32", metadata={"help": "weights dtype: float32 or bfloat16"})
     yes_token: str = field(default=" Yes", metadata={"help": "the positive answer as it follows '#Answer:'"})
     no_token: str = field(default=" No", metadata={"help": "the negative answer"})
@@ -187,7 +193,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     model = CCFLlamaForCTR.from_llm(
         llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,
         fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, yes_token=model_args.yes_token,
-        no_token=model_args.no_token,
+        no_token=model_args.no_token, standardize_cf=model_args.standardize_cf and mode != "text",
     )  # fmt: skip
     if args.should_save:
         model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables

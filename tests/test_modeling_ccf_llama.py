@@ -345,6 +345,38 @@ def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():
     assert model.llm.lm_head.weight.data_ptr() == model.llm.model.embed_tokens.weight.data_ptr()
 
 
+def test_standardize_cf_gives_alg_the_same_inputs_whatever_the_cf_table_scale(tmp_path):
+    users, items = [torch.randn(4, 8), torch.randn(4, 6)], [torch.randn(10, 8), torch.randn(10, 6)]
+    ids = torch.arange(1, 10)
+    aligned = []
+    for factor in (1.0, 0.01):  # e.g. a CF backbone trained with a larger weight decay
+        torch.manual_seed(0)  # the same LLM and ALG initialization both times
+        tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
+        llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+        model = CCFLlamaForCTR.from_llm(
+            llm, tokenizer, 3, 9, [u * factor for u in users], [i * factor for i in items],
+            yes_token="Yes", no_token="No", standardize_cf=True,
+        )  # fmt: skip
+        scales = model.config.cf_input_scales
+        expected = [[(u[1:] * factor).pow(2).mean().sqrt().item(), (i[1:] * factor).pow(2).mean().sqrt().item()]
+                    for u, i in zip(users, items, strict=True)]  # fmt: skip
+        torch.testing.assert_close(torch.tensor(scales), torch.tensor(expected))
+        with torch.no_grad():
+            inputs = model.cf_encoder(ids, "item") + model.cf_encoder(ids[:3], "user")
+            assert all(abs(x.pow(2).mean().sqrt().item() - 1) < 0.25 for x in inputs)  # unit scale
+            aligned.append(model.alignment(model.cf_encoder(ids, "item")))
+    for a, b in zip(*aligned, strict=True):
+        torch.testing.assert_close(a, b)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert reloaded.config.cf_input_scales == model.config.cf_input_scales
+    torch.testing.assert_close(reloaded.cf_encoder(ids, "item")[1], model.cf_encoder(ids, "item")[1])
+    with pytest.raises(ValueError, match="standardize_cf=True needs CF tables"):
+        CCFLlamaForCTR.from_llm(llm, tokenizer, 3, 9, yes_token="Yes", no_token="No", standardize_cf=True)
+    with pytest.raises(ValueError, match="cf_input_scales must hold one positive"):
+        CCFLlamaConfig(cf_embedding_dims=[8, 6], cf_input_scales=[[1.0, 0.0], [1.0, 1.0]])
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def _error(model, batch, match):
     with pytest.raises(ValueError, match=match):

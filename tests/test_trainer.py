@@ -228,7 +228,7 @@ def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
         "cf_epochs": 3, "cf_batch_size": 512, "history_size": 3, "train_rows_per_stage": 32, "eval_rows": 48,
         "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
         "learning_rate": 0.001, "num_train_epochs": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True,
-        "disable_tqdm": True, "yes_token": "Yes", "no_token": "No",
+        "disable_tqdm": True, "yes_token": "Yes", "no_token": "No", "standardize_cf": True,
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(
@@ -256,6 +256,8 @@ def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
     ).eval()
     processor = CCFLlamaProcessor.from_pretrained(out / "gate")
     tokenizer = AutoTokenizer.from_pretrained(out / "gate")
+    (scales,) = model.get_base_model().config.cf_input_scales  # --standardize_cf: one MF source, [user, item]
+    assert len(scales) == 2 and min(scales) > 0 and scales != [1.0, 1.0]
     assert (
         processor.fusion_mode == "gate"
         and len(tokenizer) == model.get_base_model().config.text_config.vocab_size
