@@ -83,7 +83,7 @@ def run_row(row: str, args) -> dict:
     attempts = json.loads(timing.read_text())["attempts"] if timing.is_file() else []
     if not done.is_file():
         if attempts and "seconds" not in attempts[-1]:  # interrupted: it ran until its log's last write
-            attempts[-1]["seconds"] = round(log.stat().st_mtime - attempts[-1]["started"], 1)
+            attempts[-1]["seconds"] = round(max(log.stat().st_mtime - attempts[-1]["started"], 0.0), 1)
         attempts.append({"started": time.time()})
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
         print(f"[reproduce] {row}: {' '.join(command(row, args))} (log: {log})", flush=True)
