@@ -34,7 +34,7 @@ from pathlib import Path
 from ccf_llm.metrics import rela_impr
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CF_ARGS = {  # extra pretrain_cf.py arguments: CoLLM's patience 100, except SASRec (~15 s/epoch here)
+CF_ARGS = {  # extra pretrain_cf.py arguments: CoLLM's patience 100, except SASRec (~23 s/epoch here)
     "mf": ["--patience", "100"],
     "lightgcn": ["--patience", "100"],
     "sasrec": ["--patience", "10", "--num_train_epochs", "50"],
