@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -60,10 +61,11 @@ LLM_ROWS = {
     "gate_lightgcn_end_to_end": ("gate", ["lightgcn"], "end_to_end", "ablation: training strategy"),
 }
 ROWS = [*CF_ARGS, *LLM_ROWS]
+SELECTION = {"learning_rate": [1e-3, 2e-3, 5e-3], "fusion_learning_rate": [3e-3, 1e-2, 3e-2]}  # `--select`
 
 
-def command(row: str, args) -> list[str]:
-    out = str(args.output_dir / row)
+def command(row: str, args, out: Path | None = None) -> list[str]:
+    out = str(out or args.output_dir / row)
     if row in CF_ARGS:
         return [sys.executable, "examples/pretrain_cf.py", "--backbone", row, "--data_dir", args.data_dir,
                 "--output_dir", out, *CF_ARGS[row], "--report_to", "none"]  # fmt: skip
@@ -76,26 +78,107 @@ def command(row: str, args) -> list[str]:
     return cmd
 
 
-def run_row(row: str, args) -> dict:
-    done = args.output_dir / row / "all_results.json"
-    timing = args.output_dir / f"{row}.timing.json"
-    log = args.output_dir / f"{row}.log"
+def run_logged(folder: Path, cmd: list[str]) -> float | None:
+    """Run `cmd` unless `folder/all_results.json` exists, logging to `folder.log`; the seconds of all attempts."""
+    timing, log = folder.with_name(f"{folder.name}.timing.json"), folder.with_name(f"{folder.name}.log")
     attempts = json.loads(timing.read_text())["attempts"] if timing.is_file() else []
-    if not done.is_file():
+    if not (folder / "all_results.json").is_file():
         if attempts and "seconds" not in attempts[-1]:  # interrupted: it ran until its log's last write
             attempts[-1]["seconds"] = round(max(log.stat().st_mtime - attempts[-1]["started"], 0.0), 1)
         attempts.append({"started": time.time()})
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
-        print(f"[reproduce] {row}: {' '.join(command(row, args))} (log: {log})", flush=True)
+        print(f"[reproduce] {folder.name}: {' '.join(cmd)} (log: {log})", flush=True)
         with open(log, "a") as handle:
-            subprocess.run(command(row, args), check=True, stdout=handle, stderr=subprocess.STDOUT)
+            subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
         attempts[-1]["seconds"] = round(time.time() - attempts[-1]["started"], 1)
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
-    results = json.loads(done.read_text())
-    wall = round(sum(a["seconds"] for a in attempts), 1) if attempts else None
+    return round(sum(a["seconds"] for a in attempts), 1) if attempts else None
+
+
+def run_row(row: str, args) -> dict:
+    wall = run_logged(args.output_dir / row, command(row, args))
+    results = json.loads((args.output_dir / row / "all_results.json").read_text())
     if row not in CF_ARGS:
         results = results["by_mode"][LLM_ROWS[row][0]]
     return {**results, "wall_seconds": wall}
+
+
+def stage_seconds(results: dict) -> float | None:
+    """Training time of an LLM row's stages; None when every stage finished in an earlier, interrupted attempt."""
+    seconds = [v for k, v in results.items() if k.startswith("stage_") and k.endswith("_seconds")]
+    return round(sum(seconds), 1) if seconds else None
+
+
+def select(args) -> None:
+    """Choose the learning rates on validation rows only (`SELECTION`), one stage at a time, on `gate_lightgcn`.
+
+    Stage 1's LoRA learning rate is compared with `stage1_only` runs; stage 2's fusion learning rate then with
+    two-stage runs that start from the chosen stage-1 adapter (copied, so stage 1 is not retrained). Each point
+    scores the same seeded `--select_eval_rows` validation rows and never reads the test set (`--score_test false`).
+    Writes `benchmarks/results/reproduce_selection.{json,md}`; the config is left for a person to update.
+    """
+    config = json.loads(args.config.read_text())
+    folder = args.output_dir / "select"
+    folder.mkdir(parents=True, exist_ok=True)
+    run_row("lightgcn", args)
+    validation_only = ["--score_test", "false", "--eval_rows", str(args.select_eval_rows)]
+    points, chosen = [], {}
+    for number, (row, key) in enumerate((("gate_lightgcn_stage1_only", "learning_rate"),
+                                         ("gate_lightgcn", "fusion_learning_rate"))):  # fmt: skip
+        for value in SELECTION[key]:
+            point = folder / f"stage{number + 1}_{key}_{value:g}"
+            if number == 1:  # start from the chosen stage-1 adapter
+                source = (
+                    folder / f"stage1_learning_rate_{chosen['learning_rate']:g}" / "gate" / "stage_1_lora"
+                )
+                if not (point / "gate" / "stage_1_lora").is_dir():
+                    shutil.copytree(source, point / "gate" / "stage_1_lora")
+            overrides = [item for k, v in chosen.items() for item in (f"--{k}", str(v))]
+            wall = run_logged(
+                point, command(row, args, point) + overrides + [f"--{key}", str(value)] + validation_only
+            )
+            results = json.loads((point / "all_results.json").read_text())
+            points.append({"stage": number + 1, "row": row, **chosen, key: value,
+                           "valid_auc": round(results["eval_auc"], 4), "valid_uauc": round(results["eval_uauc"], 4),
+                           "eval_rows": results["eval_rows"], "wall_seconds": wall})  # fmt: skip
+        chosen[key] = max((p for p in points if p["stage"] == number + 1), key=lambda p: p["valid_auc"])[key]
+    differs = {k: (config[k], v) for k, v in chosen.items() if config[k] != v}
+    out = {
+        "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "grid": SELECTION,
+        "points": points,
+        "chosen": chosen,
+        "config": str(args.config),
+        "config_differs": differs,
+        "total_wall_seconds": round(sum(p["wall_seconds"] or 0 for p in points), 1),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "reproduce_selection.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        "# Learning rates for the reproduction, chosen on validation rows only",
+        "",
+        f"`{out['command']}` on {out['machine']}, {out['date']}. `gate_lightgcn`, the budget of `{args.config}`, "
+        f"{args.select_eval_rows} seeded validation rows per point; the test set is not read.",
+        "",
+        "| stage | learning_rate | fusion_learning_rate | valid AUC | valid UAUC | wall s |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {p['stage']} | {p['learning_rate']:g} | {p.get('fusion_learning_rate', '')} | {p['valid_auc']:.4f} "
+            f"| {p['valid_uauc']:.4f} | {p['wall_seconds']} |"
+            for p in points
+        ),
+        "",
+        f"Chosen: {json.dumps(chosen)}. "
+        + (
+            f"**The config differs** (config, chosen): {json.dumps(differs)}."
+            if differs
+            else "The config holds them."
+        ),
+    ]
+    (RESULTS / "reproduce_selection.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main():
@@ -109,8 +192,16 @@ def main():
         "--only", nargs="*", choices=ROWS, help="run these rows only, in this order (their CF rows first)"
     )
     parser.add_argument("--report_only", action="store_true", help="tabulate the finished rows, run nothing")
+    parser.add_argument(
+        "--select", action="store_true", help="choose the learning rates on validation (`select`)"
+    )
+    parser.add_argument(
+        "--select_eval_rows", type=int, default=5000, help="validation rows per `--select` point"
+    )
     args = parser.parse_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.select:
+        return select(args)
     wanted = args.only or ROWS
     needed = {cf for row in wanted if row in LLM_ROWS for cf in LLM_ROWS[row][1]} | set(wanted)
     rows = [row for row in CF_ARGS if row in needed] + [row for row in wanted if row not in CF_ARGS]
@@ -132,7 +223,7 @@ def main():
             "test_uauc": round(r["test_uauc"], 4),
             "test_rela_impr_vs_cf": None if base is None else round(rela_impr(r["test_auc"], base), 2),
             "paper_test_auc": PAPER_AUC.get(row),
-            "train_seconds": r.get("train_seconds") if row in CF_ARGS else round(sum(v for k, v in r.items() if k.startswith("stage_") and k.endswith("_seconds")), 1),
+            "train_seconds": r.get("train_seconds") if row in CF_ARGS else stage_seconds(r),
             "evaluation_seconds": r.get("evaluation_seconds"),
             "wall_seconds": r["wall_seconds"],
         })  # fmt: skip
@@ -173,10 +264,13 @@ def main():
         rel = "" if t["test_rela_impr_vs_cf"] is None else f"{t['test_rela_impr_vs_cf']:+.2f}%"
         lines.append(
             f"| {t['row']} | {t['group']} | {t['valid_auc']:.4f} | {t['test_auc']:.4f} | {t['test_uauc']:.4f} | "
-            f"{rel} | {t['paper_test_auc'] or ''} | {t['train_seconds']} | {t['evaluation_seconds'] or ''} | "
+            f"{rel} | {t['paper_test_auc'] or ''} | {t['train_seconds'] or '—'} | {t['evaluation_seconds'] or ''} | "
             f"{t['wall_seconds'] or ''} |"
         )
     lines += ["", f"Sum of row wall times: {out['total_row_wall_seconds']} s."]
+    if any(t["train_seconds"] is None for t in table):
+        lines += ["", "train s —: the row's stages finished in an earlier attempt that was then interrupted (its "
+                  "training time is in the row's log and in its wall time)."]  # fmt: skip
     if missing:
         lines += ["", f"Not run yet (rerun the command to resume): {', '.join(missing)}."]
     (RESULTS / "reproduce.md").write_text("\n".join(lines) + "\n")

@@ -32,7 +32,7 @@ def render_model_card(
         dataset=dataset,
         cf_names=list(cf_names),
         cf_test_auc=cf_auc,
-        rela_impr=rela_impr(results["test_auc"], cf_auc) if cf_auc else None,
+        rela_impr=rela_impr(results["test_auc"], cf_auc) if cf_auc and "test_auc" in results else None,
         repo_id=repo_id,
         **results,
     )

@@ -11,7 +11,8 @@ the CF backbone(s) (`--cf_checkpoints` from `examples/pretrain_cf.py`, several f
 `--cf_backbone` is pretrained on the train split first), wrap it with LoRA, and run the schedule:
 `two_stage` (§3.4: LoRA, then ALG + GATE with a fresh optimizer), `stage1_only` or `end_to_end` (Table 4). `text`
 mode has no fusion weights, so its schedule is stage 1 alone. Validation and test AUC/UAUC (full prompts
-scored with the shared-prefix cache, `ccf_llm.score_rows`) are written to
+scored with the shared-prefix cache, `ccf_llm.score_rows`; `--score_test false` leaves the test set unread) are
+written to
 `OUTPUT_DIR/<mode>/all_results.json` and, for the last mode, `OUTPUT_DIR/all_results.json` (keys `test_auc`,
 `test_uauc`, ...). Each finished stage saves its adapter in `OUTPUT_DIR/<mode>/stage_<n>_<stage>/final`; with
 `--resume_from_checkpoint true` a rerun skips finished stages and resumes an unfinished one from its last checkpoint
@@ -115,6 +116,9 @@ class DataArguments:
         default=None, metadata={"help": "seeded subsample of train per stage"}
     )
     eval_rows: int | None = field(default=None, metadata={"help": "seeded subsample of validation and test"})
+    score_test: bool = field(
+        default=True, metadata={"help": "score the test split; false while choosing settings on validation"}
+    )
 
 
 def load_splits(data: DataArguments):
@@ -205,9 +209,12 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     evaluation = {
         "validation": processor.process_dataset(
             subsample(splits["validation"], data_args.eval_rows, args.seed)
-        ),
-        "test": processor.process_dataset(subsample(splits["test"], data_args.eval_rows, args.seed + 1)),
+        )
     }
+    if data_args.score_test:
+        evaluation["test"] = processor.process_dataset(
+            subsample(splits["test"], data_args.eval_rows, args.seed + 1)
+        )
     peft_model = add_lora(model, args)
     collator = CCFDataCollator(tokenizer.pad_token_id)
     stages = (
@@ -260,7 +267,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     timings["evaluation_seconds"] = round(time.perf_counter() - start, 1)
     results.update(timings)
     results.update({"fusion_mode": mode, "schedule": "+".join(stages), "train_rows_per_stage": len(train),
-                    "eval_rows": len(evaluation["validation"]), "test_rows": len(evaluation["test"])})  # fmt: skip
+                    "eval_rows": len(evaluation["validation"]), "test_rows": len(evaluation.get("test", ()))})  # fmt: skip
     if args.should_save:  # rank 0 of a distributed run
         peft_model.save_pretrained(out / "adapter")
         processor.save_pretrained(out)
@@ -334,7 +341,7 @@ def main():
         return
     last = by_mode[model_args.fusion_modes[-1]]
     summary = {**last, "by_mode": by_mode}
-    if cf_results:
+    if cf_results and data_args.score_test:
         summary["cf_test_auc"] = cf_results.get("test_auc")
         for res in by_mode.values():
             res["test_rela_impr_vs_cf"] = round(rela_impr(res["test_auc"], cf_results["test_auc"]), 2)
@@ -347,7 +354,8 @@ def main():
     for mode, res in by_mode.items():
         seconds = sum(v for k, v in res.items() if k.startswith("stage_") and k.endswith("_seconds"))
         print(
-            f"{mode:<11} {res['eval_auc']:>9.4f} {res['test_auc']:>9.4f} {res['test_uauc']:>9.4f} {seconds:>8.0f}"
+            f"{mode:<11} {res['eval_auc']:>9.4f} {res.get('test_auc', np.nan):>9.4f} "
+            f"{res.get('test_uauc', np.nan):>9.4f} {seconds:>8.0f}"
         )
 
 

@@ -318,13 +318,22 @@ def test_run_ctr_resumes_between_stages(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "interrupted" / "gate" / "stage_2_fusion")  # stage 2 never finished
     (tmp_path / "interrupted" / "gate" / "adapter" / "adapter_model.safetensors").unlink()
     monkeypatch.setattr(sys, "argv", ["run_ctr.py", *base, "--output_dir", str(tmp_path / "interrupted"),
-                                      "--resume_from_checkpoint", "true"])  # fmt: skip
+                                      "--resume_from_checkpoint", "true", "--score_test", "false"])  # fmt: skip
     runpy.run_path("examples/run_ctr.py", run_name="__main__")
     straight = load_peft_weights(str(tmp_path / "straight" / "gate" / "adapter"))
     resumed = load_peft_weights(str(tmp_path / "interrupted" / "gate" / "adapter"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
     results = json.loads((tmp_path / "interrupted" / "all_results.json").read_text())
     assert "stage_1_lora_seconds" not in results and "stage_2_fusion_seconds" in results
+    # --score_test false (choosing settings on validation): the same validation scores, the test set unread
+    straight_results = json.loads((tmp_path / "straight" / "all_results.json").read_text())
+    assert results["eval_auc"] == straight_results["eval_auc"] and 0 < results["eval_auc"] < 1
+    assert (
+        not any(key.startswith("test_") and key != "test_rows" for key in results)
+        and results["test_rows"] == 0
+    )
+    card = (tmp_path / "interrupted" / "gate" / "README.md").read_text()
+    assert "| validation |" in card and "| test |" not in card
 
 
 def test_push_to_hub_and_reload_gives_identical_scores(tmp_path):
