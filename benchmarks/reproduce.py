@@ -2,6 +2,7 @@
 
     python benchmarks/reproduce.py [--data_dir ../shared/data/ml-1m] [--output_dir outputs/reproduce]
                                    [--config examples/configs/reproduce_ml1m.json] [--only ROW ...]
+    python benchmarks/reproduce.py --select [--select_eval_rows 5000]   # choose the learning rates first
 
 Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, output in `OUTPUT_DIR/<row>`):
 
@@ -13,8 +14,9 @@ Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, ou
   `gate_lightgcn+mf` (two CF sources, Eq. 7), `gate_lightgcn_stage1_only`, `gate_lightgcn_end_to_end` (Table 4).
 
 Every LLM row uses SmolLM2-135M-Instruct and the same budget (`--config`): the same seeded `train_rows_per_stage`
-training rows per stage, hyperparameters fixed beforehand on the validation set of pilot runs, and the full
-validation and test sets, each read once at the end. A row is finished when `OUTPUT_DIR/<row>/all_results.json`
+training rows per stage, the learning rates that `python benchmarks/reproduce.py --select` chose on validation rows
+(`benchmarks/results/reproduce_selection.md`; the test set is not read there), and the full validation and test
+sets, each read once at the end. A row is finished when `OUTPUT_DIR/<row>/all_results.json`
 exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage. A row's time is
 the sum of its attempts (`OUTPUT_DIR/<row>.timing.json`); an interrupted attempt counts until its log's last write.
 
