@@ -105,6 +105,14 @@ def run_row(row: str, args) -> dict:
     return {**results, "wall_seconds": wall}
 
 
+def write_results(name: str, out: dict, lines: list[str]) -> None:
+    """`benchmarks/results/<name>.json` (`out`) and `.md` (`lines`), and print the table."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def stage_seconds(results: dict) -> float | None:
     """Training time of an LLM row's stages; None when every stage finished in an earlier, interrupted attempt."""
     seconds = [v for k, v in results.items() if k.startswith("stage_") and k.endswith("_seconds")]
@@ -156,8 +164,6 @@ def select(args) -> None:
         "config_differs": differs,
         "total_wall_seconds": round(sum(p["wall_seconds"] or 0 for p in points), 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reproduce_selection.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         "# Learning rates for the reproduction, chosen on validation rows only",
         "",
@@ -179,8 +185,7 @@ def select(args) -> None:
             else "The config holds them."
         ),
     ]
-    (RESULTS / "reproduce_selection.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("reproduce_selection", out, lines)
 
 
 def main():
@@ -251,8 +256,6 @@ def main():
         "rows": table,
         "rows_not_run": missing,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reproduce.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         "# ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct, one CPU budget",
         "",
@@ -275,8 +278,7 @@ def main():
                   "training time is in the row's log and in its wall time)."]  # fmt: skip
     if missing:
         lines += ["", f"Not run yet (rerun the command to resume): {', '.join(missing)}."]
-    (RESULTS / "reproduce.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("reproduce", out, lines)
 
 
 if __name__ == "__main__":
