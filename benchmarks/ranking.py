@@ -34,8 +34,8 @@ from ccf_llm.data import item_titles, load_movielens_1m
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build(dtype, num_users, num_items, titles):
-    llm, tokenizer = load_llm(dtype=dtype)
+def build(dtype, num_users, num_items, titles, attn_implementation=None):
+    llm, tokenizer = load_llm(dtype=dtype, attn_implementation=attn_implementation)
     generator = torch.Generator().manual_seed(0)
     model = CCFLlamaForCTR.from_llm(
         llm, tokenizer, num_users, num_items,

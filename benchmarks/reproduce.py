@@ -272,7 +272,8 @@ def main():
             f"{rel} | {t['paper_test_auc'] or ''} | {t['train_seconds'] or '—'} | {t['evaluation_seconds'] or ''} | "
             f"{t['wall_seconds'] or ''} |"
         )
-    lines += ["", f"Sum of row wall times: {out['total_row_wall_seconds']} s."]
+    total = out["total_row_wall_seconds"]
+    lines += ["", f"Sum of row wall times: {total} s ({total / 60:.1f} min; the budget is 150 min)."]
     if any(t["train_seconds"] is None for t in table):
         lines += ["", "train s —: the row's stages finished in an earlier attempt that was then interrupted (its "
                   "training time is in the row's log and in its wall time)."]  # fmt: skip

@@ -5,14 +5,20 @@
 SmolLM2-135M-Instruct in bf16, `gate` mode with random 64-d CF tables, the paper's template (§3.2) with 10 history
 items on ML-1M rows. Writes `benchmarks/results/speed.json` and `.md` with:
 
-* `peak_bf16_tflops`: the best of several large bf16 matmuls, measured in this run (the MFU denominator);
-* `train_tokens_per_s`, `mfu`: stage-1 LoRA training with `CCFTrainer` (batch `--batch`, group_by_length), real
-  (unpadded) prompt tokens per second over the steps after `--warmup` ones (the first holds the compilation), in
-  two setups (`TRAINING_SETUPS`): `eager` (library defaults) and `compiled` (`compile_layers=True`,
-  `lora_dropout=0`); the top-level figures are the compiled setup's, `training_setups` has both. With the LLM
-  frozen, a token costs a forward (2N) and the backward through the activations (2N), N = non-embedding parameters:
-  `mfu` = tokens/s x 4N / peak; `mfu_6n` uses the usual 6N of full fine-tuning for comparison. Attention scores
-  are not counted;
+* `peak_bf16_tflops`: the best sample of a 3072² bf16 matmul (`PeakProbe`), sampled after every training step and
+  around each ceiling measurement; `peak_bf16_tflops_samples` shows how much it moves on this shared machine;
+* `train_tokens_per_s`, `mfu`: stage-1 LoRA training with `CCFTrainer` (batch `--batch`, group_by_length): the
+  median over the steps after the `--warmup` ones (the first holds the compilation, shorter when torch's on-disk
+  compile cache already holds the graphs of an earlier run; the compiled layers also recompile once for each new
+  regime: layer 0's input not requiring grad, a batch without padding, a prompt over 256 tokens) of each step's real
+  (unpadded) tokens per second. Three setups (`TRAINING_SETUPS`): `defaults` (the
+  library's), `compiled` (`compile_layers=True`, `lora_dropout=0`) and `compiled_eager_attention` (the same with
+  `attn_implementation="eager"`); the top-level figures are `compiled`'s, `training_setups` has all three with every
+  step's seconds, tokens and peak sample. With the LLM frozen, a token costs a forward (2N) and the backward through
+  the activations (2N), N = non-embedding parameters: `mfu` = tokens/s x 4N / peak; `mfu_6n` uses the usual 6N of
+  full fine-tuning for comparison. Attention scores are not counted. `mfu_ceiling`: a decoder layer's own matmuls
+  (forward x W and backward dy W^T of every linear layer, at the benchmark's tokens per step) over the better of the
+  peak samples taken right before and after them: the MFU that zero time outside these matmuls would give;
 * `peak_rss_mb`: the process's peak resident memory after training (model load included), training first;
 * `fusion_overhead`: fused (`gate`) forward+backward time / plain LLM on the same 8 x 256 tokens, medians of
   per-round ratios (as `benchmarks/fusion_overhead.py`, bf16 only; goal <= 1.05);
@@ -44,36 +50,70 @@ from ccf_llm.data import item_titles, load_movielens_1m  # noqa: E402
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# the library defaults, and the fast setup: decoder layers compiled in place, no LoRA dropout (its random masks cost
-# more than the LoRA matmuls on CPU)
+# the library defaults; decoder layers compiled in place without LoRA dropout (its random masks cost more than the
+# LoRA matmuls on CPU: the fast setup); the same with eager attention, which the compiler can fuse, unlike SDPA's CPU
+# kernel. `attn_implementation` goes to `load_llm`, the rest to `CCFTrainingArguments`.
 TRAINING_SETUPS = {
-    "eager": {"lora_dropout": 0.05, "compile_layers": False},
+    "defaults": {"lora_dropout": 0.05, "compile_layers": False},
     "compiled": {"lora_dropout": 0.0, "compile_layers": True},
+    "compiled_eager_attention": {"lora_dropout": 0.0, "compile_layers": True, "attn_implementation": "eager"},
 }
 
 
-def matmul_peak(dtype, sizes=(1024, 2048, 3072), repeats=5) -> float:
-    """Best TFLOP/s of square matmuls of `dtype` (the machine's practical peak on these threads)."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_tflops(a: torch.Tensor, b: torch.Tensor, repeats: int = 3) -> float:
+    """Best TFLOP/s of `a @ b` over `repeats` timed calls, after an untimed one."""
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
         a @ b
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e12)
-    return best
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best / 1e12
+
+
+class PeakProbe:
+    """The bf16 matmul peak (a 3072² matmul), sampled again at every call and kept in `samples`.
+
+    This machine's matmul speed is not steady (a shared VM: the same matmul runs at about 0.8 or about 2 TFLOP/s from
+    one minute to the next, while training throughput barely moves), so the peak is the best of many samples taken
+    all through the run rather than one measurement."""
+
+    def __init__(self, n: int = 3072):
+        self.a, self.b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+        self.samples = []
+
+    def __call__(self) -> float:
+        self.samples.append(matmul_tflops(self.a, self.b))
+        return self.samples[-1]
 
 
 class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times, self._start = [], None
+    """Each training step's seconds, then a `PeakProbe` sample (outside the timed step)."""
+
+    def __init__(self, probe: PeakProbe):
+        self.probe, self.times, self.peaks, self._start = probe, [], [], None
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self._start)
+        self.peaks.append(self.probe())
+
+
+def layer_matmul_tflops(model, tokens: int) -> float:
+    """bf16 TFLOP/s of one decoder layer's own matmuls at `tokens` rows: forward x @ W and backward dy @ W^T of every
+    linear layer, FLOP-weighted. Divided by the peak it bounds the MFU that training could reach if everything but
+    these matmuls took no time."""
+    flops, seconds = 0, 0.0
+    for linear in (m for m in model.llm.get_decoder().layers[0].modules() if isinstance(m, torch.nn.Linear)):
+        out_features, in_features = linear.weight.shape
+        weight = torch.randn(out_features, in_features, dtype=torch.bfloat16)
+        for x, w in ((torch.randn(tokens, in_features, dtype=torch.bfloat16), weight.T),
+                     (torch.randn(tokens, out_features, dtype=torch.bfloat16), weight)):  # fmt: skip
+            shape_flops = 2 * x.shape[0] * w.shape[0] * w.shape[1]
+            flops, seconds = flops + shape_flops, seconds + shape_flops / (matmul_tflops(x, w, 5) * 1e12)
+    return flops / seconds / 1e12
 
 
 def non_embedding_parameters(model) -> int:
@@ -88,7 +128,7 @@ def main():
     parser.add_argument("--data_dir", default="../shared/data/ml-1m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--score_rows", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
@@ -101,9 +141,12 @@ def main():
 
     # 1. training throughput and peak memory (first, so the RSS peak is training's)
     rows = splits["train"].shuffle(seed=0).select(range(args.batch * args.steps))
-    training = {}
-    for name, options in TRAINING_SETUPS.items():
-        model, processor = build(torch.bfloat16, num_users, num_items, titles)
+    probe, training = PeakProbe(), {}
+    for name, setup in TRAINING_SETUPS.items():
+        options = {k: v for k, v in setup.items() if k != "attn_implementation"}
+        model, processor = build(
+            torch.bfloat16, num_users, num_items, titles, setup.get("attn_implementation")
+        )
         n_params = non_embedding_parameters(model)
         train = processor.process_dataset(rows)
         tokens_per_step = sum(len(ids) for ids in train["input_ids"]) / args.steps
@@ -112,26 +155,47 @@ def main():
             learning_rate=2e-3, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
             disable_tqdm=True, train_sampling_strategy="group_by_length", seed=0, **options,
         )  # fmt: skip
-        timer = StepTimer()
+        timer, collator, step_tokens = StepTimer(probe), CCFDataCollator(processor.tokenizer.pad_token_id), []
+
+        def collate(features, collator=collator, step_tokens=step_tokens):  # records each step's real tokens
+            batch = collator(features)
+            step_tokens.append(int(batch["attention_mask"].sum()))
+            return batch
+
         peft_model = add_lora(model, training_args)
-        trainer = CCFTrainer(model=peft_model, args=training_args, train_dataset=train,
-                             data_collator=CCFDataCollator(processor.tokenizer.pad_token_id), callbacks=[timer])  # fmt: skip
+        trainer = CCFTrainer(model=peft_model, args=training_args, train_dataset=train, data_collator=collate,
+                             callbacks=[timer])  # fmt: skip
         trainer.train()
-        step_s = statistics.mean(timer.times[args.warmup :])
+        if len(step_tokens) != len(timer.times):
+            raise RuntimeError(f"{len(step_tokens)} batches collated for {len(timer.times)} timed steps")
+        steady = range(args.warmup, len(timer.times))
+        tokens_per_s = [step_tokens[i] / timer.times[i] for i in steady]
         training[name] = {
-            **options,
-            "tokens_per_s": round(tokens_per_step / step_s, 1),
-            "seconds_per_step": round(step_s, 3),
+            **setup,
+            "tokens_per_s": round(statistics.median(tokens_per_s), 1),
+            "seconds_per_step": round(statistics.median(timer.times[i] for i in steady), 3),
+            "mean_seconds_per_step": round(statistics.mean(timer.times[i] for i in steady), 3),
             "first_step_seconds": round(timer.times[0], 1),
-        }
+            "step_seconds": [round(t, 2) for t in timer.times],
+            "step_tokens": step_tokens,
+            "step_peak_tflops": [round(p, 3) for p in timer.peaks],
+        }  # fmt: skip
         print(f"training ({name}): {training[name]}", flush=True)
         del trainer, peft_model, model
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak = matmul_peak(torch.bfloat16)
+    model, _ = build(torch.bfloat16, num_users, num_items, titles)
+    # the layer's matmul shapes against the peak, interleaved so that both see the same machine
+    ceilings = []
+    for _ in range(args.repeats):
+        before = probe()
+        layer_tflops = layer_matmul_tflops(model, round(tokens_per_step))
+        ceilings.append(layer_tflops / max(before, probe()))
+    del model
+    peak = max(probe.samples)
     for setup in training.values():
         setup["mfu"] = round(setup["tokens_per_s"] * 4 * n_params / (peak * 1e12), 4)
     fast = training["compiled"]
-    print(f"peak {peak:.2f} TFLOP/s", flush=True)
+    print(f"peak {peak:.2f} TFLOP/s; samples {statistics.median(probe.samples):.2f} median", flush=True)
 
     # 2. fusion overhead, bf16, 8 x 256 tokens
     steps = compared_steps(DEFAULT_LLM, torch.bfloat16, 8, 256, num_users, num_items)
@@ -160,12 +224,19 @@ def main():
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, torch {torch.__version__}",
         "peak_bf16_tflops": round(peak, 3),
+        "peak_bf16_tflops_samples": {
+            "min": round(min(probe.samples), 3),
+            "median": round(statistics.median(probe.samples), 3),
+            "max": round(peak, 3),
+            "count": len(probe.samples),
+        },
         "train_tokens_per_s": fast["tokens_per_s"],
         "train_seconds_per_step": fast["seconds_per_step"],
         "train_tokens_per_step": round(tokens_per_step, 1),
         "non_embedding_parameters": n_params,
         "mfu": fast["mfu"],
         "mfu_6n": round(fast["tokens_per_s"] * 6 * n_params / (peak * 1e12), 4),
+        "mfu_ceiling": round(statistics.median(ceilings), 4),
         "training_setups": training,
         "peak_rss_mb": round(peak_rss_mb, 1),
         "fusion_overhead": round(fusion_overhead, 4),
@@ -176,6 +247,7 @@ def main():
             "batch": args.batch,
             "steps": args.steps,
             "warmup_steps_excluded": args.warmup,
+            "step_time": "median of the steps after the warmup ones",
             "dtype": "bfloat16",
             "stage": "lora (r=8, q_proj/v_proj); train_tokens_per_s and mfu: the `compiled` setup",
             "template": "PAPER_TEMPLATE",
@@ -192,15 +264,20 @@ def main():
         "",
         "| metric | value | goal |",
         "|---|---|---|",
-        f"| measured bf16 matmul peak | {out['peak_bf16_tflops']} TFLOP/s | |",
+        f"| bf16 matmul peak, best of {out['peak_bf16_tflops_samples']['count']} samples (median "
+        f"{out['peak_bf16_tflops_samples']['median']}, min {out['peak_bf16_tflops_samples']['min']}) | "
+        f"{out['peak_bf16_tflops']} TFLOP/s | |",
         *(
             f"| LoRA training, {name} ({', '.join(f'{k}={v}' for k, v in TRAINING_SETUPS[name].items())}; batch "
             f"{args.batch}, {tokens_per_step:.0f} tokens/step) | {t['tokens_per_s']} tokens/s "
-            f"({t['seconds_per_step']:.2f} s/step; first step {t['first_step_seconds']} s), MFU {t['mfu']:.3f} | |"
+            f"({t['seconds_per_step']:.2f} s/step median, mean {t['mean_seconds_per_step']:.2f}; first step "
+            f"{t['first_step_seconds']} s), MFU {t['mfu']:.3f} | |"
             for name, t in training.items()
         ),
         f"| MFU of the compiled setup (4N per token; 6N convention in brackets) | {out['mfu']:.3f} "
         f"({out['mfu_6n']:.3f}) | >= 0.40 |",
+        f"| MFU ceiling: a decoder layer's own matmul shapes ({tokens_per_step:.0f} rows, fwd + bwd) over the "
+        f"peak, i.e. the MFU if nothing else took time | {out['mfu_ceiling']:.3f} | |",
         f"| peak RSS of training | {out['peak_rss_mb']} MB | |",
         f"| fusion overhead, gate / plain LLM, fwd+bwd 8 x 256 | {out['fusion_overhead']:.3f} | <= 1.05 |",
         f"| test-set scoring, prefix cache (`score_rows`) | {out['score_prompts_per_s']} prompts/s | |",

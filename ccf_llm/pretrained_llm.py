@@ -146,11 +146,15 @@ def load_llm(
     name_or_path: str = DEFAULT_LLM,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
+    attn_implementation: str | None = None,
 ):
-    """Load `(causal_lm, tokenizer)` for `name_or_path`, resolved by `resolve_llm`."""
+    """
+    Load `(causal_lm, tokenizer)` for `name_or_path`, resolved by `resolve_llm`. `attn_implementation` is passed to
+    `from_pretrained` (None: transformers' default, SDPA; `benchmarks/results/speed.md` compares eager attention).
+    """
     folder = resolve_llm(name_or_path, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
     model.name_or_path = name_or_path
     return model, tokenizer
 

@@ -86,6 +86,12 @@ class ModelArguments:
         },
     )
     dtype: str = field(default="float32", metadata={"help": "weights dtype: float32 or bfloat16"})
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "the LLM's attention implementation, passed to from_pretrained (default: transformers', SDPA)"
+        },
+    )
     yes_token: str = field(default=" Yes", metadata={"help": "the positive answer as it follows '#Answer:'"})
     no_token: str = field(default=" No", metadata={"help": "the negative answer"})
     overwrite_output_dir: bool = field(
@@ -192,7 +198,7 @@ def check_output_dir(output_dir: Path, overwrite: bool):
 def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_users, num_items) -> dict:
     out = Path(args.output_dir) / mode
     dtype = getattr(torch, model_args.dtype)
-    llm, tokenizer = load_llm(model_args.llm, dtype=dtype)
+    llm, tokenizer = load_llm(model_args.llm, dtype=dtype, attn_implementation=model_args.attn_implementation)
     set_seed(args.seed)  # ALG / GATE initialization
     model = CCFLlamaForCTR.from_llm(
         llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,

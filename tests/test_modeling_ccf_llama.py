@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, LlamaConfig
 
-from ccf_llm import FUSION_MODES, CCFLlamaConfig, CCFLlamaForCTR, ccf_ctr_loss
+from ccf_llm import FUSION_MODES, CCFLlamaConfig, CCFLlamaForCTR, ccf_ctr_loss, load_llm
 
 from .conftest import tiny_llm, tiny_tokenizer
 
@@ -224,14 +224,19 @@ def test_cf_embeddings_trainable_on_request():
     assert grad is not None and grad[5].abs().sum() > 0 and grad[3].abs().sum() == 0
 
 
-@pytest.mark.parametrize("mode", ["gate", "inject"])
-def test_padding_invariance(mode):
-    """Left (or right) padding never changes a prompt's score: each row scored alone gives the same values."""
+@pytest.mark.parametrize(("mode", "attention"), [("gate", "sdpa"), ("inject", "sdpa"), ("gate", "eager")])
+def test_padding_invariance(mode, attention):
+    """Left (or right) padding never changes a prompt's score: each row scored alone gives the same values, with
+    either attention implementation (eager builds its own padding mask), and both give the same scores."""
     tester = CCFLlamaModelTester(mode, zero_init_gate=False)
     model = tester.model()
     left, right = tester.batch("left"), tester.batch("right")
     with torch.no_grad():
+        sdpa = model(**left).scores
+        model.llm.set_attn_implementation(attention)
+        assert model.llm.config._attn_implementation == attention
         batched = model(**left).scores
+        torch.testing.assert_close(batched, sdpa, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(model(**right).scores, batched, atol=1e-6, rtol=1e-5)
         for row in range(2):
             keep = left["attention_mask"][row].bool()
@@ -318,6 +323,19 @@ def test_peft_lora_with_modules_to_save_round_trip(tmp_path):
         plain = AutoModel.from_pretrained(tmp_path / "base").eval()(**batch).scores
     assert torch.equal(got, expected)
     assert not torch.allclose(plain, expected)  # training changed the model, so the adapter carries it
+
+
+def test_load_llm_reads_a_local_folder_with_the_attention_asked_for(tmp_path):
+    tokenizer = tiny_tokenizer("A user likes Yes No".split())
+    llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+    llm.save_pretrained(tmp_path), tokenizer.save_pretrained(tmp_path)
+    loaded = {
+        attention: load_llm(str(tmp_path), attn_implementation=attention) for attention in (None, "eager")
+    }
+    assert loaded[None][0].config._attn_implementation == "sdpa"  # transformers' default
+    assert loaded["eager"][0].config._attn_implementation == "eager"
+    assert torch.equal(loaded["eager"][0].model.norm.weight, llm.model.norm.weight)
+    assert loaded["eager"][1].convert_tokens_to_ids("likes") == tokenizer.convert_tokens_to_ids("likes")
 
 
 def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():

@@ -103,8 +103,10 @@ def test_two_stage_schedule_trains_lora_then_fusion_only(tmp_path):
 )
 def test_compiled_layers_train_like_eager_ones_and_keep_parameter_names(tmp_path):
     trained = {}
-    for compile_layers in (False, True):
+    # compiled with SDPA, and with eager attention (the fast setup on CPU: the compiler fuses it)
+    for compile_layers, attention in ((False, "sdpa"), (True, "sdpa"), (True, "eager")):
         model, tokenizer, data = tiny_setup("gate")
+        model.llm.set_attn_implementation(attention)
         # no dropout (compiled code draws other random numbers); SGD, whose update is the gradient itself
         args = args_for(tmp_path, "lora", compile_layers=compile_layers, max_steps=2, lora_dropout=0.0,
                         optim="sgd", learning_rate=0.5)  # fmt: skip
@@ -115,12 +117,14 @@ def test_compiled_layers_train_like_eager_ones_and_keep_parameter_names(tmp_path
             train_dataset=data,
             data_collator=CCFDataCollator(tokenizer.pad_token_id),
         ).train()
-        trained[compile_layers] = snapshot(peft_model)
-    assert trained[True].keys() == trained[False].keys()  # PEFT adapter names do not change
-    lora = [n for n in trained[False] if "lora_" in n]
-    assert any(trained[False][n].abs().sum() > 0 for n in lora if "lora_B" in n)  # B starts at 0: it trained
-    for name in lora:
-        torch.testing.assert_close(trained[True][name], trained[False][name], rtol=1e-4, atol=1e-6)
+        trained[compile_layers, attention] = snapshot(peft_model)
+    reference = trained[False, "sdpa"]
+    lora = [n for n in reference if "lora_" in n]
+    assert any(reference[n].abs().sum() > 0 for n in lora if "lora_B" in n)  # B starts at 0: it trained
+    for compiled in (trained[True, "sdpa"], trained[True, "eager"]):
+        assert compiled.keys() == reference.keys()  # PEFT adapter names do not change
+        for name in lora:
+            torch.testing.assert_close(compiled[name], reference[name], rtol=1e-4, atol=1e-6)
     assert all(
         layer._compiled_call_impl is not None for layer in peft_model.get_base_model().llm.model.layers
     )
