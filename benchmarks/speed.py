@@ -11,14 +11,17 @@ items on ML-1M rows. Writes `benchmarks/results/speed.json` and `.md` with:
   median over the steps after the `--warmup` ones (the first holds the compilation, shorter when torch's on-disk
   compile cache already holds the graphs of an earlier run; the compiled layers also recompile once for each new
   regime: layer 0's input not requiring grad, a batch without padding, a prompt over 256 tokens) of each step's real
-  (unpadded) tokens per second. Three setups (`TRAINING_SETUPS`): `defaults` (the
-  library's), `compiled` (`compile_layers=True`, `lora_dropout=0`) and `compiled_eager_attention` (the same with
-  `attn_implementation="eager"`); the top-level figures are `compiled`'s, `training_setups` has all three with every
-  step's seconds, tokens and peak sample. With the LLM frozen, a token costs a forward (2N) and the backward through
-  the activations (2N), N = non-embedding parameters: `mfu` = tokens/s x 4N / peak; `mfu_6n` uses the usual 6N of
-  full fine-tuning for comparison. Attention scores are not counted. `mfu_ceiling`: a decoder layer's own matmuls
+  (unpadded) tokens per second. Three setups (`TRAINING_SETUPS`): `defaults` (the library's), `compiled_sdpa`
+  (`compile_layers=True`, `lora_dropout=0`) and `compiled` (the same with `attn_implementation="eager"`); the
+  top-level figures are `compiled`'s, `training_setups` has all three with every step's seconds, tokens and peak
+  sample. With the LLM frozen, a token costs a forward (2N) and the backward through the activations (2N),
+  N = non-embedding parameters: `mfu` = tokens/s x 4N / peak; `mfu_6n` uses the usual 6N of full fine-tuning for
+  comparison. Attention scores are not counted. `mfu_ceiling`: a decoder layer's own matmuls
   (forward x W and backward dy W^T of every linear layer, at the benchmark's tokens per step) over the better of the
   peak samples taken right before and after them: the MFU that zero time outside these matmuls would give;
+  `step_profile` (per setup): one more profiled forward + backward, split into matmuls (with eager attention, its
+  batched matmuls too), SDPA kernels and the rest, with the matmuls' TFLOP/s inside training; `mfu_bound_at_training_matmul_speed`: the compiled setup's matmul TFLOP/s
+  over the peak, the MFU if everything but its matmuls took no time;
 * `peak_rss_mb`: the process's peak resident memory after training (model load included), training first;
 * `fusion_overhead`: fused (`gate`) forward+backward time / plain LLM on the same 8 x 256 tokens, medians of
   per-round ratios (as `benchmarks/fusion_overhead.py`, bf16 only; goal <= 1.05);
@@ -51,12 +54,13 @@ from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the library defaults; decoder layers compiled in place without LoRA dropout (its random masks cost more than the
-# LoRA matmuls on CPU: the fast setup); the same with eager attention, which the compiler can fuse, unlike SDPA's CPU
-# kernel. `attn_implementation` goes to `load_llm`, the rest to `CCFTrainingArguments`.
+# LoRA matmuls on CPU); the same with eager attention (the fast setup), which the compiler turns into bf16 matmuls
+# and a fused softmax, while SDPA's CPU flash kernel (forward and backward) takes half of a compiled step.
+# `attn_implementation` goes to `load_llm`, the rest to `CCFTrainingArguments`.
 TRAINING_SETUPS = {
     "defaults": {"lora_dropout": 0.05, "compile_layers": False},
-    "compiled": {"lora_dropout": 0.0, "compile_layers": True},
-    "compiled_eager_attention": {"lora_dropout": 0.0, "compile_layers": True, "attn_implementation": "eager"},
+    "compiled_sdpa": {"lora_dropout": 0.0, "compile_layers": True},
+    "compiled": {"lora_dropout": 0.0, "compile_layers": True, "attn_implementation": "eager"},
 }
 
 
@@ -116,9 +120,31 @@ def layer_matmul_tflops(model, tokens: int) -> float:
     return flops / seconds / 1e12
 
 
+def profile_step(trainer) -> dict:
+    """Where one more forward + backward of `trainer` goes (torch.profiler, with FLOP counts): the shares of its time in
+    matmuls (aten::mm / addmm / bmm), in SDPA kernels (forward and backward) and elsewhere, and the TFLOP/s that the
+    matmuls reach inside training."""
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, with_flops=True) as profiler:
+        trainer.compute_loss(trainer.model, batch).backward()
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmuls = [e for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
+    matmul = sum(e.self_cpu_time_total for e in matmuls)
+    sdpa = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    return {
+        "seconds": round(total / 1e6, 3),
+        "matmul_share": round(matmul / total, 3),
+        "sdpa_share": round(sdpa / total, 3),
+        "other_share": round(1 - (matmul + sdpa) / total, 3),
+        "matmul_tflops": round(sum(e.flops for e in matmuls) / matmul / 1e6, 3),
+    }
+
+
 def non_embedding_parameters(model) -> int:
     embeddings = model.get_input_embeddings().weight.numel()
-    return sum(p.numel() for p in model.llm.parameters()) - embeddings
+    return sum(p.numel() for name, p in model.llm.named_parameters() if "lora_" not in name) - embeddings
 
 
 def main():
@@ -131,7 +157,7 @@ def main():
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--score_rows", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_movielens_1m(args.data_dir)
@@ -141,38 +167,43 @@ def main():
 
     # 1. training throughput and peak memory (first, so the RSS peak is training's)
     rows = splits["train"].shuffle(seed=0).select(range(args.batch * args.steps))
-    probe, training = PeakProbe(), {}
-    for name, setup in TRAINING_SETUPS.items():
-        options = {k: v for k, v in setup.items() if k != "attn_implementation"}
+
+    def trained(setup: dict, max_steps: int, callbacks=()):
+        """A `CCFTrainer` of `setup` after `max_steps` steps, and the real tokens of each step's batch."""
         model, processor = build(
             torch.bfloat16, num_users, num_items, titles, setup.get("attn_implementation")
         )
-        n_params = non_embedding_parameters(model)
-        train = processor.process_dataset(rows)
-        tokens_per_step = sum(len(ids) for ids in train["input_ids"]) / args.steps
         training_args = CCFTrainingArguments(
-            output_dir="outputs/speed", stage="lora", per_device_train_batch_size=args.batch, max_steps=args.steps,
+            output_dir="outputs/speed", stage="lora", per_device_train_batch_size=args.batch, max_steps=max_steps,
             learning_rate=2e-3, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
-            disable_tqdm=True, train_sampling_strategy="group_by_length", seed=0, **options,
+            disable_tqdm=True, train_sampling_strategy="group_by_length", seed=0,
+            **{k: v for k, v in setup.items() if k != "attn_implementation"},
         )  # fmt: skip
-        timer, collator, step_tokens = StepTimer(probe), CCFDataCollator(processor.tokenizer.pad_token_id), []
+        collator, step_tokens = CCFDataCollator(processor.tokenizer.pad_token_id), []
 
-        def collate(features, collator=collator, step_tokens=step_tokens):  # records each step's real tokens
+        def collate(features):
             batch = collator(features)
             step_tokens.append(int(batch["attention_mask"].sum()))
             return batch
 
-        peft_model = add_lora(model, training_args)
-        trainer = CCFTrainer(model=peft_model, args=training_args, train_dataset=train, data_collator=collate,
-                             callbacks=[timer])  # fmt: skip
+        trainer = CCFTrainer(model=add_lora(model, training_args), args=training_args,
+                             train_dataset=processor.process_dataset(rows), data_collator=collate,
+                             callbacks=list(callbacks))  # fmt: skip
         trainer.train()
+        return trainer, step_tokens
+
+    probe, training = PeakProbe(), {}
+    for name, setup in TRAINING_SETUPS.items():
+        timer = StepTimer(probe)
+        trainer, step_tokens = trained(setup, args.steps, [timer])
         if len(step_tokens) != len(timer.times):
             raise RuntimeError(f"{len(step_tokens)} batches collated for {len(timer.times)} timed steps")
+        n_params = non_embedding_parameters(trainer.model.get_base_model())
+        tokens_per_step = statistics.mean(step_tokens)
         steady = range(args.warmup, len(timer.times))
-        tokens_per_s = [step_tokens[i] / timer.times[i] for i in steady]
         training[name] = {
             **setup,
-            "tokens_per_s": round(statistics.median(tokens_per_s), 1),
+            "tokens_per_s": round(statistics.median(step_tokens[i] / timer.times[i] for i in steady), 1),
             "seconds_per_step": round(statistics.median(timer.times[i] for i in steady), 3),
             "mean_seconds_per_step": round(statistics.mean(timer.times[i] for i in steady), 3),
             "first_step_seconds": round(timer.times[0], 1),
@@ -181,8 +212,12 @@ def main():
             "step_peak_tflops": [round(p, 3) for p in timer.peaks],
         }  # fmt: skip
         print(f"training ({name}): {training[name]}", flush=True)
-        del trainer, peft_model, model
+        del trainer
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for name, setup in TRAINING_SETUPS.items():  # after the RSS peak: the profiler's records take memory
+        trainer, _ = trained(setup, args.warmup)
+        training[name]["step_profile"] = profile_step(trainer)
+        del trainer
     model, _ = build(torch.bfloat16, num_users, num_items, titles)
     # the layer's matmul shapes against the peak, interleaved so that both see the same machine
     ceilings = []
@@ -195,6 +230,7 @@ def main():
     for setup in training.values():
         setup["mfu"] = round(setup["tokens_per_s"] * 4 * n_params / (peak * 1e12), 4)
     fast = training["compiled"]
+    matmul_bound = fast["step_profile"]["matmul_tflops"] / peak
     print(f"peak {peak:.2f} TFLOP/s; samples {statistics.median(probe.samples):.2f} median", flush=True)
 
     # 2. fusion overhead, bf16, 8 x 256 tokens
@@ -237,6 +273,7 @@ def main():
         "mfu": fast["mfu"],
         "mfu_6n": round(fast["tokens_per_s"] * 6 * n_params / (peak * 1e12), 4),
         "mfu_ceiling": round(statistics.median(ceilings), 4),
+        "mfu_bound_at_training_matmul_speed": round(matmul_bound, 4),
         "training_setups": training,
         "peak_rss_mb": round(peak_rss_mb, 1),
         "fusion_overhead": round(fusion_overhead, 4),
@@ -278,6 +315,14 @@ def main():
         f"({out['mfu_6n']:.3f}) | >= 0.40 |",
         f"| MFU ceiling: a decoder layer's own matmul shapes ({tokens_per_step:.0f} rows, fwd + bwd) over the "
         f"peak, i.e. the MFU if nothing else took time | {out['mfu_ceiling']:.3f} | |",
+        *(
+            f"| where a {name} step goes (one profiled step, {t['step_profile']['seconds']} s): matmuls "
+            f"{t['step_profile']['matmul_share']:.0%} at {t['step_profile']['matmul_tflops']} TFLOP/s, SDPA "
+            f"{t['step_profile']['sdpa_share']:.0%}, other {t['step_profile']['other_share']:.0%} | | |"
+            for name, t in training.items()
+        ),
+        f"| MFU bound at the matmul speed reached inside compiled training (the MFU if nothing but the matmuls took "
+        f"time) | {out['mfu_bound_at_training_matmul_speed']:.3f} | |",
         f"| peak RSS of training | {out['peak_rss_mb']} MB | |",
         f"| fusion overhead, gate / plain LLM, fwd+bwd 8 x 256 | {out['fusion_overhead']:.3f} | <= 1.05 |",
         f"| test-set scoring, prefix cache (`score_rows`) | {out['score_prompts_per_s']} prompts/s | |",

@@ -740,6 +740,8 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         )
         model = cls(config).to(llm.dtype)
         model.llm.load_state_dict(llm.state_dict())
+        # `to_dict` leaves out the attention implementation the LLM was loaded with (e.g. `attn_implementation="eager"`)
+        model.llm.set_attn_implementation(llm.config._attn_implementation)
         given = cf_models is not None or user_embeddings is not None or item_embeddings is not None
         if given and not config.uses_cf:
             raise ValueError("fusion_mode='text' uses no CF embeddings, but some were given")

@@ -336,6 +336,19 @@ def test_load_llm_reads_a_local_folder_with_the_attention_asked_for(tmp_path):
     assert loaded["eager"][0].config._attn_implementation == "eager"
     assert torch.equal(loaded["eager"][0].model.norm.weight, llm.model.norm.weight)
     assert loaded["eager"][1].convert_tokens_to_ids("likes") == tokenizer.convert_tokens_to_ids("likes")
+    # from_llm keeps the attention implementation the LLM was loaded with
+    models = {
+        attention: CCFLlamaForCTR.from_llm(
+            loaded_llm, loaded_tokenizer, 3, 4, yes_token="Yes", no_token="No", fusion_mode="text"
+        ).eval()
+        for attention, (loaded_llm, loaded_tokenizer) in loaded.items()
+    }
+    assert models[None].llm.config._attn_implementation == "sdpa"
+    assert models["eager"].llm.config._attn_implementation == "eager"
+    ids = loaded["eager"][1](["A user likes", "user likes Yes"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        scores = {attention: model(**ids).scores for attention, model in models.items()}
+    torch.testing.assert_close(scores["eager"], scores[None], atol=1e-6, rtol=1e-5)
 
 
 def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():
