@@ -16,12 +16,12 @@ items on ML-1M rows. Writes `benchmarks/results/speed.json` and `.md` with:
   top-level figures are `compiled`'s, `training_setups` has all three with every step's seconds, tokens and peak
   sample. With the LLM frozen, a token costs a forward (2N) and the backward through the activations (2N),
   N = non-embedding parameters: `mfu` = tokens/s x 4N / peak; `mfu_6n` uses the usual 6N of full fine-tuning for
-  comparison. Attention scores are not counted. `mfu_ceiling`: a decoder layer's own matmuls
-  (forward x W and backward dy W^T of every linear layer, at the benchmark's tokens per step) over the better of the
-  peak samples taken right before and after them: the MFU that zero time outside these matmuls would give;
-  `step_profile` (per setup): one more profiled forward + backward, split into matmuls (with eager attention, its
-  batched matmuls too), SDPA kernels and the rest, with the matmuls' TFLOP/s inside training; `mfu_bound_at_training_matmul_speed`: the compiled setup's matmul TFLOP/s
-  over the peak, the MFU if everything but its matmuls took no time;
+  comparison. Attention scores are not counted. `mfu_ceiling`: a decoder layer's own matmuls (forward x W and
+  backward dy W^T of every linear layer, at the benchmark's tokens per step) over the better of the peak samples
+  taken right before and after them: the MFU that zero time outside these matmuls would give. `step_profile` (per
+  setup): one more profiled forward + backward, split into matmuls (with eager attention, its batched matmuls too),
+  SDPA kernels and the rest, with the matmuls' TFLOP/s inside training; `mfu_bound_at_training_matmul_speed`: the
+  compiled setup's matmul TFLOP/s over the peak, the MFU if everything but its matmuls took no time;
 * `peak_rss_mb`: the process's peak resident memory after training (model load included), training first;
 * `fusion_overhead`: fused (`gate`) forward+backward time / plain LLM on the same 8 x 256 tokens, medians of
   per-round ratios (as `benchmarks/fusion_overhead.py`, bf16 only; goal <= 1.05);
