@@ -231,6 +231,7 @@ def test_padding_invariance(mode, attention):
     tester = CCFLlamaModelTester(mode, zero_init_gate=False)
     model = tester.model()
     left, right = tester.batch("left"), tester.batch("right")
+    assert model.llm.config._attn_implementation == "sdpa"  # transformers' default
     with torch.no_grad():
         sdpa = model(**left).scores
         model.llm.set_attn_implementation(attention)
