@@ -5,26 +5,32 @@
 SmolLM2-135M-Instruct in bf16, `gate` mode with random 64-d CF tables, the paper's template (§3.2) with 10 history
 items on ML-1M rows. Writes `benchmarks/results/speed.json` and `.md` with:
 
-* `peak_bf16_tflops`: the best sample of a 3072² bf16 matmul (`PeakProbe`), sampled after every training step and
-  around each ceiling measurement; `peak_bf16_tflops_samples` shows how much it moves on this shared machine;
+* `peak_bf16_tflops`: the fastest bf16 matmul seen in the run: the best sample of a 3072² matmul (`PeakProbe`),
+  sampled after every training step and after each ceiling round, or of the decoder layer's own matmul shapes
+  (timed for `mfu_ceiling`), whichever is faster; `peak_bf16_tflops_samples` shows how much it moves on this
+  shared machine;
 * `train_tokens_per_s`, `mfu`: stage-1 LoRA training with `CCFTrainer` (batch `--batch`, group_by_length): the
   median over the steps after the `--warmup` ones (the first holds the compilation, shorter when torch's on-disk
   compile cache already holds the graphs of an earlier run; the compiled layers also recompile once for each new
   regime: layer 0's input not requiring grad, a batch without padding, a prompt over 256 tokens) of each step's real
-  (unpadded) tokens per second. Three setups (`TRAINING_SETUPS`): `defaults` (the library's), `compiled_sdpa`
-  (`compile_layers=True`, `lora_dropout=0`) and `compiled` (the same with `attn_implementation="eager"`); the
+  (unpadded) tokens per second. Three setups (`TRAINING_SETUPS`): `compiled` (`compile_layers=True`,
+  `lora_dropout=0`, `attn_implementation="eager"`), `compiled_sdpa` (the same with SDPA) and `defaults`; the
   top-level figures are `compiled`'s, `training_setups` has all three with every step's seconds, tokens and peak
   sample. With the LLM frozen, a token costs a forward (2N) and the backward through the activations (2N),
   N = non-embedding parameters: `mfu` = tokens/s x 4N / peak; `mfu_6n` uses the usual 6N of full fine-tuning for
   comparison. Attention scores are not counted. `mfu_ceiling`: a decoder layer's own matmuls (forward x W and
-  backward dy W^T of every linear layer, at the benchmark's tokens per step) over the better of the peak samples
-  taken right before and after them: the MFU that zero time outside these matmuls would give. `step_profile` (per
-  setup): one more profiled forward + backward, split into matmuls (with eager attention, its batched matmuls too),
-  SDPA kernels and the rest, with the matmuls' TFLOP/s inside training; `mfu_bound_at_training_matmul_speed`: the
-  compiled setup's matmul TFLOP/s over the peak, the MFU if everything but its matmuls took no time;
-* `peak_rss_mb`: the process's peak resident memory after training (model load included), training first;
-* `fusion_overhead`: fused (`gate`) forward+backward time / plain LLM on the same 8 x 256 tokens, medians of
-  per-round ratios (as `benchmarks/fusion_overhead.py`, bf16 only; goal <= 1.05);
+  backward dy W^T of every linear layer, at the benchmark's tokens per step), best of `--repeats` rounds, over the
+  peak: the MFU that zero time outside these matmuls would give. `step_profile` (per setup): the fastest of three
+  more profiled forward + backward (compiled kernels profiled by name), split into the linear layers' matmuls,
+  attention's own kernels (batched matmuls and softmax, or SDPA's) and the rest, with the linear matmuls' TFLOP/s
+  inside training; `mfu_bound_at_training_matmul_speed`: the compiled setup's linear-matmul TFLOP/s over the peak,
+  the MFU if everything but its linear matmuls took no time; `mfu_bound_matmuls_and_attention`: the MFU of its
+  profiled step had it taken only the time of its matmul and attention kernels (norms, RoPE, SiLU, casts and Python
+  free);
+* `peak_rss_mb`: the process's peak resident memory after training the `compiled` setup (model load included),
+  the first thing it does;
+* `fusion_overhead`: fused (`gate`) forward+backward time / plain LLM on the same 8 x 256 tokens, from the parts
+  (`fusion_overhead_whole_steps`: from whole steps; as `benchmarks/fusion_overhead.py`, bf16 only; goal <= 1.05);
 * `score_prompts_per_s`: scoring the first `--score_rows` ML-1M test rows with `ccf_llm.score_rows` (prefix
   cache, batches of 64), and with full prompts (`full_prompt_score_prompts_per_s`).
 """
@@ -45,7 +51,7 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion_overhead import compared_steps, time_interleaved  # noqa: E402
+from fusion_overhead import compared_steps, measure  # noqa: E402
 from ranking import build, full_scores  # noqa: E402
 
 from ccf_llm import DEFAULT_LLM, CCFDataCollator, score_rows  # noqa: E402
@@ -53,14 +59,15 @@ from ccf_llm.data import item_titles, load_movielens_1m  # noqa: E402
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# the library defaults; decoder layers compiled in place without LoRA dropout (its random masks cost more than the
-# LoRA matmuls on CPU); the same with eager attention (the fast setup), which the compiler turns into bf16 matmuls
-# and a fused softmax, while SDPA's CPU flash kernel (forward and backward) takes 44 % of a compiled step.
-# `attn_implementation` goes to `load_llm`, the rest to `CCFTrainingArguments`.
+# decoder layers compiled in place, without LoRA dropout (its random masks cost more than the LoRA matmuls on CPU),
+# with eager attention, which the compiler turns into bf16 matmuls and a fused softmax (the fast setup, trained first
+# so that the peak RSS is its own); the same with SDPA, whose CPU flash kernel (forward and backward) takes 44 % of a
+# compiled step; the library defaults. (`flex_attention`, which would skip the causal mask's empty half, has no CPU
+# backward in torch 2.13.) `attn_implementation` goes to `load_llm`, the rest to `CCFTrainingArguments`.
 TRAINING_SETUPS = {
-    "defaults": {"lora_dropout": 0.05, "compile_layers": False},
-    "compiled_sdpa": {"lora_dropout": 0.0, "compile_layers": True},
     "compiled": {"lora_dropout": 0.0, "compile_layers": True, "attn_implementation": "eager"},
+    "compiled_sdpa": {"lora_dropout": 0.0, "compile_layers": True},
+    "defaults": {"lora_dropout": 0.05, "compile_layers": False},
 }
 
 
@@ -105,41 +112,60 @@ class StepTimer(TrainerCallback):
         self.peaks.append(self.probe())
 
 
-def layer_matmul_tflops(model, tokens: int) -> float:
+def layer_matmul_tflops(model, tokens: int) -> tuple[float, float]:
     """bf16 TFLOP/s of one decoder layer's own matmuls at `tokens` rows: forward x @ W and backward dy @ W^T of every
-    linear layer, FLOP-weighted. Divided by the peak it bounds the MFU that training could reach if everything but
-    these matmuls took no time."""
-    flops, seconds = 0, 0.0
+    linear layer, FLOP-weighted, and the fastest of these shapes. Divided by the peak, the first bounds the MFU that
+    training could reach if everything but these matmuls took no time."""
+    flops, seconds, fastest = 0, 0.0, 0.0
     for linear in (m for m in model.llm.get_decoder().layers[0].modules() if isinstance(m, torch.nn.Linear)):
         out_features, in_features = linear.weight.shape
         weight = torch.randn(out_features, in_features, dtype=torch.bfloat16)
         for x, w in ((torch.randn(tokens, in_features, dtype=torch.bfloat16), weight.T),
                      (torch.randn(tokens, out_features, dtype=torch.bfloat16), weight)):  # fmt: skip
-            shape_flops = 2 * x.shape[0] * w.shape[0] * w.shape[1]
-            flops, seconds = flops + shape_flops, seconds + shape_flops / (matmul_tflops(x, w, 5) * 1e12)
-    return flops / seconds / 1e12
+            shape_flops, shape_tflops = 2 * x.shape[0] * w.shape[0] * w.shape[1], matmul_tflops(x, w, 5)
+            flops, seconds = flops + shape_flops, seconds + shape_flops / (shape_tflops * 1e12)
+            fastest = max(fastest, shape_tflops)
+    return flops / seconds / 1e12, fastest
 
 
-def profile_step(trainer) -> dict:
-    """Where one more forward + backward of `trainer` goes (torch.profiler, with FLOP counts): the shares of its time in
-    matmuls (aten::mm / addmm / bmm), in SDPA kernels (forward and backward) and elsewhere, and the TFLOP/s that the
+def profile_step(trainer, repeats: int = 3) -> dict:
+    """Where a forward + backward of `trainer` on its batch of median length goes, the fastest of `repeats` profiled
+    ones (torch.profiler, with FLOP counts; compiled kernels show under their own names when
+    `torch._inductor.config.cpp.enable_kernel_profile` is on): the shares of its time in the linear layers' matmuls
+    (aten::mm / addmm), in attention's own kernels (its batched matmuls, softmax forward and backward, compiled or
+    not, or SDPA's kernels) and elsewhere (norms, RoPE, SiLU, casts, Python), and the TFLOP/s that the linear layers'
     matmuls reach inside training."""
-    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, with_flops=True) as profiler:
-        trainer.compute_loss(trainer.model, batch).backward()
-    events = profiler.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    matmuls = [e for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
-    matmul = sum(e.self_cpu_time_total for e in matmuls)
-    sdpa = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
-    return {
-        "seconds": round(total / 1e6, 3),
-        "matmul_share": round(matmul / total, 3),
-        "sdpa_share": round(sdpa / total, 3),
-        "other_share": round(1 - (matmul + sdpa) / total, 3),
-        "matmul_tflops": round(sum(e.flops for e in matmuls) / matmul / 1e6, 3),
-    }
+    # the batch of median length (group_by_length puts the longest first), run once unprofiled in case its shape
+    # makes the compiled layers recompile
+    batches = sorted(trainer.get_train_dataloader(), key=lambda b: int(b["attention_mask"].sum()))
+    batch = trainer._prepare_inputs(batches[len(batches) // 2])
+    trainer.compute_loss(trainer.model, batch).backward()
+    profiles = []
+    for _ in range(repeats):
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True
+        ) as profiler:
+            trainer.compute_loss(trainer.model, batch).backward()
+        events = profiler.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        matmuls = [e for e in events if e.key in ("aten::mm", "aten::addmm")]
+        matmul = sum(e.self_cpu_time_total for e in matmuls)
+        attention = sum(
+            e.self_cpu_time_total
+            for e in events
+            if e.key == "aten::bmm"
+            or ("softmax" in e.key and "log_softmax" not in e.key)
+            or "scaled_dot_product" in e.key
+        )
+        profiles.append({
+            "seconds": round(total / 1e6, 3),
+            "tokens": int(batch["attention_mask"].sum()),
+            "matmul_share": round(matmul / total, 3),
+            "attention_share": round(attention / total, 3),
+            "other_share": round(1 - (matmul + attention) / total, 3),
+            "matmul_tflops": round(sum(e.flops for e in matmuls) / matmul / 1e6, 3),
+        })  # fmt: skip
+    return min(profiles, key=lambda p: p["seconds"])
 
 
 def non_embedding_parameters(model) -> int:
@@ -192,7 +218,7 @@ def main():
         trainer.train()
         return trainer, step_tokens
 
-    probe, training = PeakProbe(), {}
+    probe, training, peak_rss_mb = PeakProbe(), {}, None
     for name, setup in TRAINING_SETUPS.items():
         timer = StepTimer(probe)
         trainer, step_tokens = trained(setup, args.steps, [timer])
@@ -213,32 +239,40 @@ def main():
         }  # fmt: skip
         print(f"training ({name}): {training[name]}", flush=True)
         del trainer
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if peak_rss_mb is None:  # the first setup's (the process's memory does not shrink back after it)
+            peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # compiled kernels profiled by name (in the profiled runs only), which needs the layers compiled again
+    torch._inductor.config.cpp.enable_kernel_profile = True
+    torch._dynamo.reset()
     for name, setup in TRAINING_SETUPS.items():  # after the RSS peak: the profiler's records take memory
         trainer, _ = trained(setup, args.warmup)
         training[name]["step_profile"] = profile_step(trainer)
         del trainer
     model, _ = build(torch.bfloat16, num_users, num_items, titles)
-    # the layer's matmul shapes against the peak, interleaved so that both see the same machine
-    ceilings = []
+    # the layer's matmul shapes, best of several rounds like the peak (interleaving does not cancel the drift: the
+    # 3072² probe slows down more than these smaller matmuls do)
+    layer_tflops, layer_fastest = [], []
     for _ in range(args.repeats):
-        before = probe()
-        layer_tflops = layer_matmul_tflops(model, round(tokens_per_step))
-        ceilings.append(layer_tflops / max(before, probe()))
+        aggregate, fastest = layer_matmul_tflops(model, round(tokens_per_step))
+        layer_tflops.append(aggregate)
+        layer_fastest.append(fastest)
+        probe()
     del model
-    peak = max(probe.samples)
+    peak = max(probe.samples + layer_fastest)  # the fastest bf16 matmul seen in the run
     for setup in training.values():
         setup["mfu"] = round(setup["tokens_per_s"] * 4 * n_params / (peak * 1e12), 4)
     fast = training["compiled"]
     matmul_bound = fast["step_profile"]["matmul_tflops"] / peak
+    profile = fast["step_profile"]
+    kernel_seconds = profile["seconds"] * (profile["matmul_share"] + profile["attention_share"])
+    attention_bound = profile["tokens"] * 4 * n_params / kernel_seconds / (peak * 1e12)
     print(f"peak {peak:.2f} TFLOP/s; samples {statistics.median(probe.samples):.2f} median", flush=True)
 
     # 2. fusion overhead, bf16, 8 x 256 tokens
     steps = compared_steps(DEFAULT_LLM, torch.bfloat16, 8, 256, num_users, num_items)
-    times = time_interleaved(steps, args.repeats)
-    fusion_overhead = statistics.median(g / p for g, p in zip(times["gate"], times["llm"], strict=True))
+    fusion = measure(steps, args.repeats)
     del steps
-    print(f"fusion overhead {fusion_overhead:.3f}", flush=True)
+    print(f"fusion overhead {fusion['gate_vs_llm']}", flush=True)
 
     # 3. scoring throughput on test rows
     model, processor = build(torch.bfloat16, num_users, num_items, titles)
@@ -263,8 +297,9 @@ def main():
         "peak_bf16_tflops_samples": {
             "min": round(min(probe.samples), 3),
             "median": round(statistics.median(probe.samples), 3),
-            "max": round(peak, 3),
+            "max": round(max(probe.samples), 3),
             "count": len(probe.samples),
+            "fastest_layer_shape": round(max(layer_fastest), 3),
         },
         "train_tokens_per_s": fast["tokens_per_s"],
         "train_seconds_per_step": fast["seconds_per_step"],
@@ -272,12 +307,14 @@ def main():
         "non_embedding_parameters": n_params,
         "mfu": fast["mfu"],
         "mfu_6n": round(fast["tokens_per_s"] * 6 * n_params / (peak * 1e12), 4),
-        "mfu_ceiling": round(statistics.median(ceilings), 4),
+        "mfu_ceiling": round(max(layer_tflops) / peak, 4),
         "mfu_bound_at_training_matmul_speed": round(matmul_bound, 4),
+        "mfu_bound_matmuls_and_attention": round(attention_bound, 4),
         "training_setups": training,
         "peak_rss_mb": round(peak_rss_mb, 1),
-        "fusion_overhead": round(fusion_overhead, 4),
-        "fusion_overhead_times_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
+        "fusion_overhead": fusion["gate_vs_llm"]["from_parts"],
+        "fusion_overhead_whole_steps": {k: v for k, v in fusion["gate_vs_llm"].items() if k != "from_parts"},
+        "fusion_overhead_times_s": {k: [round(t, 4) for t in v] for k, v in fusion["times"].items()},
         "score_prompts_per_s": round(len(items) / cached_s, 1),
         "full_prompt_score_prompts_per_s": round(len(items) / full_s, 1),
         "settings": {
@@ -301,9 +338,10 @@ def main():
         "",
         "| metric | value | goal |",
         "|---|---|---|",
-        f"| bf16 matmul peak, best of {out['peak_bf16_tflops_samples']['count']} samples (median "
-        f"{out['peak_bf16_tflops_samples']['median']}, min {out['peak_bf16_tflops_samples']['min']}) | "
-        f"{out['peak_bf16_tflops']} TFLOP/s | |",
+        f"| bf16 matmul peak: the fastest seen, of {out['peak_bf16_tflops_samples']['count']} samples of a 3072² "
+        f"matmul (best {out['peak_bf16_tflops_samples']['max']}, median {out['peak_bf16_tflops_samples']['median']}, "
+        f"min {out['peak_bf16_tflops_samples']['min']}) and the decoder layer's own shapes (best "
+        f"{out['peak_bf16_tflops_samples']['fastest_layer_shape']}) | {out['peak_bf16_tflops']} TFLOP/s | |",
         *(
             f"| LoRA training, {name} ({', '.join(f'{k}={v}' for k, v in TRAINING_SETUPS[name].items())}; batch "
             f"{args.batch}, {tokens_per_step:.0f} tokens/step) | {t['tokens_per_s']} tokens/s "
@@ -316,15 +354,20 @@ def main():
         f"| MFU ceiling: a decoder layer's own matmul shapes ({tokens_per_step:.0f} rows, fwd + bwd) over the "
         f"peak, i.e. the MFU if nothing else took time | {out['mfu_ceiling']:.3f} | |",
         *(
-            f"| where a {name} step goes (one profiled step, {t['step_profile']['seconds']} s): matmuls "
-            f"{t['step_profile']['matmul_share']:.0%} at {t['step_profile']['matmul_tflops']} TFLOP/s, SDPA "
-            f"{t['step_profile']['sdpa_share']:.0%}, other {t['step_profile']['other_share']:.0%} | | |"
+            f"| where a {name} step goes (fastest of 3 profiled steps, {t['step_profile']['tokens']} tokens, "
+            f"{t['step_profile']['seconds']} s): linear layers' matmuls {t['step_profile']['matmul_share']:.0%} at "
+            f"{t['step_profile']['matmul_tflops']} TFLOP/s, attention kernels "
+            f"{t['step_profile']['attention_share']:.0%}, other {t['step_profile']['other_share']:.0%} | | |"
             for name, t in training.items()
         ),
-        f"| MFU bound at the matmul speed reached inside compiled training (the MFU if nothing but the matmuls took "
-        f"time) | {out['mfu_bound_at_training_matmul_speed']:.3f} | |",
-        f"| peak RSS of training | {out['peak_rss_mb']} MB | |",
-        f"| fusion overhead, gate / plain LLM, fwd+bwd 8 x 256 | {out['fusion_overhead']:.3f} | <= 1.05 |",
+        f"| MFU bound at the matmul speed reached inside compiled training (the MFU if nothing but the linear layers' "
+        f"matmuls took time) | {out['mfu_bound_at_training_matmul_speed']:.3f} | |",
+        f"| MFU bound with PyTorch's CPU attention (the compiled setup's profiled step if only its matmul and "
+        f"attention kernels took time) | {out['mfu_bound_matmuls_and_attention']:.3f} | |",
+        f"| peak RSS of training (compiled setup, model load included) | {out['peak_rss_mb']} MB | |",
+        f"| fusion overhead, gate / plain LLM, fwd+bwd 8 x 256, from the parts (whole steps: fastest rounds "
+        f"{out['fusion_overhead_whole_steps']['best']:.3f}, median of per-round ratios "
+        f"{out['fusion_overhead_whole_steps']['median_per_round']:.3f}) | {out['fusion_overhead']:.3f} | <= 1.05 |",
         f"| test-set scoring, prefix cache (`score_rows`) | {out['score_prompts_per_s']} prompts/s | |",
         f"| test-set scoring, full prompts | {out['full_prompt_score_prompts_per_s']} prompts/s | |",
     ]
