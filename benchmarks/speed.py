@@ -61,7 +61,7 @@ from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
 RESULTS = Path(__file__).resolve().parent / "results"
 # decoder layers compiled in place, without LoRA dropout (its random masks cost more than the LoRA matmuls on CPU),
 # with eager attention, which the compiler turns into bf16 matmuls and a fused softmax (the fast setup, trained first
-# so that the peak RSS is its own); the same with SDPA, whose CPU flash kernel (forward and backward) takes 44 % of a
+# so that the peak RSS is its own); the same with SDPA, whose CPU flash kernel (forward and backward) takes half of a
 # compiled step; the library defaults. (`flex_attention`, which would skip the causal mask's empty half, has no CPU
 # backward in torch 2.13.) `attn_implementation` goes to `load_llm`, the rest to `CCFTrainingArguments`.
 TRAINING_SETUPS = {
