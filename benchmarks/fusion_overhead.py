@@ -89,7 +89,7 @@ def make_steps(llm, text, gate, batch, text_batch) -> dict:
 
 
 def compared_steps(llm_name, dtype, batch_size, length, num_users, num_items) -> dict:
-    """The plain LLM, CCF `text` and CCF `gate` (random 128-d CF tables, random GATE) and one training step of each."""
+    """The plain LLM, CCF `text` and CCF `gate` (random 128-d CF tables, random GATE) and their steps (`make_steps`)."""
     llm, tokenizer = load_llm(llm_name, dtype=dtype)
     torch.manual_seed(0)
     cf = {

@@ -262,8 +262,8 @@ def main():
     for setup in training.values():
         setup["mfu"] = round(setup["tokens_per_s"] * 4 * n_params / (peak * 1e12), 4)
     fast = training["compiled"]
-    matmul_bound = fast["step_profile"]["matmul_tflops"] / peak
     profile = fast["step_profile"]
+    matmul_bound = profile["matmul_tflops"] / peak
     kernel_seconds = profile["seconds"] * (profile["matmul_share"] + profile["attention_share"])
     attention_bound = profile["tokens"] * 4 * n_params / kernel_seconds / (peak * 1e12)
     print(f"peak {peak:.2f} TFLOP/s; samples {statistics.median(probe.samples):.2f} median", flush=True)
