@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 from transformers import AutoModel, Pipeline
 from transformers.utils import logging
 
 from .modeling_ccf_llama import CCFLlamaForCTR
+from .precision import device_precision
 from .processing_ccf_llama import _ragged, latest_items
 
 logger = logging.get_logger(__name__)
@@ -61,7 +63,9 @@ class CTRScoringPipeline(Pipeline):
     scored against its key/value cache `candidate_batch_size` at a time (see `CCFLlamaForCTR.score_candidates`),
     so many candidates cost little more than one prompt each of the suffix length.
 
-    `model` may be a folder written by `examples/run_ctr.py`: its `adapter/` is merged in on load.
+    `model` may be a folder written by `examples/run_ctr.py`: its `adapter/` is merged in on load. With the default
+    `dtype="auto"`, a bf16 model on a CPU without native bf16 (no AMX, no AVX512-BF16) is cast to fp32; an fp32 model
+    stays fp32 (bf16 would move its scores by up to ~0.06); an explicit `dtype=` is used as given.
 
     Call parameters: `top_k` (keep the best k), `candidate_batch_size` (candidates per LLM call; default 64).
     """
@@ -73,7 +77,19 @@ class CTRScoringPipeline(Pipeline):
     _load_video_processor = False
 
     def __init__(self, model, *args, **kwargs):
-        super().__init__(_merge_saved_adapter(model), *args, **kwargs)
+        model = _merge_saved_adapter(model)
+        if (
+            kwargs.get("dtype", "auto") == "auto"
+            and model.device.type == "cpu"
+            and model.dtype == torch.bfloat16
+        ):
+            found = device_precision("cpu")
+            if not found.native_bf16:  # a bf16 checkpoint on e.g. an AVX2 CPU: bf16 matmuls run ~450x slower
+                logger.warning(
+                    "ctr-scoring: casting the bf16 model to float32 (dtype='auto'): %s", found.reason
+                )
+                model = model.float()
+        super().__init__(model, *args, **kwargs)
         if self.processor is None:
             raise ValueError(
                 "ctr-scoring needs the CCFLlamaProcessor that built the training prompts: pass processor= "

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .precision import resolve_dtype
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -144,18 +146,24 @@ def _mkparent(path: Path) -> Path:
 
 def load_llm(
     name_or_path: str = DEFAULT_LLM,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = "auto",
     cache_dir: str | os.PathLike | None = None,
     attn_implementation: str | None = None,
 ):
     """
-    Load `(causal_lm, tokenizer)` for `name_or_path`, resolved by `resolve_llm`. `attn_implementation` is passed to
-    `from_pretrained` (None: transformers' default, SDPA; `benchmarks/results/speed.md` compares eager attention).
+    Load `(causal_lm, tokenizer)` for `name_or_path`, resolved by `resolve_llm`. `dtype="auto"` gives bf16 where
+    the CPU (or GPU) runs it natively and fp32 elsewhere (`ccf_llm.precision.resolve_dtype`; the log says which and
+    why); an explicit dtype is used as given. `attn_implementation` is passed to `from_pretrained` (None:
+    transformers' default, SDPA; `benchmarks/results/speed.md` compares eager attention).
+
+    The model's `name_or_path` is the local folder it was loaded from, so an adapter trained on it (PEFT's
+    `base_model_name_or_path`) names a base that resolves offline and saving it never queries the Hub.
     """
     folder = resolve_llm(name_or_path, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
-    model.name_or_path = name_or_path
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+    )
     return model, tokenizer
 
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from peft import load_peft_weights, set_peft_model_state_dict
 from transformers import AutoModel, HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -85,7 +84,13 @@ class ModelArguments:
             "help": "divide each CF table by the RMS of its entries before ALG (config.cf_input_scales)"
         },
     )
-    dtype: str = field(default="float32", metadata={"help": "weights dtype: float32 or bfloat16"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "weights dtype: auto (bf16 where the CPU/GPU runs it natively: AMX, AVX512-BF16, CUDA with bf16; "
+            "fp32 elsewhere), float32 or bfloat16"
+        },
+    )
     attn_implementation: str | None = field(
         default=None,
         metadata={
@@ -197,8 +202,9 @@ def check_output_dir(output_dir: Path, overwrite: bool):
 
 def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_users, num_items) -> dict:
     out = Path(args.output_dir) / mode
-    dtype = getattr(torch, model_args.dtype)
-    llm, tokenizer = load_llm(model_args.llm, dtype=dtype, attn_implementation=model_args.attn_implementation)
+    llm, tokenizer = load_llm(
+        model_args.llm, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
+    )
     set_seed(args.seed)  # ALG / GATE initialization
     model = CCFLlamaForCTR.from_llm(
         llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,
@@ -207,6 +213,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     )  # fmt: skip
     if args.should_save:
         model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
+        model.name_or_path = str(out)  # the adapters name it as their base (a local folder: no Hub lookup)
     template = data_args.text_template if mode == "text" else data_args.template
     processor = CCFLlamaProcessor(
         tokenizer, titles, fusion_mode=mode, template=template, history_size=data_args.history_size,

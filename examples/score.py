@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ccf_llm import CCFLlamaProcessor, load_ctr_model, score_rows
+from ccf_llm.precision import resolve_dtype
 
 COLUMNS = ("user_id", "history", "item_id")
 
@@ -45,7 +46,11 @@ def main(argv=None):
     )
     parser.add_argument("--output", required=True, type=Path, help="parquet file to write")
     parser.add_argument("--batch_size", type=int, default=64, help="rows per LLM call")
-    parser.add_argument("--dtype", default="auto", help="auto (as saved), float32 or bfloat16")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16 where this machine runs it natively, else fp32), float32 or bfloat16",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
@@ -54,8 +59,7 @@ def main(argv=None):
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise SystemExit(f"{args.input} lacks the columns {missing} (has {table.columns.tolist()})")
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = load_ctr_model(args.model, dtype=dtype)
+    model = load_ctr_model(args.model, dtype=resolve_dtype(args.dtype))
     processor = CCFLlamaProcessor.from_pretrained(args.model)
     start = time.perf_counter()
     table["score"] = score_rows(

@@ -18,7 +18,7 @@ def smollm2(monkeypatch_module):
     require_shared(SMOLLM2_DIR)
     monkeypatch_module.setenv("CCF_LLM_GGUF", str(SMOLLM2_DIR))
     start = time.perf_counter()
-    llm, tokenizer = load_llm(DEFAULT_LLM)
+    llm, tokenizer = load_llm(DEFAULT_LLM, dtype="float32")
     first = time.perf_counter() - start
     start = time.perf_counter()
     folder = resolve_llm(DEFAULT_LLM)

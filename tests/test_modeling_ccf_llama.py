@@ -331,7 +331,8 @@ def test_load_llm_reads_a_local_folder_with_the_attention_asked_for(tmp_path):
     llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
     llm.save_pretrained(tmp_path), tokenizer.save_pretrained(tmp_path)
     loaded = {
-        attention: load_llm(str(tmp_path), attn_implementation=attention) for attention in (None, "eager")
+        attention: load_llm(str(tmp_path), dtype="float32", attn_implementation=attention)
+        for attention in (None, "eager")
     }
     assert loaded[None][0].config._attn_implementation == "sdpa"  # transformers' default
     assert loaded["eager"][0].config._attn_implementation == "eager"

@@ -177,3 +177,25 @@ def test_score_rows_matches_full_prompts_in_row_order_and_score_script(tmp_path,
     monkeypatch.setattr(sys, "argv", argv[:3] + ["--input", str(tmp_path / "bad.parquet")] + argv[5:])
     with pytest.raises(SystemExit, match="lacks the columns \\['history'\\]"):
         runpy.run_path("examples/score.py", run_name="__main__")
+
+
+@pytest.mark.parametrize(
+    "amx, dtype, expected",
+    [
+        (False, None, torch.float32),  # AVX2, auto: the bf16 checkpoint is cast to fp32
+        (False, torch.bfloat16, torch.bfloat16),  # an explicit dtype wins
+        (True, None, torch.bfloat16),  # AMX: bf16 is native, kept
+    ],
+)
+def test_pipeline_casts_a_bf16_model_to_fp32_only_where_bf16_is_not_native(
+    tmp_path, monkeypatch, amx, dtype, expected
+):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: amx)
+    model, processor = build("gate")
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    scorer = pipeline("ctr-scoring", model=str(tmp_path), **({} if dtype is None else {"dtype": dtype}))
+    assert scorer.model.dtype == expected
+    out = scorer({"user_id": 2, "history": [1, 3], "candidates": [6, 4]})
+    assert sorted(out["item_ids"]) == [4, 6] and all(0 < s < 1 for s in out["scores"])
