@@ -3,25 +3,52 @@
     python benchmarks/cf_baselines.py --data_dir PATH/TO/ml-1m [--runs_dir outputs] [--backbones mf lightgcn sasrec]
 
 For each backbone, reads `<runs_dir>/cf_<backbone>/all_results.json` when it exists, else trains it (CoLLM's
-settings, 1 thread) into that folder. Writes `benchmarks/results/cf_baselines.{json,md}` with test AUC/UAUC, the
-paper's and CoLLM's logged figures, the differences and the wall time to the best epoch.
+settings, 1 thread) into that folder. Writes this CPU kind's entry of `benchmarks/results/cf_baselines.{json,md}`
+(`report.save_results`: the other kinds' figures stay) with the run's `provenance` (the CF models run in fp32), test
+AUC/UAUC, the paper's and CoLLM's logged figures, the differences and the wall time to the best epoch;
+`trained_in_this_run` tells a backbone trained here from one whose `all_results.json` was read.
 """
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from report import provenance, save_results
+
+TITLE = "CF baselines on the CoLLM ML-1M split (paper Table 3)"
 PAPER = {  # Table 3 test AUC; CoLLM's logs (../shared/data/README.md) for UAUC and validation AUC
     "mf": {"test_auc": 0.6482, "test_uauc": 0.6361, "eval_auc": 0.6760, "best_epoch": 465},
     "lightgcn": {"test_auc": 0.5959, "test_uauc": None, "eval_auc": None, "best_epoch": None},
     "sasrec": {"test_auc": 0.7078, "test_uauc": 0.6738, "eval_auc": 0.6902, "best_epoch": 194},
 }
+
+
+def fmt(value) -> str:
+    """A table cell: `–` for a missing figure, 4 decimals for a float."""
+    return "–" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def render(out: dict) -> list[str]:
+    """The markdown of one CPU kind's `out` (as written to cf_baselines.json): the table, commands and notes."""
+    rows = out["results"]
+    lines = [
+        f"Each backbone trains with {out['threads_per_run']} thread (`OMP_NUM_THREADS`). Test figures are those of "
+        "the best-validation-AUC epoch. Paper = Table 3 test AUC; CoLLM = its released training logs.",
+        "",
+        "| backbone | valid AUC (CoLLM) | test AUC | paper test AUC | diff | test UAUC (CoLLM) | best epoch (CoLLM) | s to best |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {fmt(r['eval_auc'])} ({fmt(r['collm_eval_auc'])}) | {fmt(r['test_auc'])} | "
+            f"{fmt(r['paper_test_auc'])} | {r['test_auc_diff']:+.4f} | {fmt(r['test_uauc'])} ({fmt(r['collm_test_uauc'])}) | "
+            f"{r['best_epoch']} ({fmt(r['collm_best_epoch'])}) | {r['seconds_to_best_epoch']} |"
+        )
+    lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in rows.values())]
+    return lines + [f"\n{name}: {r['note']}" for name, r in rows.items() if r.get("note")]
 
 
 def main():
@@ -36,7 +63,8 @@ def main():
     for backbone in args.backbones:
         folder = Path(args.runs_dir) / f"cf_{backbone}"
         results_file = folder / "all_results.json"
-        if not results_file.is_file():
+        trained = not results_file.is_file()
+        if trained:
             command = [sys.executable, "examples/pretrain_cf.py", "--backbone", backbone, "--data_dir", args.data_dir,
                        "--output_dir", str(folder)]  # fmt: skip
             subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -64,34 +92,14 @@ def main():
             "test_auc_diff": round(got["test_auc"] - paper["test_auc"], 4),
             "command": f"python examples/pretrain_cf.py --backbone {backbone} --data_dir DATA --output_dir {folder}",
             "note": got.get("note"),
+            "trained_in_this_run": trained,
         }
-    out = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 thread per run", "results": rows}  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cf_baselines.json").write_text(json.dumps(out, indent=2) + "\n")
-
-    def fmt(value):
-        return "–" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-
-    lines = [
-        "# CF baselines on the CoLLM ML-1M split (paper Table 3)",
-        "",
-        f"{out['machine']}, {out['date']}. Test figures are those of the best-validation-AUC epoch. "
-        "Paper = Table 3 test AUC; CoLLM = its released training logs.",
-        "",
-        "| backbone | valid AUC (CoLLM) | test AUC | paper test AUC | diff | test UAUC (CoLLM) | best epoch (CoLLM) | s to best |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        lines.append(
-            f"| {name} | {fmt(r['eval_auc'])} ({fmt(r['collm_eval_auc'])}) | {fmt(r['test_auc'])} | "
-            f"{fmt(r['paper_test_auc'])} | {r['test_auc_diff']:+.4f} | {fmt(r['test_uauc'])} ({fmt(r['collm_test_uauc'])}) | "
-            f"{r['best_epoch']} ({fmt(r['collm_best_epoch'])}) | {r['seconds_to_best_epoch']} |"
-        )
-    lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in rows.values())]
-    lines += [f"\n{name}: {r['note']}" for name, r in rows.items() if r.get("note")]
-    (RESULTS / "cf_baselines.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out = {
+        "provenance": provenance(" ".join(["python", *sys.argv]), "float32"),
+        "threads_per_run": 1,
+        "results": rows,
+    }
+    print("\n".join(save_results("cf_baselines", out, render, TITLE)))
 
 
 if __name__ == "__main__":

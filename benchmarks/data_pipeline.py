@@ -2,26 +2,37 @@
 
     python benchmarks/data_pipeline.py --data_dir PATH/TO/ml-1m [--fusion_mode gate]
 
-Goal: under 30 s on the 2-core development machine. Writes `benchmarks/results/data_pipeline.json` and `.md`.
+Goal: under 30 s on the 2-core development machine. Writes this CPU kind's entry of
+`benchmarks/results/data_pipeline.json` and `.md` (`report.save_results`: the other kinds' figures stay), with the
+run's `provenance` (dtype "n/a": no model runs).
 The tokenizer is SmolLM2-135M-Instruct's (found like every backbone: see `ccf_llm.pretrained_llm`).
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
+from report import provenance, save_results
 from transformers import AutoTokenizer
 
 from ccf_llm import DEFAULT_LLM, CCFLlamaProcessor, resolve_llm
 from ccf_llm.data import item_titles, load_movielens_1m
 
-RESULTS = Path(__file__).resolve().parent / "results"
+TITLE = "Data pipeline: ML-1M raw files → CoLLM split → tokenized hybrid prompts"
+
+
+def render(out: dict) -> list[str]:
+    """The markdown of one CPU kind's `out` (as written to data_pipeline.json): goal and table."""
+    return [
+        f"Fusion mode `{out['fusion_mode']}`; goal: total under 30 s.",
+        "",
+        "| rows | split (s) | title tokenization (s) | prompts (s) | total (s) | tokens mean / max |",
+        "|---|---|---|---|---|---|",
+        f"| {out['rows']:,} | {out['split_seconds']} | {out['tokenize_titles_seconds']} | {out['prompts_seconds']} | "
+        f"{out['total_seconds']} | {out['prompt_tokens_mean']} / {out['prompt_tokens_max']} |",
+    ]
 
 
 def main():
@@ -48,9 +59,7 @@ def main():
         [np.fromiter(map(len, ds["input_ids"]), dtype=np.int64) for ds in translated.values()]
     )
     out = {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "provenance": provenance(" ".join(["python", *sys.argv]), "n/a"),
         "rows": int(len(lengths)),
         "split_seconds": round(split_s, 2),
         "tokenize_titles_seconds": round(titles_s, 2),
@@ -60,20 +69,7 @@ def main():
         "prompt_tokens_max": int(lengths.max()),
         "fusion_mode": args.fusion_mode,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_pipeline.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = [
-        "# Data pipeline: ML-1M raw files → CoLLM split → tokenized hybrid prompts",
-        "",
-        f"`{out['command']}` ({out['machine']}, {out['date']}); goal: total under 30 s.",
-        "",
-        "| rows | split (s) | title tokenization (s) | prompts (s) | total (s) | tokens mean / max |",
-        "|---|---|---|---|---|---|",
-        f"| {out['rows']:,} | {out['split_seconds']} | {out['tokenize_titles_seconds']} | {out['prompts_seconds']} | "
-        f"{out['total_seconds']} | {out['prompt_tokens_mean']} / {out['prompt_tokens_max']} |",
-    ]
-    (RESULTS / "data_pipeline.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    print("\n".join(save_results("data_pipeline", out, render, TITLE)))
 
 
 if __name__ == "__main__":

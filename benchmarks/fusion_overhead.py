@@ -2,34 +2,34 @@
 
     python benchmarks/fusion_overhead.py [--batch 8] [--length 256] [--repeats 9] [--threads 2]
 
-Three models on identical token ids, every parameter trainable, in fp32 and bf16. Each round runs one step of each
-model (rotating the order). This shared machine's speed swings by ±30 % within seconds, so whole-step ratios (of the
-fastest rounds, `best`, or medians of per-round ratios) move by 5-10 % from run to run, more than the overhead
-measured. `from_parts` measures it directly: the step of `gate` is the step of `text` except for its embedding stage
-(ALG + GATE, Eq. 2-4), timed alone forward and backward 5 x `--repeats` times; its fastest extra time over `text`'s
-embedding lookup, added to the baseline's fastest step, over that step:
+Three models on identical token ids, every parameter trainable, in fp32 and, where the CPU runs it natively
+(`ccf_llm.precision.device_precision`), bf16; elsewhere bf16 is recorded as skipped, never run. Each round runs
+one step of each model (rotating the order). This shared machine's speed swings by ±30 % within seconds, so
+whole-step ratios (of the fastest rounds, `best`, or medians of per-round ratios) move by 5-10 % from run to run,
+more than the overhead measured. `from_parts` measures it directly: the step of `gate` is the step of `text`
+except for its embedding stage (ALG + GATE, Eq. 2-4), timed alone forward and backward 5 x `--repeats` times; its
+fastest extra time over `text`'s embedding lookup, added to the baseline's fastest step, over that step:
 
 * `llm`: the plain `LlamaForCausalLM` with `logits_to_keep=1` and cross-entropy on the last position;
 * `text`: `CCFLlamaForCTR` in `text` mode (no CF: same LLM, Yes/No head and Eq. 5 loss);
 * `gate`: `CCFLlamaForCTR` in `gate` mode: one user placeholder and ~35% of the tokens in item titles fused (Eq. 4).
 
-Writes `benchmarks/results/fusion_overhead.json` and `.md`.
+Writes this CPU kind's entry of `benchmarks/results/fusion_overhead.json` and `.md` (`report.save_results`: the
+other kinds' figures stay), with the run's `provenance`.
 """
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
+from report import dtype_name, provenance, save_results
 
 from ccf_llm import DEFAULT_LLM, CCFLlamaForCTR, load_llm
+from ccf_llm.precision import device_precision
 
-RESULTS = Path(__file__).resolve().parent / "results"
+TITLE = "Fusion overhead: forward+backward, fused CCF-LLM vs plain LLM"
 
 
 def synthetic_batch(model, batch, length, num_users, num_items, generator):
@@ -143,6 +143,36 @@ def measure(steps: dict, repeats: int) -> dict:
     return {"times": times, **ratios}
 
 
+def render(out: dict) -> list[str]:
+    """The markdown of one CPU kind's `out` (as written to fusion_overhead.json): settings, then one row per dtype."""
+    lines = [
+        f"Batch {out['batch']} x {out['length']} tokens, SmolLM2-135M-Instruct, all parameters trainable, "
+        f"{out['repeats']} interleaved rounds; times are medians. Ratios: from the parts (the baseline's fastest step "
+        "plus the fastest extra time of `gate`'s embedding stage over `text`'s; the rest of the step is the same LLM "
+        "on the same tokens), then the ratio of whole steps' fastest rounds and the median of per-round ratios.",
+        "",
+        "| dtype | plain LLM (s) | CCF `text` (s) | CCF `gate` (s) | embedding stage, text / gate (ms) | "
+        "gate / LLM: parts, best, median | gate / text: parts, best, median |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in out["results"].items():
+        if "skipped" in row:
+            lines.append(f"| {name} | skipped: {row['skipped']} | | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {row['llm_s']:.3f} | {row['text_s']:.3f} | {row['gate_s']:.3f} | "
+            f"{1e3 * min(row['text_embedding_all_s']):.1f} / {1e3 * min(row['gate_embedding_all_s']):.1f} | "
+            + " | ".join(
+                ", ".join(
+                    f"{row[f'gate_vs_{base}'][k]:.3f}" for k in ("from_parts", "best", "median_per_round")
+                )
+                for base in ("llm", "text")
+            )
+            + " |"
+        )
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,10 +185,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     num_users, num_items = 838, 3255
+    found = device_precision("cpu")
     results = {}
     for dtype in (torch.float32, torch.bfloat16):
+        name = dtype_name(dtype)
+        if dtype == torch.bfloat16 and not found.native_bf16:  # bf16 runs orders of magnitude slower there
+            results[name] = {"skipped": f"no native bf16: {found.reason}"}
+            continue
         steps = compared_steps(args.llm, dtype, args.batch, args.length, num_users, num_items)
-        name = str(dtype).replace("torch.", "")
         measured = measure(steps, args.repeats)
         row = {}
         for label, values in measured.pop("times").items():
@@ -168,42 +202,15 @@ def main():
         row |= measured
         results[name] = row
         del steps
+    measured_dtypes = ", ".join(name for name, row in results.items() if "skipped" not in row)
     out = {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "provenance": provenance(" ".join(["python", *sys.argv]), measured_dtypes),
         "batch": args.batch,
         "length": args.length,
+        "repeats": args.repeats,
         "results": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fusion_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = [
-        "# Fusion overhead: forward+backward, fused CCF-LLM vs plain LLM",
-        "",
-        f"`{out['command']}` on {out['machine']}, {out['date']}. Batch {args.batch} x {args.length} tokens, "
-        f"SmolLM2-135M-Instruct, all parameters trainable, {args.repeats} interleaved rounds; "
-        "times are medians. Ratios: from the parts (the baseline's fastest step plus the fastest extra time of "
-        "`gate`'s embedding stage over `text`'s; the rest of the step is the same LLM on the same tokens), then the "
-        "ratio of whole steps' fastest rounds and the median of per-round ratios.",
-        "",
-        "| dtype | plain LLM (s) | CCF `text` (s) | CCF `gate` (s) | embedding stage, text / gate (ms) | "
-        "gate / LLM: parts, best, median | gate / text: parts, best, median |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, row in results.items():
-        lines.append(
-            f"| {name} | {row['llm_s']:.3f} | {row['text_s']:.3f} | {row['gate_s']:.3f} | "
-            f"{1e3 * min(row['text_embedding_all_s']):.1f} / {1e3 * min(row['gate_embedding_all_s']):.1f} | "
-            + " | ".join(
-                ", ".join(
-                    f"{row[f'gate_vs_{base}'][k]:.3f}" for k in ("from_parts", "best", "median_per_round")
-                )
-                for base in ("llm", "text")
-            )
-            + " |"
-        )
-    (RESULTS / "fusion_overhead.md").write_text("\n".join(lines) + "\n")
+    lines = save_results("fusion_overhead", out, render, TITLE)
     print("\n".join(lines))
 
 

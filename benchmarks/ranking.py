@@ -1,37 +1,38 @@
 """Prefix-cached candidate ranking against full prompts, and the throughput of scoring the ML-1M test set.
 
-    python benchmarks/ranking.py [--data_dir ../shared/data/ml-1m] [--candidates 100] [--threads 2]
+    python benchmarks/ranking.py [--data_dir ../shared/data/ml-1m] [--candidates 100] [--threads 2] [--dtype auto]
 
 Model: SmolLM2-135M-Instruct as CCF-LLM in `gate` mode with the paper's template (§3.2), 10-item history, random
 64-d CF tables and a random (not zero) GATE, so every title token is fused. Training does not change the cost.
 
 * `ranking`: one ML-1M test user with a 10-item history and `--candidates` candidate items. `full` scores the full
   prompts (`model(**processor(...))`, batches of `--batch_size`); `cached` runs `CCFLlamaForCTR.score_candidates`
-  (prefix once, suffixes in batches of `--batch_size`). Median of `--repeats` interleaved rounds, in bf16 and
-  fp32; `speedup` = full / cached (goal >= 4x). `max_abs_diff` is the largest score difference (goal <= 1e-5 in
-  fp32).
-* `test_set`: `ccf_llm.score_rows` over the whole ML-1M test split (7,331 rows) in bf16, rows per second, against
-  full prompts on the first `--full_rows` rows (sorted by length, batches of `--batch_size`).
+  (prefix once, suffixes in batches of `--batch_size`). Median of `--repeats` interleaved rounds, in bf16 where
+  the CPU runs it natively (`ccf_llm.precision.device_precision`; elsewhere recorded as skipped, never run) and in
+  fp32; `speedup` = full / cached (goal >= 4x; the top-level one is the `--dtype` one's, or fp32's when that is
+  skipped). `max_abs_diff` is the largest score difference (goal <= 1e-5 in fp32).
+* `test_set`: `ccf_llm.score_rows` over the whole ML-1M test split (7,331 rows) in the chosen dtype (`--dtype`,
+  default `auto`: bf16 where native, fp32 elsewhere), rows per second, against full prompts on the first
+  `--full_rows` rows (sorted by length, batches of `--batch_size`).
 
-Writes `benchmarks/results/ranking.json` and `.md`.
+Writes this CPU kind's entry of `benchmarks/results/ranking.json` and `.md` (`report.save_results`: the other
+kinds' figures stay), with the run's `provenance`.
 """
 
 import argparse
-import json
-import os
-import platform
 import statistics
+import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import torch
+from report import dtype_name, provenance, save_results
 
 from ccf_llm import CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows
 from ccf_llm.data import item_titles, load_movielens_1m
+from ccf_llm.precision import DTYPE_NAMES, device_precision, resolve_dtype
 
-RESULTS = Path(__file__).resolve().parent / "results"
+TITLE = "Prefix-cached ranking vs full prompts (SmolLM2-135M, `gate`, paper template)"
 
 
 def build(dtype, num_users, num_items, titles, attn_implementation=None):
@@ -70,8 +71,36 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
+def render(out: dict) -> list[str]:
+    """The markdown of one CPU kind's `out` (as written to ranking.json): the ranking table, then the test set."""
+    settings, test_set = out["settings"], out["test_set"]
+    lines = [
+        f"1 user x {settings['candidates']} candidates, 10-item history, batches of {settings['batch_size']}, "
+        f"median of {settings['repeats']} rounds:",
+        "",
+        "| dtype | full prompts | prefix-cached | speedup | max abs diff | prompt / prefix / suffix tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dtype, r in out["ranking"].items():
+        if "skipped" in r:
+            lines.append(f"| {dtype} | skipped: {r['skipped']} | | | | |")
+            continue
+        lines.append(
+            f"| {dtype} | {r['full_seconds']:.2f} s | {r['cached_seconds']:.2f} s | {r['speedup']:.2f}x | "
+            f"{r['max_abs_diff']:.1e} | {r['prompt_tokens']} / {r['prefix_tokens']} / {r['mean_suffix_tokens']} |"
+        )
+    return lines + [
+        "",
+        f"Whole ML-1M test set ({test_set['rows']} rows, {test_set['dtype']}, `score_rows`): "
+        f"{test_set['cached_seconds']} s, **{test_set['cached_rows_per_s']} rows/s**; full prompts on the first "
+        f"{test_set['full_prompt_rows']} rows: {test_set['full_prompt_rows_per_s']} rows/s.",
+    ]
+
+
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_dir", default="../shared/data/ml-1m")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--batch_size", type=int, default=50)
@@ -79,8 +108,15 @@ def main():
     parser.add_argument("--full_rows", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--test_rows", type=int, default=None, help="score only the first rows (smoke runs)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="the test set's dtype; auto: bf16 where native, else fp32",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    test_dtype, found = resolve_dtype(args.dtype), device_precision("cpu")
     splits = load_movielens_1m(args.data_dir)
     titles = item_titles(splits)
     test = splits["test"] if args.test_rows is None else splits["test"].select(range(args.test_rows))
@@ -97,6 +133,9 @@ def main():
 
     ranking = {}
     for dtype in (torch.bfloat16, torch.float32):
+        if dtype == torch.bfloat16 and not found.native_bf16:  # bf16 runs orders of magnitude slower there
+            ranking[dtype_name(dtype)] = {"skipped": f"no native bf16: {found.reason}"}
+            continue
         model, processor = build(dtype, num_users, num_items, titles)
         features = processor.ranking_inputs([user], [history], [candidates])
         full_prompt = processor([user], [history], [int(candidates[0])])["input_ids"].shape[1]
@@ -114,7 +153,7 @@ def main():
             times["full"].append(t_full)
             times["cached"].append(t_cached)
         full_s, cached_s = statistics.median(times["full"]), statistics.median(times["cached"])
-        ranking[str(dtype).removeprefix("torch.")] = {
+        ranking[dtype_name(dtype)] = {
             "full_seconds": round(full_s, 3),
             "cached_seconds": round(cached_s, 3),
             "speedup": round(full_s / cached_s, 2),
@@ -123,10 +162,11 @@ def main():
             "prefix_tokens": int(features["prefix_attention_mask"].sum()),
             "mean_suffix_tokens": round(float(features["attention_mask"].sum(-1).float().mean()), 1),
         }
-        print(dtype, ranking[str(dtype).removeprefix("torch.")], flush=True)
+        print(dtype, ranking[dtype_name(dtype)], flush=True)
 
-    # whole test set, bf16 (the last model is fp32: rebuild in bf16)
-    model, processor = build(torch.bfloat16, num_users, num_items, titles)
+    # whole test set, in the chosen dtype (the last model is fp32's)
+    if test_dtype != torch.float32:
+        model, processor = build(test_dtype, num_users, num_items, titles)
     users_t, items_t = np.array(test["user_id"]), np.array(test["item_id"])
     histories_t = test.data.column("history")
     t_cached, scores = timed(
@@ -139,18 +179,19 @@ def main():
         )
     )
     test_set = {
+        "dtype": dtype_name(test_dtype),
         "rows": len(items_t),
         "cached_seconds": round(t_cached, 1),
         "cached_rows_per_s": round(len(items_t) / t_cached, 1),
         "full_prompt_rows": n,
         "full_prompt_rows_per_s": round(n / t_full, 1),
-        "max_abs_diff_bf16_first_rows": float((torch.from_numpy(scores[:n]) - full).abs().max()),
+        "max_abs_diff_first_rows": float((torch.from_numpy(scores[:n]) - full).abs().max()),
     }
     print(test_set, flush=True)
+    measured = [name for name, r in ranking.items() if "skipped" not in r]
+    headline = ranking.get(dtype_name(test_dtype), {})  # none, or skipped: fp32's
     out = {
-        "command": "python benchmarks/ranking.py",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+        "provenance": provenance(" ".join(["python", *sys.argv]), ", ".join(measured)),
         "settings": {
             "candidates": args.candidates,
             "history": len(history[-10:]),
@@ -159,36 +200,12 @@ def main():
             "mode": "gate",
             "template": "PAPER_TEMPLATE",
         },  # fmt: skip
-        "speedup": ranking["bfloat16"]["speedup"],
+        "speedup": headline.get("speedup", ranking["float32"]["speedup"]),
         "max_abs_diff": ranking["float32"]["max_abs_diff"],
         "ranking": ranking,
         "test_set": test_set,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ranking.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = [
-        "# Prefix-cached ranking vs full prompts (SmolLM2-135M, `gate`, paper template)",
-        "",
-        f"`{out['command']}` on {out['machine']}, {out['date']}.",
-        "",
-        f"1 user x {args.candidates} candidates, 10-item history, batches of {args.batch_size}, median of "
-        f"{args.repeats} rounds:",
-        "",
-        "| dtype | full prompts | prefix-cached | speedup | max abs diff | prompt / prefix / suffix tokens |",
-        "|---|---|---|---|---|---|",
-    ]
-    for dtype, r in ranking.items():
-        lines.append(
-            f"| {dtype} | {r['full_seconds']:.2f} s | {r['cached_seconds']:.2f} s | {r['speedup']:.2f}x | "
-            f"{r['max_abs_diff']:.1e} | {r['prompt_tokens']} / {r['prefix_tokens']} / {r['mean_suffix_tokens']} |"
-        )
-    lines += [
-        "",
-        f"Whole ML-1M test set ({test_set['rows']} rows, bf16, `score_rows`): {test_set['cached_seconds']} s, "
-        f"**{test_set['cached_rows_per_s']} rows/s**; full prompts on the first {n} rows: "
-        f"{test_set['full_prompt_rows_per_s']} rows/s.",
-    ]
-    (RESULTS / "ranking.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(save_results("ranking", out, render, TITLE)))
 
 
 if __name__ == "__main__":

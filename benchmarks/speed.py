@@ -1,14 +1,17 @@
 """Speed and memory of CCF-LLM on this machine: training throughput, MFU, fusion overhead, scoring, peak memory.
 
-    python benchmarks/speed.py [--data_dir ../shared/data/ml-1m] [--threads 2]
+    python benchmarks/speed.py [--data_dir ../shared/data/ml-1m] [--threads 2] [--dtype auto]
 
-SmolLM2-135M-Instruct in bf16, `gate` mode with random 64-d CF tables, the paper's template (§3.2) with 10 history
-items on ML-1M rows. Writes `benchmarks/results/speed.json` and `.md` with:
+SmolLM2-135M-Instruct in the chosen dtype (`--dtype`, default `auto`: bf16 where the CPU runs it natively, fp32
+elsewhere, `ccf_llm.precision.resolve_dtype`), `gate` mode with random 64-d CF tables, the paper's template (§3.2)
+with 10 history items on ML-1M rows. Writes this CPU kind's entry of `benchmarks/results/speed.json` and `.md`
+(`report.save_results`: the other kinds' figures stay) with the run's `provenance` (CPU kind and capability, dtype),
+`dtype` and:
 
-* `peak_bf16_tflops`: the fastest bf16 matmul seen in the run: the best sample of a 3072² matmul (`PeakProbe`),
-  sampled after every training step and after each ceiling round, or of the decoder layer's own matmul shapes
-  (timed for `mfu_ceiling`), whichever is faster; `peak_bf16_tflops_samples` shows how much it moves on this
-  shared machine;
+* `peak_tflops`: the fastest matmul in the chosen dtype seen in the run: the best sample of a 3072² matmul
+  (`PeakProbe`), sampled after every training step and after each ceiling round, or of the decoder layer's own
+  matmul shapes (timed for `mfu_ceiling`), whichever is faster; `peak_tflops_samples` shows how much it moves on
+  this shared machine. Every MFU below is against this peak;
 * `train_tokens_per_s`, `mfu`: stage-1 LoRA training with `CCFTrainer` (batch `--batch`, group_by_length): the
   median over the steps after the `--warmup` ones (the first holds the compilation, shorter when torch's on-disk
   compile cache already holds the graphs of an earlier run; the compiled layers also recompile once for each new
@@ -30,20 +33,17 @@ items on ML-1M rows. Writes `benchmarks/results/speed.json` and `.md` with:
 * `peak_rss_mb`: the process's peak resident memory after training the `compiled` setup (model load included),
   the first thing it does;
 * `fusion_overhead`: fused (`gate`) forward+backward time / plain LLM on the same 8 x 256 tokens, from the parts
-  (`fusion_overhead_whole_steps`: from whole steps; as `benchmarks/fusion_overhead.py`, bf16 only; goal <= 1.05);
+  (`fusion_overhead_whole_steps`: from whole steps; as `benchmarks/fusion_overhead.py`, in the chosen dtype only;
+  goal <= 1.05);
 * `score_prompts_per_s`: scoring the first `--score_rows` ML-1M test rows with `ccf_llm.score_rows` (prefix
   cache, batches of 64), and with full prompts (`full_prompt_score_prompts_per_s`).
 """
 
 import argparse
-import json
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +53,15 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_overhead import compared_steps, measure  # noqa: E402
 from ranking import build, full_scores  # noqa: E402
+from report import dtype_name, provenance, save_results  # noqa: E402
 
 from ccf_llm import DEFAULT_LLM, CCFDataCollator, score_rows  # noqa: E402
 from ccf_llm.data import item_titles, load_movielens_1m  # noqa: E402
+from ccf_llm.precision import DTYPE_NAMES, resolve_dtype  # noqa: E402
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # decoder layers compiled in place, without LoRA dropout (its random masks cost more than the LoRA matmuls on CPU),
-# with eager attention, which the compiler turns into bf16 matmuls and a fused softmax (the fast setup, trained first
+# with eager attention, which the compiler turns into matmuls and a fused softmax (the fast setup, trained first
 # so that the peak RSS is its own); the same with SDPA, whose CPU flash kernel (forward and backward) takes half of a
 # compiled step; the library defaults. (`flex_attention`, which would skip the causal mask's empty half, has no CPU
 # backward in torch 2.13.) `attn_implementation` goes to `load_llm`, the rest to `CCFTrainingArguments`.
@@ -83,14 +84,14 @@ def matmul_tflops(a: torch.Tensor, b: torch.Tensor, repeats: int = 3) -> float:
 
 
 class PeakProbe:
-    """The bf16 matmul peak (a 3072² matmul), sampled again at every call and kept in `samples`.
+    """The matmul peak in `dtype` (a 3072² matmul), sampled again at every call and kept in `samples`.
 
     This machine's matmul speed is not steady (a shared VM: the same matmul runs at about 0.8 or about 2 TFLOP/s from
     one minute to the next, while training throughput barely moves), so the peak is the best of many samples taken
     all through the run rather than one measurement."""
 
-    def __init__(self, n: int = 3072):
-        self.a, self.b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    def __init__(self, dtype: torch.dtype, n: int = 3072):
+        self.a, self.b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         self.samples = []
 
     def __call__(self) -> float:
@@ -112,16 +113,16 @@ class StepTimer(TrainerCallback):
         self.peaks.append(self.probe())
 
 
-def layer_matmul_tflops(model, tokens: int) -> tuple[float, float]:
-    """bf16 TFLOP/s of one decoder layer's own matmuls at `tokens` rows: forward x @ W and backward dy @ W^T of every
-    linear layer, FLOP-weighted, and the fastest of these shapes. Divided by the peak, the first bounds the MFU that
-    training could reach if everything but these matmuls took no time."""
+def layer_matmul_tflops(model, tokens: int, dtype: torch.dtype) -> tuple[float, float]:
+    """TFLOP/s in `dtype` of one decoder layer's own matmuls at `tokens` rows: forward x @ W and backward dy @ W^T of
+    every linear layer, FLOP-weighted, and the fastest of these shapes. Divided by the peak, the first bounds the MFU
+    that training could reach if everything but these matmuls took no time."""
     flops, seconds, fastest = 0, 0.0, 0.0
     for linear in (m for m in model.llm.get_decoder().layers[0].modules() if isinstance(m, torch.nn.Linear)):
         out_features, in_features = linear.weight.shape
-        weight = torch.randn(out_features, in_features, dtype=torch.bfloat16)
-        for x, w in ((torch.randn(tokens, in_features, dtype=torch.bfloat16), weight.T),
-                     (torch.randn(tokens, out_features, dtype=torch.bfloat16), weight)):  # fmt: skip
+        weight = torch.randn(out_features, in_features, dtype=dtype)
+        for x, w in ((torch.randn(tokens, in_features, dtype=dtype), weight.T),
+                     (torch.randn(tokens, out_features, dtype=dtype), weight)):  # fmt: skip
             shape_flops, shape_tflops = 2 * x.shape[0] * w.shape[0] * w.shape[1], matmul_tflops(x, w, 5)
             flops, seconds = flops + shape_flops, seconds + shape_flops / (shape_tflops * 1e12)
             fastest = max(fastest, shape_tflops)
@@ -173,6 +174,51 @@ def non_embedding_parameters(model) -> int:
     return sum(p.numel() for name, p in model.llm.named_parameters() if "lora_" not in name) - embeddings
 
 
+TITLE = "Speed and memory (SmolLM2-135M-Instruct, `gate`, paper template)"
+SETUP_KEYS = ("lora_dropout", "compile_layers", "attn_implementation")
+
+
+def render(out: dict) -> list[str]:
+    """The markdown table of one CPU kind's `out` (as written to speed.json)."""
+    samples, training = out["peak_tflops_samples"], out["training_setups"]
+    batch, tokens_per_step = out["settings"]["batch"], out["train_tokens_per_step"]
+    return [
+        "| metric | value | goal |",
+        "|---|---|---|",
+        f"| {out['dtype']} matmul peak: the fastest seen, of {samples['count']} samples of a 3072² matmul (best "
+        f"{samples['max']}, median {samples['median']}, min {samples['min']}) and the decoder layer's own shapes "
+        f"(best {samples['fastest_layer_shape']}) | {out['peak_tflops']} TFLOP/s | |",
+        *(
+            f"| LoRA training, {name} ({', '.join(f'{k}={t[k]}' for k in SETUP_KEYS if k in t)}; batch "
+            f"{batch}, {tokens_per_step:.0f} tokens/step) | {t['tokens_per_s']} tokens/s "
+            f"({t['seconds_per_step']:.2f} s/step median, mean {t['mean_seconds_per_step']:.2f}; first step "
+            f"{t['first_step_seconds']} s), MFU {t['mfu']:.3f} | |"
+            for name, t in training.items()
+        ),
+        f"| MFU of the compiled setup (4N per token; 6N convention in brackets) | {out['mfu']:.3f} "
+        f"({out['mfu_6n']:.3f}) | >= 0.40 |",
+        f"| MFU ceiling: a decoder layer's own matmul shapes ({tokens_per_step:.0f} rows, fwd + bwd) over the "
+        f"peak, i.e. the MFU if nothing else took time | {out['mfu_ceiling']:.3f} | |",
+        *(
+            f"| where a {name} step goes (fastest of 3 profiled steps, {t['step_profile']['tokens']} tokens, "
+            f"{t['step_profile']['seconds']} s): linear layers' matmuls {t['step_profile']['matmul_share']:.0%} at "
+            f"{t['step_profile']['matmul_tflops']} TFLOP/s, attention kernels "
+            f"{t['step_profile']['attention_share']:.0%}, other {t['step_profile']['other_share']:.0%} | | |"
+            for name, t in training.items()
+        ),
+        f"| MFU bound at the matmul speed reached inside compiled training (the MFU if nothing but the linear layers' "
+        f"matmuls took time) | {out['mfu_bound_at_training_matmul_speed']:.3f} | |",
+        f"| MFU bound with PyTorch's CPU attention (the compiled setup's profiled step if only its matmul and "
+        f"attention kernels took time) | {out['mfu_bound_matmuls_and_attention']:.3f} | |",
+        f"| peak RSS of training (compiled setup, model load included) | {out['peak_rss_mb']} MB | |",
+        f"| fusion overhead, gate / plain LLM, fwd+bwd 8 x 256, from the parts (whole steps: fastest rounds "
+        f"{out['fusion_overhead_whole_steps']['best']:.3f}, median of per-round ratios "
+        f"{out['fusion_overhead_whole_steps']['median_per_round']:.3f}) | {out['fusion_overhead']:.3f} | <= 1.05 |",
+        f"| test-set scoring, prefix cache (`score_rows`) | {out['score_prompts_per_s']} prompts/s | |",
+        f"| test-set scoring, full prompts | {out['full_prompt_score_prompts_per_s']} prompts/s | |",
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,8 +230,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--score_rows", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="weights and peak dtype; auto: bf16 where native, else fp32",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = resolve_dtype(args.dtype)
     splits = load_movielens_1m(args.data_dir)
     titles = item_titles(splits)
     num_users = max(max(s["user_id"]) for s in splits.values())
@@ -196,9 +249,7 @@ def main():
 
     def trained(setup: dict, max_steps: int, callbacks=()):
         """A `CCFTrainer` of `setup` after `max_steps` steps, and the real tokens of each step's batch."""
-        model, processor = build(
-            torch.bfloat16, num_users, num_items, titles, setup.get("attn_implementation")
-        )
+        model, processor = build(dtype, num_users, num_items, titles, setup.get("attn_implementation"))
         training_args = CCFTrainingArguments(
             output_dir="outputs/speed", stage="lora", per_device_train_batch_size=args.batch, max_steps=max_steps,
             learning_rate=2e-3, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
@@ -218,7 +269,7 @@ def main():
         trainer.train()
         return trainer, step_tokens
 
-    probe, training, peak_rss_mb = PeakProbe(), {}, None
+    probe, training, peak_rss_mb = PeakProbe(dtype), {}, None
     for name, setup in TRAINING_SETUPS.items():
         timer = StepTimer(probe)
         trainer, step_tokens = trained(setup, args.steps, [timer])
@@ -248,17 +299,17 @@ def main():
         trainer, _ = trained(setup, args.warmup)
         training[name]["step_profile"] = profile_step(trainer)
         del trainer
-    model, _ = build(torch.bfloat16, num_users, num_items, titles)
+    model, _ = build(dtype, num_users, num_items, titles)
     # the layer's matmul shapes, best of several rounds like the peak (interleaving does not cancel the drift: the
     # 3072² probe slows down more than these smaller matmuls do)
     layer_tflops, layer_fastest = [], []
     for _ in range(args.repeats):
-        aggregate, fastest = layer_matmul_tflops(model, round(tokens_per_step))
+        aggregate, fastest = layer_matmul_tflops(model, round(tokens_per_step), dtype)
         layer_tflops.append(aggregate)
         layer_fastest.append(fastest)
         probe()
     del model
-    peak = max(probe.samples + layer_fastest)  # the fastest bf16 matmul seen in the run
+    peak = max(probe.samples + layer_fastest)  # the fastest matmul in `dtype` seen in the run
     for setup in training.values():
         setup["mfu"] = round(setup["tokens_per_s"] * 4 * n_params / (peak * 1e12), 4)
     fast = training["compiled"]
@@ -268,14 +319,14 @@ def main():
     attention_bound = profile["tokens"] * 4 * n_params / kernel_seconds / (peak * 1e12)
     print(f"peak {peak:.2f} TFLOP/s; samples {statistics.median(probe.samples):.2f} median", flush=True)
 
-    # 2. fusion overhead, bf16, 8 x 256 tokens
-    steps = compared_steps(DEFAULT_LLM, torch.bfloat16, 8, 256, num_users, num_items)
+    # 2. fusion overhead, in the chosen dtype, 8 x 256 tokens
+    steps = compared_steps(DEFAULT_LLM, dtype, 8, 256, num_users, num_items)
     fusion = measure(steps, args.repeats)
     del steps
     print(f"fusion overhead {fusion['gate_vs_llm']}", flush=True)
 
     # 3. scoring throughput on test rows
-    model, processor = build(torch.bfloat16, num_users, num_items, titles)
+    model, processor = build(dtype, num_users, num_items, titles)
     test = splits["test"].select(range(min(args.score_rows, len(splits["test"]))))
     users, items, histories = (
         np.array(test["user_id"]),
@@ -290,11 +341,10 @@ def main():
     full_s = time.perf_counter() - start
 
     out = {
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, torch {torch.__version__}",
-        "peak_bf16_tflops": round(peak, 3),
-        "peak_bf16_tflops_samples": {
+        "provenance": provenance(" ".join(["python benchmarks/speed.py", *sys.argv[1:]]), dtype),
+        "dtype": dtype_name(dtype),
+        "peak_tflops": round(peak, 3),
+        "peak_tflops_samples": {
             "min": round(min(probe.samples), 3),
             "median": round(statistics.median(probe.samples), 3),
             "max": round(max(probe.samples), 3),
@@ -322,56 +372,13 @@ def main():
             "steps": args.steps,
             "warmup_steps_excluded": args.warmup,
             "step_time": "median of the steps after the warmup ones",
-            "dtype": "bfloat16",
             "stage": "lora (r=8, q_proj/v_proj); train_tokens_per_s and mfu: the `compiled` setup",
             "template": "PAPER_TEMPLATE",
             "history_size": 10,
             "score_rows": len(items),
         },  # fmt: skip
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = [
-        "# Speed and memory (SmolLM2-135M-Instruct, bf16, `gate`, paper template)",
-        "",
-        f"`{out['command']}` on {out['machine']}, {out['date']}.",
-        "",
-        "| metric | value | goal |",
-        "|---|---|---|",
-        f"| bf16 matmul peak: the fastest seen, of {out['peak_bf16_tflops_samples']['count']} samples of a 3072² "
-        f"matmul (best {out['peak_bf16_tflops_samples']['max']}, median {out['peak_bf16_tflops_samples']['median']}, "
-        f"min {out['peak_bf16_tflops_samples']['min']}) and the decoder layer's own shapes (best "
-        f"{out['peak_bf16_tflops_samples']['fastest_layer_shape']}) | {out['peak_bf16_tflops']} TFLOP/s | |",
-        *(
-            f"| LoRA training, {name} ({', '.join(f'{k}={v}' for k, v in TRAINING_SETUPS[name].items())}; batch "
-            f"{args.batch}, {tokens_per_step:.0f} tokens/step) | {t['tokens_per_s']} tokens/s "
-            f"({t['seconds_per_step']:.2f} s/step median, mean {t['mean_seconds_per_step']:.2f}; first step "
-            f"{t['first_step_seconds']} s), MFU {t['mfu']:.3f} | |"
-            for name, t in training.items()
-        ),
-        f"| MFU of the compiled setup (4N per token; 6N convention in brackets) | {out['mfu']:.3f} "
-        f"({out['mfu_6n']:.3f}) | >= 0.40 |",
-        f"| MFU ceiling: a decoder layer's own matmul shapes ({tokens_per_step:.0f} rows, fwd + bwd) over the "
-        f"peak, i.e. the MFU if nothing else took time | {out['mfu_ceiling']:.3f} | |",
-        *(
-            f"| where a {name} step goes (fastest of 3 profiled steps, {t['step_profile']['tokens']} tokens, "
-            f"{t['step_profile']['seconds']} s): linear layers' matmuls {t['step_profile']['matmul_share']:.0%} at "
-            f"{t['step_profile']['matmul_tflops']} TFLOP/s, attention kernels "
-            f"{t['step_profile']['attention_share']:.0%}, other {t['step_profile']['other_share']:.0%} | | |"
-            for name, t in training.items()
-        ),
-        f"| MFU bound at the matmul speed reached inside compiled training (the MFU if nothing but the linear layers' "
-        f"matmuls took time) | {out['mfu_bound_at_training_matmul_speed']:.3f} | |",
-        f"| MFU bound with PyTorch's CPU attention (the compiled setup's profiled step if only its matmul and "
-        f"attention kernels took time) | {out['mfu_bound_matmuls_and_attention']:.3f} | |",
-        f"| peak RSS of training (compiled setup, model load included) | {out['peak_rss_mb']} MB | |",
-        f"| fusion overhead, gate / plain LLM, fwd+bwd 8 x 256, from the parts (whole steps: fastest rounds "
-        f"{out['fusion_overhead_whole_steps']['best']:.3f}, median of per-round ratios "
-        f"{out['fusion_overhead_whole_steps']['median_per_round']:.3f}) | {out['fusion_overhead']:.3f} | <= 1.05 |",
-        f"| test-set scoring, prefix cache (`score_rows`) | {out['score_prompts_per_s']} prompts/s | |",
-        f"| test-set scoring, full prompts | {out['full_prompt_score_prompts_per_s']} prompts/s | |",
-    ]
-    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+    lines = save_results("speed", out, render, TITLE)
     print("\n".join(lines))
 
 

@@ -1,0 +1,89 @@
+"""The benchmarks' shared report: where and how a run was made, and results files with one section per CPU kind.
+
+`benchmarks/results/<name>.json` holds `{"by_cpu_kind": {KIND: result, ...}}`, KIND being
+`ccf_llm.precision.device_precision().kind` (`AMX`, `AVX512-BF16`, `AVX2`, ...; `unrecorded` for figures from before
+the kind was recorded). A run replaces only its own kind's entry, so a run on one kind of machine never replaces
+another kind's figures, and `<name>.md` is rendered again from the whole file, one `## KIND` section per kind.
+"""
+
+import json
+import os
+import platform
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from ccf_llm.precision import device_precision
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """`"bfloat16"` for `torch.bfloat16`; strings (`"n/a"`, `"float32, bfloat16"`) as given."""
+    return str(dtype).removeprefix("torch.")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else `platform.processor()`, else `"unknown CPU"`."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return found.group(1).strip() if found else (platform.processor() or "unknown CPU")
+
+
+def provenance(command: str, dtype: torch.dtype | str) -> dict:
+    """Where and how this run was made: date (UTC), command, machine, the CPU's capability and kind (whether bf16
+    is native, and why: `ccf_llm.precision.device_precision`), torch, its threads and the dtype used."""
+    found = device_precision("cpu")
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kind": found.kind,
+        "native_bf16": found.native_bf16,
+        "reason": found.reason,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "dtype": dtype_name(dtype),
+    }
+
+
+def provenance_line(found: dict) -> str:
+    """One markdown line: command, CPU model, capability, dtype and date (older records: their `machine` string)."""
+    if "cpu_capability" in found:
+        machine = (
+            f"{found['cpu_model']} ({found['arch']}, {found['cores']} cores, capability {found['cpu_capability']}, "
+            f"torch {found['torch']}, {found['torch_threads']} threads)"
+        )
+    else:
+        machine = found.get("machine", "an unrecorded machine")
+    command = f"`{found['command']}` on " if found.get("command") else "On "
+    line = f"{command}{machine}; dtype {found.get('dtype', 'unrecorded')}; {found.get('date', 'undated')}."
+    return line + (f" CPU kind inferred: {found['inferred']}." if "inferred" in found else "")
+
+
+def save_results(
+    name: str, result: dict, render: Callable[[dict], list[str]], title: str, results_dir: Path = RESULTS
+) -> list[str]:
+    """Store `result` as the entry of its CPU kind (`result["provenance"]["cpu_kind"]`) in `<name>.json`, keeping
+    the other kinds' entries, and write `<name>.md`: `# title`, then per kind (sorted) a `## KIND` section with the
+    provenance line and `render(entry)`. Returns the markdown's lines."""
+    path = results_dir / f"{name}.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {"by_cpu_kind": {}}
+    if "by_cpu_kind" not in stored:
+        raise ValueError(f"{path} is not in the by_cpu_kind layout: move its entries under their CPU kind")
+    stored["by_cpu_kind"][result["provenance"]["cpu_kind"]] = result
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=2) + "\n")
+    lines = [f"# {title}"]
+    for kind, entry in sorted(stored["by_cpu_kind"].items()):
+        lines += ["", f"## {kind}", "", provenance_line(entry["provenance"]), "", *render(entry)]
+    (results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return lines
