@@ -25,18 +25,14 @@ Writes `benchmarks/results/reproduce.json` and `.md` (AUC, UAUC, RelaImpr as in 
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ccf_llm.metrics import rela_impr
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CF_ARGS = {  # extra pretrain_cf.py arguments: CoLLM's patience 100, except SASRec (~23 s/epoch here)
     "mf": ["--patience", "100"],
     "lightgcn": ["--patience", "100"],
@@ -62,6 +58,17 @@ LLM_ROWS = {
     "gate_lightgcn_stage1_only": ("gate", ["lightgcn"], "stage1_only", "ablation: training strategy"),
     "gate_lightgcn_end_to_end": ("gate", ["lightgcn"], "end_to_end", "ablation: training strategy"),
 }
+# row -> the row whose finished stage 1 it starts from instead of training its own (run_ctr.py --shared_stage1):
+# * CoLLM-style inject rows: the text row's LoRA, as CoLLM starts its stage 2 from the TALLRec LoRA;
+# * token_gate and stage-1-only on LightGCN: gate_lightgcn's stage 1, which sees exactly the same prompts (the GATE
+#   starts as the constant α = gate_init_alpha in every mode, ALG is initialized from the same seed, and stage 1
+#   trains LoRA only); add_lightgcn too when gate_init_alpha is 1 (α = 1 is then the add fusion).
+SHARED_STAGE1 = {"inject_mf": "text", "inject_lightgcn": "text", "inject_sasrec": "text",
+                 "token_gate_lightgcn": "gate_lightgcn", "gate_lightgcn_stage1_only": "gate_lightgcn"}  # fmt: skip
+BUDGETS = {  # name -> (config, results file): `quick` is the smoke run, `full` trains to validation convergence
+    "quick": (Path("examples/configs/reproduce_ml1m.json"), "reproduce"),
+    "full": (Path("examples/configs/reproduce_ml1m_full.json"), "reproduce_full"),
+}
 ROWS = [*CF_ARGS, *LLM_ROWS]
 SELECTION = {"learning_rate": [1e-3, 2e-3, 5e-3], "fusion_learning_rate": [3e-3, 1e-2, 3e-2]}  # `--select`
 
@@ -77,7 +84,21 @@ def command(row: str, args, out: Path | None = None) -> list[str]:
            "--resume_from_checkpoint", "true"]  # fmt: skip
     if sources:
         cmd += ["--cf_checkpoints", *(str(args.output_dir / cf) for cf in sources)]
+    source = shared_stage1_source(row, args)
+    if source:
+        cmd += [
+            "--shared_stage1",
+            str(args.output_dir / source / LLM_ROWS[source][0] / "stage_1_lora" / "final"),
+        ]
     return cmd
+
+
+def shared_stage1_source(row: str, args) -> str | None:
+    """The row whose stage 1 `row` reuses (`SHARED_STAGE1`), or None."""
+    if row == "add_lightgcn":
+        alpha = json.loads(args.config.read_text()).get("gate_init_alpha", 0.0)
+        return "gate_lightgcn" if alpha == 1.0 else None
+    return SHARED_STAGE1.get(row)
 
 
 def run_logged(folder: Path, cmd: list[str]) -> float | None:
@@ -103,14 +124,6 @@ def run_row(row: str, args) -> dict:
     if row not in CF_ARGS:
         results = results["by_mode"][LLM_ROWS[row][0]]
     return {**results, "wall_seconds": wall}
-
-
-def write_results(name: str, out: dict, lines: list[str]) -> None:
-    """`benchmarks/results/<name>.json` (`out`) and `.md` (`lines`), and print the table."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 def stage_seconds(results: dict) -> float | None:
@@ -152,40 +165,171 @@ def select(args) -> None:
                            "valid_auc": round(results["eval_auc"], 4), "valid_uauc": round(results["eval_uauc"], 4),
                            "eval_rows": results["eval_rows"], "wall_seconds": wall})  # fmt: skip
         chosen[key] = max((p for p in points if p["stage"] == number + 1), key=lambda p: p["valid_auc"])[key]
-    differs = {k: (config[k], v) for k, v in chosen.items() if config[k] != v}
+    from report import provenance, save_results
+
+    from ccf_llm.precision import resolve_dtype
+
+    differs = {k: (config.get(k), v) for k, v in chosen.items() if config.get(k) != v}
     out = {
-        "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "provenance": provenance(
+            "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
+            resolve_dtype(config.get("dtype", "auto")),
+        ),  # fmt: skip
         "grid": SELECTION,
         "points": points,
         "chosen": chosen,
         "config": str(args.config),
         "config_differs": differs,
+        "select_eval_rows": args.select_eval_rows,
         "total_wall_seconds": round(sum(p["wall_seconds"] or 0 for p in points), 1),
     }
-    lines = [
-        "# Learning rates for the reproduction, chosen on validation rows only",
-        "",
-        f"`{out['command']}` on {out['machine']}, {out['date']}. `gate_lightgcn`, the budget of `{args.config}`, "
-        f"{args.select_eval_rows} seeded validation rows per point; the test set is not read.",
+    title = "Learning rates for the reproduction, chosen on validation rows only"
+    print("\n".join(save_results("reproduce_selection", out, render_selection, title)))
+
+
+def render_selection(out: dict) -> list[str]:
+    differs = out["config_differs"]
+    return [
+        f"`gate_lightgcn`, the budget of `{out['config']}`, {out.get('select_eval_rows', 5000)} seeded validation "
+        "rows per point; the test set is not read.",
         "",
         "| stage | learning_rate | fusion_learning_rate | valid AUC | valid UAUC | wall s |",
         "|---|---|---|---|---|---|",
         *(
             f"| {p['stage']} | {p['learning_rate']:g} | {p.get('fusion_learning_rate', '')} | {p['valid_auc']:.4f} "
             f"| {p['valid_uauc']:.4f} | {p['wall_seconds']} |"
-            for p in points
+            for p in out["points"]
         ),
         "",
-        f"Chosen: {json.dumps(chosen)}. "
+        f"Chosen: {json.dumps(out['chosen'])}. "
         + (
             f"**The config differs** (config, chosen): {json.dumps(differs)}."
             if differs
             else "The config holds them."
         ),
     ]
-    write_results("reproduce_selection", out, lines)
+
+
+def row_order(wanted: list[str], args) -> list[str]:
+    """`wanted` plus what it needs (CF rows, the rows whose stage 1 it shares), dependencies first."""
+    ordered: list[str] = []
+
+    def add(row):
+        if row in ordered:
+            return
+        for cf in LLM_ROWS.get(row, (None, []))[1]:
+            add(cf)
+        if source := shared_stage1_source(row, args):
+            add(source)
+        ordered.append(row)
+
+    for row in wanted:
+        add(row)
+    return [row for row in ordered if row in CF_ARGS] + [row for row in ordered if row not in CF_ARGS]
+
+
+def row_scores(row: str, args, split: str = "test"):
+    """The per-row scores a finished row wrote (`scores_<split>.parquet`), or None for rows run before they were kept."""
+    import pandas as pd
+
+    folder = args.output_dir / row if row in CF_ARGS else args.output_dir / row / LLM_ROWS[row][0]
+    path = folder / f"scores_{split}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def intervals(results: dict, args) -> dict:
+    """95% intervals (bootstrap over test users) of every row with scores; paired tests gate vs inject and vs CF."""
+    from ccf_llm.metrics import user_bootstrap
+
+    frames = {row: row_scores(row, args) for row in results}
+    frames = {row: f for row, f in frames.items() if f is not None}
+    if not frames:
+        return {}
+    first = next(iter(frames.values()))
+    for row, frame in frames.items():
+        if not (
+            frame[["user_id", "item_id", "label"]].values == first[["user_id", "item_id", "label"]].values
+        ).all():
+            raise ValueError(f"{row}'s test scores are not over the same rows as the others'")
+    base = {row: LLM_ROWS[row][1][0] for row in frames if row in LLM_ROWS and LLM_ROWS[row][1]}
+    base = {row: cf for row, cf in base.items() if cf in frames}
+    pairs = [(row, cf) for row, cf in base.items() if row.startswith("gate_")]
+    pairs += [
+        (f"gate_{cf}", f"inject_{cf}") for cf in CF_ARGS if {f"gate_{cf}", f"inject_{cf}"} <= set(frames)
+    ]
+    pairs += [(f"gate_{cf}", "text") for cf in CF_ARGS if {f"gate_{cf}", "text"} <= set(frames)]
+    return user_bootstrap({row: f["score"].to_numpy() for row, f in frames.items()}, first["label"],
+                          first["user_id"], pairs=pairs, base_auc=base, seed=0)  # fmt: skip
+
+
+def plot(table: list[dict], path: Path) -> None:
+    """Test AUC per row with its 95% interval, the row's CF model and the paper's figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [t for t in table if t.get("test_auc_ci")]
+    if not rows:
+        return
+    figure, axis = plt.subplots(figsize=(10, 0.38 * len(rows) + 1.2))
+    y = list(range(len(rows)))[::-1]
+    for position, t in zip(y, rows, strict=True):
+        color = {"CF": "tab:grey", "CoLLM-style inject": "tab:orange", "CCF-LLM gate": "tab:blue"}.get(
+            t["group"], "tab:green"
+        )
+        low, high = t["test_auc_ci"]
+        axis.errorbar(t["test_auc"], position, xerr=[[t["test_auc"] - low], [high - t["test_auc"]]], fmt="o",
+                      color=color, capsize=3)  # fmt: skip
+        if t["paper_test_auc"]:
+            axis.plot(t["paper_test_auc"], position, "x", color="k")
+    axis.set_yticks(y, [t["row"] for t in rows])
+    axis.axvline(0.5, color="k", lw=0.8, ls=":")
+    axis.set_xlabel("test AUC, 95% interval over users (x: the paper, Vicuna-7B)")
+    axis.set_title("ML-1M (CoLLM split), SmolLM2-135M-Instruct")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def render(out: dict) -> list[str]:
+    ci = lambda pair: f" [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""  # noqa: E731
+    lines = [
+        f"Budget: {json.dumps(out['budget'])}; validation ({out.get('eval_rows', 'all')} rows) and test sets. "
+        "RelaImpr (Eq. 6) against the row's CF model, as in Table 3. Intervals: 95%, bootstrap over test users "
+        f"({out.get('bootstrap_resamples', 1000)} resamples), one seed; — where the row's scores were not kept.",
+        "",
+        "| row | group | valid AUC | test AUC [95% CI] | test UAUC [95% CI] | RelaImpr vs CF [95% CI] | paper AUC | "
+        "train s | eval s | row wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in out["rows"]:
+        rel = "" if t["test_rela_impr_vs_cf"] is None else f"{t['test_rela_impr_vs_cf']:+.2f}%"
+        if t.get("test_rela_impr_ci"):
+            rel += f" [{t['test_rela_impr_ci'][0]:+.1f}, {t['test_rela_impr_ci'][1]:+.1f}]"
+        lines.append(
+            f"| {t['row']} | {t['group']} | {t['valid_auc']:.4f} | {t['test_auc']:.4f}{ci(t.get('test_auc_ci'))} | "
+            f"{t['test_uauc']:.4f}{ci(t.get('test_uauc_ci'))} | {rel} | {t['paper_test_auc'] or ''} | "
+            f"{t['train_seconds'] or '—'} | {t['evaluation_seconds'] or ''} | {t['wall_seconds'] or ''} |"
+        )
+    if out.get("paired"):
+        lines += ["", "Paired comparisons on the same test users (difference a − b, 95% interval, two-sided p):", "",
+                  "| a − b | test AUC diff [95% CI] | p | test UAUC diff [95% CI] | p |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, d in out["paired"].items():
+            lines.append(
+                f"| {name} | {d['auc_diff']:+.4f}{ci(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
+                f"{d['uauc_diff']:+.4f}{ci(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |"
+            )
+    if out.get("shared_stage1"):
+        lines += ["", "Stage 1 shared (run_ctr.py --shared_stage1): "
+                  + ", ".join(f"{row} from {src}" for row, src in out["shared_stage1"].items()) + "."]  # fmt: skip
+    total = out["total_row_wall_seconds"]
+    lines += ["", f"Sum of row wall times: {total} s ({total / 60:.1f} min)."]
+    if any(t["train_seconds"] is None for t in out["rows"]):
+        lines += ["", "train s —: the row's stages finished in an earlier attempt that was then interrupted (its "
+                  "training time is in the row's log and in its wall time)."]  # fmt: skip
+    if out["rows_not_run"]:
+        lines += ["", f"Not run yet (rerun the command to resume): {', '.join(out['rows_not_run'])}."]
+    return lines
 
 
 def main():
@@ -193,8 +337,9 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data_dir", default="../shared/data/ml-1m")
-    parser.add_argument("--output_dir", type=Path, default=Path("outputs/reproduce"))
-    parser.add_argument("--config", type=Path, default=Path("examples/configs/reproduce_ml1m.json"))
+    parser.add_argument("--budget", choices=BUDGETS, default="quick", help="quick (smoke run) or full")
+    parser.add_argument("--output_dir", type=Path, default=None, help="default: outputs/<results name>")
+    parser.add_argument("--config", type=Path, default=None, help="default: the budget's config")
     parser.add_argument(
         "--only", nargs="*", choices=ROWS, help="run these rows only, in this order (their CF rows first)"
     )
@@ -206,80 +351,71 @@ def main():
         "--select_eval_rows", type=int, default=5000, help="validation rows per `--select` point"
     )
     args = parser.parse_args()
+    config_path, name = BUDGETS[args.budget]
+    args.config = args.config or config_path
+    args.output_dir = args.output_dir or Path("outputs") / name
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.select:
         return select(args)
-    wanted = args.only or ROWS
-    needed = {cf for row in wanted if row in LLM_ROWS for cf in LLM_ROWS[row][1]} | set(wanted)
-    rows = [row for row in CF_ARGS if row in needed] + [row for row in wanted if row not in CF_ARGS]
+    rows = row_order(args.only or ROWS, args)
     start = time.perf_counter()
     if args.report_only:
         rows = [row for row in rows if (args.output_dir / row / "all_results.json").is_file()]
-    results = {row: run_row(row, args) for row in rows}
-    missing = [row for row in ROWS if row not in results]
+    results = {}
+    for row in rows:
+        results[row] = run_row(row, args)
+        write_table(results, args, name, start)  # each finished row lands in the table at once
+    write_table(results, args, name, start)
+
+
+def write_table(results: dict, args, name: str, start: float) -> None:
+    from report import RESULTS, provenance, save_results
+
+    from ccf_llm.precision import resolve_dtype
+
     config = json.loads(args.config.read_text())
+    boot = intervals(results, args)
+    models = boot.get("models", {})
     table = []
     for row, r in results.items():
         cf = row if row in CF_ARGS else (LLM_ROWS[row][1] or [None])[0]
         base = results.get(cf, {}).get("test_auc") if cf and cf != row else None
+        found = models.get(row, {})
         table.append({
             "row": row,
             "group": "CF" if row in CF_ARGS else LLM_ROWS[row][3],
             "valid_auc": round(r["eval_auc"], 4),
             "test_auc": round(r["test_auc"], 4),
+            "test_auc_ci": found.get("auc_ci"),
             "test_uauc": round(r["test_uauc"], 4),
+            "test_uauc_ci": found.get("uauc_ci"),
             "test_rela_impr_vs_cf": None if base is None else round(rela_impr(r["test_auc"], base), 2),
+            "test_rela_impr_ci": found.get("rela_impr_ci"),
             "paper_test_auc": PAPER_AUC.get(row),
             "train_seconds": r.get("train_seconds") if row in CF_ARGS else stage_seconds(r),
             "evaluation_seconds": r.get("evaluation_seconds"),
             "wall_seconds": r["wall_seconds"],
         })  # fmt: skip
+    keys = ("train_rows_per_stage", "history_size", "learning_rate", "fusion_learning_rate", "gate_init_alpha",
+            "per_device_train_batch_size", "num_train_epochs", "lr_scheduler_type", "warmup_ratio",
+            "early_stopping_patience", "eval_steps", "lora_dropout", "template")  # fmt: skip
     out = {
-        "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "budget": {
-            k: config[k]
-            for k in (
-                "train_rows_per_stage",
-                "history_size",
-                "dtype",
-                "learning_rate",
-                "fusion_learning_rate",
-                "per_device_train_batch_size",
-                "lora_dropout",
-                "template",
-            )
-        },  # fmt: skip
+        "provenance": provenance(
+            "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
+            resolve_dtype(config.get("dtype", "auto")),
+        ),  # fmt: skip
+        "budget": {k: config[k] for k in keys if k in config},
         "this_invocation_seconds": round(time.perf_counter() - start, 1),
         "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in results.values()), 1),
         "rows": table,
-        "rows_not_run": missing,
+        "paired": boot.get("pairs", {}),
+        "bootstrap_resamples": boot.get("n_resamples"),
+        "shared_stage1": {row: src for row in results if (src := shared_stage1_source(row, args))},
+        "rows_not_run": [row for row in ROWS if row not in results],
     }
-    lines = [
-        "# ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct, one CPU budget",
-        "",
-        f"`{out['command']}` on {out['machine']}, {out['date']}. Budget: {json.dumps(out['budget'])}; full "
-        "validation (10,401) and test (7,331) sets. RelaImpr (Eq. 6) against the row's CF model, as in Table 3.",
-        "",
-        "| row | group | valid AUC | test AUC | test UAUC | RelaImpr vs CF | paper AUC | train s | eval s | row wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for t in table:
-        rel = "" if t["test_rela_impr_vs_cf"] is None else f"{t['test_rela_impr_vs_cf']:+.2f}%"
-        lines.append(
-            f"| {t['row']} | {t['group']} | {t['valid_auc']:.4f} | {t['test_auc']:.4f} | {t['test_uauc']:.4f} | "
-            f"{rel} | {t['paper_test_auc'] or ''} | {t['train_seconds'] or '—'} | {t['evaluation_seconds'] or ''} | "
-            f"{t['wall_seconds'] or ''} |"
-        )
-    total = out["total_row_wall_seconds"]
-    lines += ["", f"Sum of row wall times: {total} s ({total / 60:.1f} min; the budget is 150 min)."]
-    if any(t["train_seconds"] is None for t in table):
-        lines += ["", "train s —: the row's stages finished in an earlier attempt that was then interrupted (its "
-                  "training time is in the row's log and in its wall time)."]  # fmt: skip
-    if missing:
-        lines += ["", f"Not run yet (rerun the command to resume): {', '.join(missing)}."]
-    write_results("reproduce", out, lines)
+    title = f"ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct, budget `{args.budget}`"
+    print("\n".join(save_results(name, out, render, title)))
+    plot(table, RESULTS / f"{name}.png")
 
 
 if __name__ == "__main__":

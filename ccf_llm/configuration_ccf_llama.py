@@ -54,6 +54,12 @@ class CCFLlamaConfig(PreTrainedConfig):
         zero_init_gate (`bool`, *optional*, defaults to `True`):
             Zero-initialize the output layers of the GATE MLPs, so α = 0 and an untrained model reads pure text
             titles (the state stage 1 of the two-stage schedule trains LoRA in).
+        gate_init_alpha (`float`, *optional*, defaults to 0.0):
+            With `zero_init_gate`, the value α starts at for every token and dimension (the GATE's output weights
+            start at zero, its CF branch's output bias at this value). 0 hides item CF from stage 1 (pure text
+            titles); 1 starts from the `add` ablation's fusion, so stage 1 already trains LoRA on fused titles (the
+            paper's stage 1 runs on the hybrid prompt with the fusion untrained, not switched off) and stage 2
+            learns the dimension-wise gate from there.
         train_cf_embeddings (`bool`, *optional*, defaults to `False`):
             Whether the CF encoder's embeddings (Θ_E) receive gradients. The paper treats tuning Θ_E as optional.
         user_token_id (`int`, *optional*):
@@ -96,6 +102,7 @@ class CCFLlamaConfig(PreTrainedConfig):
     gate_hidden_size: int | None = None
     projector_hidden_act: str = "gelu"
     zero_init_gate: bool = True
+    gate_init_alpha: float = 0.0
     train_cf_embeddings: bool = False
     user_token_id: int | None = None
     item_token_id: int | None = None

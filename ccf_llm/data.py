@@ -20,6 +20,8 @@ import gzip
 import hashlib
 import io
 import json
+import logging
+import math
 import zipfile
 from pathlib import Path
 
@@ -33,26 +35,43 @@ from .processing_ccf_llama import latest_items
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
 SPLITS = ("train", "validation", "test")
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ reading files
+def _where(path, line) -> str:
+    """`path, line N` (or just `path` where the line is unknown) for messages about a row of a file."""
+    return f"{path}, line {line}" if line is not None else str(path)
+
+
 def _decode(path: Path, raw: bytes, encoding: str) -> str:
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
+        prefix = raw[: err.start]
+        line = prefix.count(b"\n") + prefix.count(b"\r") - prefix.count(b"\r\n") + 1
         raise ValueError(f"{path}, line {line}: bytes that are not valid {encoding} ({err.reason})") from err
+
+
+def _split_lines(text: str) -> list[str]:
+    """
+    `text` cut at its real line ends only (`\\n`, `\\r\\n`, `\\r`, as Python's and pandas' readers do), without the
+    empty piece after a final line end. Not `str.splitlines`, which also cuts at characters a latin-1 title may
+    hold (0x85 NEL, 0x0b, 0x0c, 0x1c-0x1e).
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def read_delimited(path, columns: dict, sep: str = "::", encoding: str = "latin-1") -> pd.DataFrame:
     """
     Read a `sep`-separated text file without a header (the MovieLens `.dat` layout) into the typed `columns`
-    (`name → "int" | "float" | "str"`). A line with the wrong number of fields or a non-numeric value in a numeric
-    column raises a ValueError naming the file and the line.
+    (`name → "int" | "float" | "str"`, see `read_table`). Lines end at `\\n`, `\\r\\n` or `\\r` only. A line with the
+    wrong number of fields or a value that is not what its column holds raises a ValueError naming the file and
+    the line.
     """
     path = Path(path)
-    text = _decode(path, path.read_bytes(), encoding)
-    lines = text.splitlines()
+    lines = _split_lines(_decode(path, path.read_bytes(), encoding))
     fields = pd.Series(lines, dtype=object).str.split(sep, n=len(columns) - 1, regex=False)
     counts = fields.str.len().to_numpy()
     bad = np.flatnonzero(counts != len(columns))
@@ -61,61 +80,111 @@ def read_delimited(path, columns: dict, sep: str = "::", encoding: str = "latin-
             f"{path}, line {bad[0] + 1}: expected {len(columns)} fields separated by {sep!r}, "
             f"got {counts[bad[0]]}: {lines[bad[0]][:80]!r}"
         )
-    frame = pd.DataFrame(fields.tolist(), columns=list(columns))
-    return _typed(frame, columns, path, first_line=1)
+    frame = pd.DataFrame(fields.tolist(), columns=list(columns), dtype=object)
+    return _typed(frame, columns, path, lambda row: row + 1)
 
 
-def _typed(frame: pd.DataFrame, columns: dict, path: Path, first_line: int) -> pd.DataFrame:
+def _typed(frame: pd.DataFrame, columns: dict, path: Path, line_of) -> pd.DataFrame:
+    """
+    Check and convert `frame`'s `columns` in place (`"int"`: whole numbers; `"float"`: finite numbers; `"str"`:
+    present and not blank). The first value that is not raises a ValueError naming `path` and `line_of(position)`.
+    """
     for name, kind in columns.items():
+        column = frame[name]
         if kind == "str":
-            frame[name] = frame[name].astype(str)
-            continue
-        values = pd.to_numeric(frame[name], errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy())
-        if len(bad):
-            raise ValueError(
-                f"{path}, line {bad[0] + first_line}: column {name!r} must be a number, got {frame[name].iloc[bad[0]]!r}"
-            )
-        frame[name] = values.astype(np.int64 if kind == "int" else np.float64)
+            text = column.astype(str)
+            bad = np.flatnonzero(column.isna().to_numpy() | (text.str.strip() == "").to_numpy(dtype=bool))
+            if len(bad):
+                raise ValueError(f"{_where(path, line_of(bad[0]))}: column {name!r} is empty")
+            frame[name] = text
+        else:
+            frame[name] = _numbers(column, name, kind == "int", path, line_of)
     return frame
 
 
+def _numbers(column: pd.Series, name: str, whole: bool, path: Path, line_of) -> pd.Series:
+    """A column as int64 (`whole`) or float64, refusing what would be silently changed: text, booleans,
+    non-finite values, fractions or numbers beyond 2**53 where whole numbers are meant."""
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype) or not (
+        pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+    ):  # fmt: skip
+        raise ValueError(
+            f"{path}: column {name!r} holds {dtype} values, not numbers"
+            + (" (unix seconds)" if pd.api.types.is_datetime64_any_dtype(dtype) else "")
+        )
+    numeric = pd.api.types.is_numeric_dtype(dtype)
+    values = pd.to_numeric(column if numeric else column.astype(str), errors="coerce")
+    kind = values.dtype.kind
+    array = values.to_numpy()
+    problem = np.zeros(len(array), dtype=np.int8)  # 0 fine, 1 not a number, 2 not finite, 3 not whole
+    if kind == "f":
+        problem[~np.isfinite(array)] = 2
+        problem[np.isnan(array)] = 1
+        if whole:
+            fraction = np.isfinite(array) & ((array != np.floor(array)) | (np.abs(array) > 2.0**53))
+            problem[fraction] = 3
+    elif kind == "u":
+        problem[(array > np.iinfo(np.int64).max) & whole] = 3
+    elif kind != "i":
+        problem[:] = 1
+    bad = np.flatnonzero(problem)
+    if len(bad):
+        what = {1: "a number", 2: "a finite number", 3: "a whole number (int64)"}[problem[bad[0]]]
+        raise ValueError(
+            f"{_where(path, line_of(bad[0]))}: column {name!r} must be {what}, got {column.iloc[bad[0]]!r}"
+        )
+    return values.astype(np.int64 if whole else np.float64)
+
+
 def read_table(path, columns: dict) -> pd.DataFrame:
-    """Read a CSV (UTF-8, header row) or parquet file, keeping the typed `columns` (errors name file and line)."""
+    """
+    Read a CSV (UTF-8, header row) or parquet file, keeping the typed `columns` (`name → "int" | "float" | "str"`):
+    "int" columns hold whole numbers, "float" columns finite numbers, "str" columns text that is not empty. A value
+    that is not raises a ValueError naming the file and the line (the row number for parquet).
+    """
     path = Path(path)
     if path.suffix == ".parquet":
         frame = pd.read_parquet(path)
         first_line = 1  # parquet "lines" are row numbers
     else:
         text = _decode(path, path.read_bytes(), "utf-8")
-        try:
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        try:  # blank lines stay rows (of empty values), so that row numbers stay line numbers
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
         except pd.errors.ParserError as err:
             raise ValueError(f"{path}: malformed CSV: {err}") from err
         first_line = 2  # after the header
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
-    return _typed(frame[list(columns)].copy(), columns, path, first_line)
+    return _typed(frame[list(columns)].copy(), columns, path, lambda row: row + first_line)
+
+
+def _dropped(path, what: str, count: int, total: int, why: str, example: str = "", level=logging.INFO) -> None:
+    """Log rows a recipe leaves out: how many, of how many, and why."""
+    if count:
+        logger.log(level, "%s: %s of %s %s %s%s", path, f"{count:,}", f"{total:,}", what, why, example)
 
 
 # ---------------------------------------------------------------------------------------------- shared pipeline
 def _histories(users: np.ndarray, items: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
-    For rows sorted by user (then time), each row's earlier positive items of the same user, oldest first, as
-    (flat values, offsets) — vectorized: a row's history is a prefix of its user's list of positives.
+    For rows grouped by user (each user's rows one contiguous run, in time order; the user ids themselves in any
+    order), each row's earlier positive items of the same user, oldest first, as (flat values, offsets) —
+    vectorized: a row's history is a prefix of its user's run of positives.
     """
     n = len(users)
     positive = labels > 0
     pos_items = items[positive]
-    pos_users = users[positive]
-    # positives seen before each row within its user
-    user_start = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    row_user_start = np.repeat(user_start, np.diff(np.r_[user_start, n]))
+    new_run = np.r_[True, users[1:] != users[:-1]] if n else np.zeros(0, dtype=bool)
+    run_start = np.flatnonzero(new_run)
+    if len(run_start) != len(np.unique(users)):
+        raise ValueError("_histories needs each user's rows in one contiguous run")
     cum_pos = np.cumsum(positive) - positive  # positives strictly before each row (global)
-    before = cum_pos - cum_pos[row_user_start]
-    # where each user's positives start in pos_items
-    first_pos = np.searchsorted(pos_users, users) if len(pos_users) else np.zeros(n, dtype=np.int64)
+    # a run's positives start in pos_items where the positives before its first row end
+    first_pos = cum_pos[run_start][np.cumsum(new_run) - 1]
+    before = cum_pos - first_pos  # positives of the same user before each row
     offsets = np.r_[0, np.cumsum(before)].astype(np.int64)
     within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], before)
     values = pos_items[np.repeat(first_pos, before) + within] if offsets[-1] else np.zeros(0, dtype=np.int64)
@@ -124,14 +193,30 @@ def _histories(users: np.ndarray, items: np.ndarray, labels: np.ndarray) -> tupl
 
 def build_splits(frame: pd.DataFrame, remap_in_sorted_order: bool = True) -> datasets.DatasetDict:
     """
-    The common tail of every recipe. `frame` holds `raw_user_id`, `raw_item_id`, `label`, `timestamp`, `title`
-    and `split` (one of `SPLITS`), in the order ties should keep. Rows are sorted stably by (user, timestamp);
-    ids are remapped by first appearance (in that sorted order, or in the given order when
-    `remap_in_sorted_order=False`, as CoLLM's Amazon-Book notebook does); histories hold earlier positives.
+    The common tail of every recipe. `frame` holds `raw_user_id`, `raw_item_id`, `label` (0/1), `timestamp`
+    (whole unix seconds), `title` and `split` (one of `SPLITS`), in the order ties should keep. Rows are sorted
+    stably by (user, timestamp); ids are remapped by first appearance (in that sorted order, or in the given order
+    when `remap_in_sorted_order=False`, as CoLLM's Amazon-Book notebook does); histories hold earlier positives.
+    A frame that breaks these rules raises a ValueError naming the column and the offending values.
     """
+    missing = [c for c in ("raw_user_id", "raw_item_id", "label", "timestamp", "title", "split") if c not in frame]
+    if missing:
+        raise ValueError(f"build_splits: the frame lacks columns {missing}")
     bad = ~frame["split"].isin(SPLITS)
     if bad.any():
-        raise ValueError(f"unknown split names {sorted(frame.loc[bad, 'split'].unique())[:5]}")
+        raise ValueError(f"unknown split names {sorted(frame.loc[bad, 'split'].astype(str).unique())[:5]}")
+    for column in ("raw_user_id", "raw_item_id", "title"):
+        if frame[column].isna().any():
+            raise ValueError(f"build_splits: {column} is missing in {int(frame[column].isna().sum())} rows")
+    bad = ~frame["label"].isin([0, 1])
+    if bad.any():
+        raise ValueError(f"build_splits: labels must be 0 or 1, got {frame.loc[bad, 'label'].unique()[:5].tolist()}")
+    stamps = pd.to_numeric(frame["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(stamps) | (stamps != np.floor(stamps))
+    if bad.any():
+        raise ValueError(
+            f"build_splits: timestamps must be whole unix seconds, got {frame['timestamp'][bad].head().tolist()}"
+        )
     if not (frame["split"] == "train").any():
         raise ValueError("the train split is empty: check the time boundaries")
     given = frame.reset_index(drop=True)

@@ -75,6 +75,9 @@ def ccf_ctr_loss(
     logits, since both share the softmax normalizer), which keeps its gradient alive when both probabilities are
     small.
     """
+    if ((labels != 0) & (labels != 1)).any():
+        bad = labels[(labels != 0) & (labels != 1)]
+        raise ValueError(f"labels must be 0 or 1 (click or not), got {bad[:10].tolist()}")
     y = labels.to(log_p_yes.dtype)
     bce_yes = -(y * log_p_yes.clamp(min=-100) + (1 - y) * _log1mexp(log_p_yes).clamp(min=-100))
     bce_no = -((1 - y) * log_p_no.clamp(min=-100) + y * _log1mexp(log_p_no).clamp(min=-100))
@@ -83,7 +86,10 @@ def ccf_ctr_loss(
 
 
 class CCFMLP(nn.Module):
-    """Two-layer perceptron `Linear → act → Linear`, the "MLP" of Eq. 2 and Eq. 3."""
+    """
+    Two-layer perceptron `Linear → act → Linear`, the "MLP" of Eq. 2 and Eq. 3. It computes in its own weights'
+    dtype (inputs are cast to it), so trainable fusion weights may stay fp32 beside a bf16 LLM.
+    """
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, act: str):
         super().__init__()
@@ -92,7 +98,7 @@ class CCFMLP(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))
 
 
 class CCFCollaborativeEncoder(nn.Module):
@@ -183,8 +189,9 @@ class CCFGate(nn.Module):
         act = config.projector_hidden_act
         self.cf_gates = nn.ModuleList(CCFMLP(d, hidden, out, act) for _ in range(n))
         self.semantic_gates = nn.ModuleList(CCFMLP(d, hidden, out, act) for _ in range(n))
-        for mlp in (*self.cf_gates, *self.semantic_gates):
-            mlp.fc2._ccf_gate_output = True  # zero-initialized when config.zero_init_gate (see _init_weights)
+        for branch, mlps in (("cf", self.cf_gates), ("semantic", self.semantic_gates)):
+            for mlp in mlps:  # set by _init_weights when config.zero_init_gate: α = config.gate_init_alpha
+                mlp.fc2._ccf_gate_output = branch
 
     def gate_weights(
         self, semantic: torch.Tensor, aligned_cf: list[torch.Tensor], index: torch.LongTensor | None = None
@@ -239,9 +246,12 @@ class CCFLlamaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if getattr(module, "_ccf_gate_output", False) and self.config.zero_init_gate:
+        branch = getattr(module, "_ccf_gate_output", None)
+        if branch is not None and self.config.zero_init_gate:
+            # α = MLP(x^CF) + MLP(x^SM) starts at the constant gate_init_alpha: zero output weights, and the CF
+            # branch's output bias at gate_init_alpha (0: titles read as pure text until the GATE is trained)
             init.zeros_(module.weight)
-            init.zeros_(module.bias)
+            init.constant_(module.bias, self.config.gate_init_alpha if branch == "cf" else 0.0)
 
 
 class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
@@ -322,6 +332,12 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
                         f"{None if weight is None else tuple(weight.shape)}, expected {tuple(table.weight.shape)} "
                         f"(num_{name}s + 1 rows, row 0 = padding)"
                     )
+                if not torch.isfinite(weight).all():
+                    bad = (~torch.isfinite(weight)).any(-1).nonzero().flatten()
+                    raise ValueError(
+                        f"{name} embeddings of CF source {s} hold NaN or inf in {len(bad)} rows (first: "
+                        f"{bad[:5].tolist()}): the CF model did not train cleanly"
+                    )
                 with torch.no_grad():
                     table.weight.copy_(weight)
 
@@ -331,7 +347,12 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         for s, cf_model in enumerate(cf_models):
             encoder = self.cf_encoder.user_encoders[s]
             if hasattr(cf_model, "encode_history"):
-                encoder.load_state_dict(cf_model.encoder.state_dict())
+                state = cf_model.encoder.state_dict()
+                if bad := [
+                    k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()
+                ]:
+                    raise ValueError(f"the sequential CF encoder of source {s} holds NaN or inf in {bad}")
+                encoder.load_state_dict(state)
                 users.append(None)
                 items.append(cf_model.item_embeddings.weight)
             else:
@@ -456,7 +477,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             if self.config.fusion_mode == "inject":
                 values = torch.stack(aligned_items).sum(0)[index]
             else:
-                values = self.gate(embeds[marked], [x.to(embeds.dtype) for x in aligned_items], index)
+                values = self.gate(embeds[marked], aligned_items, index)  # in the fusion weights' dtype
             embeds = embeds.masked_scatter(marked.unsqueeze(-1), values.to(embeds.dtype))
         return embeds
 

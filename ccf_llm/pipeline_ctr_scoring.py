@@ -10,6 +10,7 @@
 All three go through `CCFLlamaProcessor.ranking_inputs` and `CCFLlamaForCTR.score_candidates`.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +26,41 @@ from .processing_ccf_llama import _ragged, latest_items
 logger = logging.get_logger(__name__)
 
 ADAPTER_SUBFOLDER = "adapter"
+_MERGED = "_ccf_merged_adapter"  # set on a model once its folder's adapter is merged in, so it never is twice
 
 
 def _merge_saved_adapter(model, path: str | Path | None = None):
-    """`model` with the adapter saved next to it (`<path>/adapter`, as `run_ctr.py` writes it) merged in."""
-    if not isinstance(model, CCFLlamaForCTR) or hasattr(model, "peft_config"):
+    """
+    `model` with the adapter saved next to it (`<path>/adapter`, as `run_ctr.py` writes it) merged in.
+
+    Nothing is merged into a model that already carries its adapter (a PEFT model, or one `load_ctr_model` merged),
+    nor into an in-memory model with no folder of its own (`name_or_path` empty: the current directory is not its
+    folder). An adapter whose `base_model_name_or_path` is another local folder belongs to another model: refused.
+    """
+    if (
+        not isinstance(model, CCFLlamaForCTR)
+        or hasattr(model, "peft_config")
+        or getattr(model, _MERGED, None)
+    ):
         return model
-    folder = Path(path if path is not None else model.name_or_path or "")
-    if not (folder / ADAPTER_SUBFOLDER / "adapter_config.json").is_file():
+    if path is None and not model.name_or_path:
         return model
+    folder = Path(path if path is not None else model.name_or_path)
+    adapter_config = folder / ADAPTER_SUBFOLDER / "adapter_config.json"
+    if not adapter_config.is_file():
+        return model
+    base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
+    if base and Path(base).is_dir() and Path(base).resolve() != folder.resolve():
+        raise ValueError(
+            f"the adapter in {folder / ADAPTER_SUBFOLDER} was trained on the base model in {base}, not on {folder}: "
+            "it does not belong to this model"
+        )
     from peft import PeftModel
 
     logger.info("merging the adapter in %s into the model", folder / ADAPTER_SUBFOLDER)
-    return PeftModel.from_pretrained(model, str(folder), subfolder=ADAPTER_SUBFOLDER).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, str(folder), subfolder=ADAPTER_SUBFOLDER).merge_and_unload()
+    setattr(merged, _MERGED, str(folder / ADAPTER_SUBFOLDER))
+    return merged
 
 
 def load_ctr_model(path: str | Path, merge_adapter: bool = True, **kwargs) -> CCFLlamaForCTR:

@@ -12,14 +12,21 @@
 * `compile_layers=True` compiles each decoder layer of the LLM in place (regional compilation) before training.
 """
 
+import dataclasses
+import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .metrics import compute_ctr_metrics
 
 STAGES = ("lora", "fusion", "end_to_end")
+SCHEDULES = {"two_stage": ("lora", "fusion"), "stage1_only": ("lora",), "end_to_end": ("end_to_end",)}
+"""The training strategies of Table 4, as the stages each runs in order (§3.4: Θ_1 = LoRA, Θ_2 = ALG + GATE)."""
 FUSION_MODULES = ("alignment", "gate")
 
 
@@ -47,6 +54,31 @@ class CCFTrainingArguments(TrainingArguments):
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata={"help": "LLM modules that get LoRA (CoLLM: q, v)"},
     )
+    schedule: str = field(
+        default="two_stage",
+        metadata={
+            "help": "CCFTwoStageTrainer's stages: two_stage (§3.4: lora, then fusion), stage1_only or end_to_end "
+            "(Table 4); text mode has no fusion weights and runs its first stage only"
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "CCFTwoStageTrainer: stop a stage after this many evaluations without a better validation AUC "
+            "and keep its best checkpoint (the paper's rule); needs eval_strategy steps or epoch"
+        },
+    )
+    early_stopping_min_epochs: float = field(
+        default=0.0,
+        metadata={"help": "CCFTwoStageTrainer: epochs a stage trains before early stopping may end it"},
+    )
+    divergence_tolerance: float | None = field(
+        default=0.25,
+        metadata={
+            "help": "CCFTwoStageTrainer: stop a stage whose training loss (mean of 4 logs) rises this fraction above "
+            "its starting level; None turns the guard off"
+        },
+    )
     compile_layers: bool = field(
         default=False,
         metadata={
@@ -57,6 +89,8 @@ class CCFTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.bpr_weight < 0:
@@ -71,21 +105,37 @@ class CCFTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def add_lora(model, args: CCFTrainingArguments):
-    """Wrap `model` with LoRA on `args.lora_target_modules`; ALG/GATE (+ CF encoder) become `modules_to_save`."""
+def add_lora(model, args: CCFTrainingArguments, peft_config=None):
+    """
+    Wrap `model` with LoRA on `args.lora_target_modules` (or with `peft_config`, whose `modules_to_save` must name
+    the fusion modules); ALG/GATE (+ CF encoder) become `modules_to_save`.
+
+    Every trainable weight is kept in fp32, also beside a bf16 LLM: PEFT upcasts LoRA itself
+    (`autocast_adapter_dtype`), and the trainable copies of ALG/GATE are upcast here, since AdamW updates of bf16
+    weights are lost to rounding once they fall below ~0.4 % of the weight (`CCFMLP` computes in its own dtype).
+    """
     from peft import LoraConfig, get_peft_model
 
     modules = [m for m in FUSION_MODULES if hasattr(model, m)]
     if args.train_cf_encoder and hasattr(model, "cf_encoder"):
         modules.append("cf_encoder")
-    config = LoraConfig(
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=list(args.lora_target_modules),
-        modules_to_save=modules or None,
-    )
-    return get_peft_model(model, config)
+    if peft_config is None:
+        peft_config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=list(args.lora_target_modules),
+            modules_to_save=modules or None,
+        )
+    elif missing := sorted(set(modules) - set(peft_config.modules_to_save or ())):
+        raise ValueError(
+            f"peft_config.modules_to_save lacks {missing}: the fusion stage trains them and the adapter must carry them"
+        )
+    peft_model = get_peft_model(model, peft_config)
+    for name, parameter in peft_model.named_parameters():
+        if ".modules_to_save." in name and parameter.is_floating_point():
+            parameter.data = parameter.data.float()
+    return peft_model
 
 
 def apply_stage(model, stage: str, train_cf_encoder: bool = False) -> int:
@@ -170,11 +220,218 @@ class CCFTrainer(Trainer):
         return loss, outputs.scores.detach(), labels if all(x is not None for x in labels) else None
 
 
+def schedule_stages(schedule: str, uses_cf: bool = True) -> tuple[str, ...]:
+    """The stages `schedule` runs (`SCHEDULES`); without CF (text mode) there is nothing to fuse: its first stage only."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    return SCHEDULES[schedule] if uses_cf else SCHEDULES[schedule][:1]
+
+
+class DivergenceGuard(TrainerCallback):
+    """
+    Stops a stage whose training loss, averaged over the last `window` logs, rises more than `tolerance` (relative)
+    above `reference` (the loss the stage started from; by default the mean of its first `window` logs). The stage
+    then ends early and `CCFTwoStageTrainer` keeps the weights it started with unless validation says otherwise.
+    """
+
+    def __init__(self, tolerance: float, reference: float | None = None, window: int = 4):
+        self.tolerance, self.reference, self.window = tolerance, reference, window
+        self.losses: list[float] = []
+        self.diverged_at: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        self.losses.append(float(logs["loss"]))
+        if len(self.losses) < self.window or (self.reference is None and len(self.losses) < 2 * self.window):
+            return
+        reference = (
+            self.reference if self.reference is not None else float(np.mean(self.losses[: self.window]))
+        )
+        if float(np.mean(self.losses[-self.window :])) > reference * (1 + self.tolerance):
+            self.diverged_at = state.global_step
+            control.should_training_stop = True
+
+
+class _EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping, which may end a stage only once it has trained `min_epochs` epochs."""
+
+    def __init__(self, patience: int, min_epochs: float = 0.0):
+        super().__init__(early_stopping_patience=patience)
+        self.min_epochs = min_epochs
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if (state.epoch or 0.0) < self.min_epochs:
+            control.should_training_stop = False
+
+
+class CCFTwoStageTrainer:
+    """
+    The training strategy of §3.4 (and the alternatives of Table 4) as one trainer, TRL-style: it takes the bare
+    `CCFLlamaForCTR` and a PEFT config (default: LoRA from `args`), then `train()` runs `args.schedule`'s stages in
+    order, each a fresh `CCFTrainer` (fresh optimizer and learning-rate schedule; `fusion_learning_rate` in the
+    fusion stage) writing to `args.output_dir/stage_<n>_<stage>/`.
+
+    Per stage it owns:
+
+    * **freezing**: only the stage's parameters train (`apply_stage`);
+    * **resume**: a stage whose `final/` adapter exists is loaded and skipped; an unfinished one resumes from its
+      last checkpoint when `train(resume_from_checkpoint=True)`;
+    * **sharing**: `shared_stages={"lora": folder}` loads a finished stage from another run instead of training it
+      (e.g. the TALLRec LoRA that CoLLM's stage 2 starts from, or a stage 1 that several rows have in common);
+    * **early stopping and checkpoint choice** (with `args.early_stopping_patience` and evaluation every
+      `eval_steps`): the best validation-AUC checkpoint is kept (the paper's rule); the best-UAUC one is recorded;
+    * **the divergence guard**: a stage whose training loss climbs `divergence_tolerance` above where it started is
+      stopped (`DivergenceGuard`), and any stage that ends with a lower validation AUC than it started with is
+      rolled back to its starting weights, so no stage leaves the model worse on validation than it found it
+      (the collapse of stage 2 that CoLLM users report with small backbones).
+
+    `train_dataset` is one dataset or a dict stage -> dataset (e.g. text-only prompts for CoLLM's stage 1).
+    `train()` returns, and `self.stage_log` keeps, one record per stage.
+    """
+
+    def __init__(
+        self,
+        model,
+        args: CCFTrainingArguments,
+        train_dataset,
+        eval_dataset=None,
+        peft_config=None,
+        data_collator=None,
+        processing_class=None,
+        shared_stages: dict | None = None,
+        callbacks: list | None = None,
+    ):
+        if not isinstance(args, CCFTrainingArguments):
+            raise ValueError(
+                "CCFTwoStageTrainer needs CCFTrainingArguments (schedule, learning rates, LoRA settings)"
+            )
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.stages = stages = schedule_stages(args.schedule, base.config.uses_cf)
+        self.model = model if hasattr(model, "peft_config") else add_lora(model, args, peft_config)
+        self.args = args
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.data_collator, self.processing_class = data_collator, processing_class
+        self.shared_stages = dict(shared_stages or {})
+        if unknown := set(self.shared_stages) - set(stages):
+            raise ValueError(f"shared_stages names {sorted(unknown)}, not stages of this schedule {stages}")
+        if args.early_stopping_patience is not None and (eval_dataset is None or args.eval_strategy == "no"):
+            raise ValueError(
+                "early_stopping_patience needs an eval_dataset and eval_strategy 'steps' or 'epoch'"
+            )
+        self.callbacks = list(callbacks or [])
+        self.stage_log: list[dict] = []
+
+    def stage_dir(self, number: int, stage: str) -> Path:
+        return Path(self.args.output_dir) / f"stage_{number + 1}_{stage}"
+
+    def _stage_args(self, number: int, stage: str) -> CCFTrainingArguments:
+        changes = {"stage": stage, "output_dir": str(self.stage_dir(number, stage)), "push_to_hub": False,
+                   "resume_from_checkpoint": None}  # fmt: skip
+        if self.args.early_stopping_patience is not None:
+            changes |= {"load_best_model_at_end": True, "metric_for_best_model": "auc", "greater_is_better": True,
+                        "save_strategy": self.args.eval_strategy, "save_steps": self.args.eval_steps}  # fmt: skip
+        return dataclasses.replace(self.args, **changes)
+
+    def _train_data(self, stage: str):
+        data = self.train_dataset
+        return data[stage] if isinstance(data, dict) else data
+
+    def _load(self, folder) -> None:
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, load_peft_weights(str(folder)))
+
+    def _trainable_state(self) -> dict:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def train(self, resume_from_checkpoint: bool = False) -> list[dict]:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        self.stage_log, previous_metrics = [], None
+        for number, stage in enumerate(self.stages):
+            folder = self.stage_dir(number, stage)
+            final = folder / "final"
+            record = {"stage": stage, "output_dir": str(folder), "rolled_back": False}
+            if stage in self.shared_stages:
+                self._load(self.shared_stages[stage])
+                self.stage_log.append({**record, "shared_from": str(self.shared_stages[stage])})
+                previous_metrics = None
+                continue
+            if resume_from_checkpoint and (final / "adapter_model.safetensors").is_file():
+                self._load(final)
+                self.stage_log.append({**record, "loaded": str(final)})
+                previous_metrics = None
+                continue
+            stage_args = self._stage_args(number, stage)
+            trainer = CCFTrainer(model=self.model, args=stage_args, train_dataset=self._train_data(stage),
+                                 eval_dataset=self.eval_dataset, data_collator=self.data_collator,
+                                 processing_class=self.processing_class, callbacks=list(self.callbacks))  # fmt: skip
+            start_state = self._trainable_state()
+            start_metrics = previous_metrics
+            if start_metrics is None and self.eval_dataset is not None:
+                start_metrics = trainer.evaluate()
+            guard = None
+            if self.args.divergence_tolerance is not None:
+                reference = start_metrics.get("eval_loss") if start_metrics else None
+                guard = DivergenceGuard(self.args.divergence_tolerance, reference)
+                trainer.add_callback(guard)
+            if self.args.early_stopping_patience is not None:
+                trainer.add_callback(
+                    _EarlyStopping(self.args.early_stopping_patience, self.args.early_stopping_min_epochs)
+                )
+            last = get_last_checkpoint(str(folder)) if resume_from_checkpoint and folder.is_dir() else None
+            start = time.perf_counter()
+            trainer.train(resume_from_checkpoint=last)
+            record |= {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),
+                       "trainable_parameters": trainer.trainable_parameters,
+                       "diverged_at_step": guard.diverged_at if guard else None}  # fmt: skip
+            end_metrics = trainer.evaluate() if self.eval_dataset is not None else None
+            if start_metrics is not None:
+                record |= {
+                    "start_eval_auc": start_metrics["eval_auc"],
+                    "end_eval_auc": end_metrics["eval_auc"],
+                }
+                if (
+                    end_metrics["eval_auc"] < start_metrics["eval_auc"]
+                ):  # the stage made the model worse: undo it
+                    with torch.no_grad():
+                        for name, parameter in self.model.named_parameters():
+                            if name in start_state:
+                                parameter.copy_(start_state[name])
+                    record["rolled_back"] = True
+                    end_metrics = start_metrics
+            record |= _best_checkpoints(trainer.state)
+            if stage_args.should_save:
+                self.model.save_pretrained(final)
+                (folder / "stage_log.json").write_text(json.dumps(record, indent=2) + "\n")
+            self.stage_log.append(record)
+            previous_metrics = end_metrics
+        return self.stage_log
+
+
+def _best_checkpoints(state) -> dict:
+    """The evaluations' best validation AUC and UAUC, with their steps (the checkpoint each selection keeps)."""
+    evals = [r for r in state.log_history if "eval_auc" in r]
+    if not evals:
+        return {}
+    by_auc = max(evals, key=lambda r: r["eval_auc"])
+    by_uauc = max(evals, key=lambda r: r.get("eval_uauc", float("-inf")))
+    return {"best_eval_auc": by_auc["eval_auc"], "best_auc_step": by_auc["step"],
+            "best_eval_uauc": by_uauc.get("eval_uauc"), "best_uauc_step": by_uauc["step"],
+            "best_checkpoint": state.best_model_checkpoint}  # fmt: skip
+
+
 __all__ = [
     "CCFTrainer",
+    "CCFTwoStageTrainer",
+    "DivergenceGuard",
+    "SCHEDULES",
     "CCFTrainingArguments",
     "STAGES",
     "add_lora",
+    "schedule_stages",
     "apply_stage",
     "compile_decoder_layers",
 ]

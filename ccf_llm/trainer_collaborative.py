@@ -10,6 +10,7 @@ validation AUC) and evaluated once on test. Users and items absent from train ge
 import logging
 import time
 
+import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -69,7 +70,9 @@ def pretrain_cf(
     """
     Train `backbone` (`mf`, `lightgcn`, `sasrec`) on `splits` (a `DatasetDict` from `ccf_llm.data`).
     Returns `(model, results)`; `results` has `eval_auc`, `eval_uauc`, `test_auc`, `test_uauc`, `best_epoch`,
-    `seconds_to_best_epoch`, `train_seconds` (all epochs run), `cold_users`, `cold_items`.
+    `seconds_to_best_epoch`, `train_seconds` (all epochs run), `cold_users`, `cold_items`. The best model's
+    per-row scores are written to `args.output_dir/scores_{validation,test}.parquet` (`user_id`, `item_id`,
+    `label`, `score`).
     """
     config_class, model_class = cf_backbone(backbone)
     backbone = backbone.lower()
@@ -128,6 +131,14 @@ def pretrain_cf(
         }
     )
     trainer.save_model()
+    if (
+        args.should_save
+    ):  # per-row scores: intervals and paired tests over users (ccf_llm.metrics.user_bootstrap)
+        for name in ("validation", "test"):
+            scores = np.asarray(trainer.predict(rows[name]).predictions, dtype=np.float64).reshape(-1)
+            splits[name].select_columns(["user_id", "item_id", "label"]).add_column(
+                "score", scores.tolist()
+            ).to_parquet(f"{args.output_dir}/scores_{name}.parquet")
     return model, results
 
 

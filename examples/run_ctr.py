@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from peft import load_peft_weights, set_peft_model_state_dict
 from transformers import AutoModel, HfArgumentParser, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ccf_llm import (
     DEFAULT_LLM,
@@ -47,11 +45,10 @@ from ccf_llm.data import item_titles, load_amazon_book, load_interactions, load_
 from ccf_llm.metrics import load_ctr_metric, rela_impr
 from ccf_llm.model_card import render_model_card
 from ccf_llm.synthetic import make_demo_log
-from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
+from ccf_llm.trainer_ccf_llama import CCFTrainingArguments, CCFTwoStageTrainer, schedule_stages
 from ccf_llm.trainer_collaborative import CF_DEFAULTS, TRAINER_DEFAULTS, pretrain_cf
 
 logger = logging.getLogger("run_ctr")
-SCHEDULES = {"two_stage": ("lora", "fusion"), "stage1_only": ("lora",), "end_to_end": ("end_to_end",)}
 
 
 @dataclass
@@ -74,9 +71,14 @@ class ModelArguments:
         default=None, metadata={"help": "its learning rate (default: CoLLM's)"}
     )
     cf_batch_size: int = field(default=2048, metadata={"help": "its batch size"})
-    schedule: str = field(default="two_stage", metadata={"help": "two_stage, stage1_only or end_to_end"})
     zero_init_gate: bool = field(
         default=True, metadata={"help": "zero GATE outputs at init (α = 0: pure text)"}
+    )
+    gate_init_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "α at init with zero_init_gate (0: stage 1 sees pure text titles; 1: the add fusion)"
+        },
     )
     standardize_cf: bool = field(
         default=False,
@@ -99,6 +101,13 @@ class ModelArguments:
     )
     yes_token: str = field(default=" Yes", metadata={"help": "the positive answer as it follows '#Answer:'"})
     no_token: str = field(default=" No", metadata={"help": "the negative answer"})
+    shared_stage1: str | None = field(
+        default=None,
+        metadata={
+            "help": "a finished stage-1 adapter folder (OUT/<mode>/stage_1_lora/final of another run) to start from "
+            "instead of training stage 1: e.g. the text row's LoRA for CoLLM-style inject rows"
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "reuse an output folder of another run"}
     )
@@ -127,6 +136,13 @@ class DataArguments:
         default=None, metadata={"help": "seeded subsample of train per stage"}
     )
     eval_rows: int | None = field(default=None, metadata={"help": "seeded subsample of validation and test"})
+    early_stopping_rows: int = field(
+        default=2000,
+        metadata={
+            "help": "seeded validation subsample evaluated every eval_steps for early stopping and checkpoint choice "
+            "(with --eval_strategy steps and --early_stopping_patience)"
+        },
+    )
     score_test: bool = field(
         default=True, metadata={"help": "score the test split; false while choosing settings on validation"}
     )
@@ -208,7 +224,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     set_seed(args.seed)  # ALG / GATE initialization
     model = CCFLlamaForCTR.from_llm(
         llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,
-        fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, yes_token=model_args.yes_token,
+        fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, gate_init_alpha=model_args.gate_init_alpha, yes_token=model_args.yes_token,
         no_token=model_args.no_token, standardize_cf=model_args.standardize_cf and mode != "text",
     )  # fmt: skip
     if args.should_save:
@@ -228,44 +244,30 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         evaluation["test"] = processor.process_dataset(
             subsample(splits["test"], data_args.eval_rows, args.seed + 1)
         )
-    peft_model = add_lora(model, args)
-    collator = CCFDataCollator(tokenizer.pad_token_id)
-    stages = (
-        SCHEDULES[model_args.schedule]
-        if mode != "text"
-        else ("lora" if model_args.schedule != "end_to_end" else "end_to_end",)
-    )
-    timings = {}
-    trainer = None
-    resume = bool(args.resume_from_checkpoint)
-    for number, stage in enumerate(stages):
-        train = processor.process_dataset(
+    stages = schedule_stages(args.schedule, model.config.uses_cf)
+    trainer = CCFTwoStageTrainer(
+        model, dataclasses.replace(args, output_dir=str(out)), data_collator=CCFDataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        train_dataset={stage: processor.process_dataset(
             subsample(splits["train"], data_args.train_rows_per_stage, args.seed + 10 + number)
-        )
-        stage_dir = out / f"stage_{number + 1}_{stage}"
-        stage_args = dataclasses.replace(
-            args, stage=stage, output_dir=str(stage_dir), push_to_hub=False, resume_from_checkpoint=None
-        )
-        trainer = CCFTrainer(
-            model=peft_model, args=stage_args, train_dataset=train, eval_dataset=evaluation["validation"],
-            data_collator=collator, processing_class=tokenizer,
-        )  # fmt: skip
-        finished = stage_dir / "final"
-        if resume and (finished / "adapter_model.safetensors").is_file():
-            set_peft_model_state_dict(peft_model, load_peft_weights(str(finished)))
-            logger.info("%s: stage %d (%s) already finished, loaded %s", mode, number + 1, stage, finished)
-            continue
-        last = get_last_checkpoint(str(stage_dir)) if resume and stage_dir.is_dir() else None
-        logger.info("%s: stage %d (%s), %d trainable parameters%s", mode, number + 1, stage,
-                    trainer.trainable_parameters, f", resuming {last}" if last else "")  # fmt: skip
-        start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=last)
-        timings[f"stage_{number + 1}_{stage}_seconds"] = round(time.perf_counter() - start, 1)
-        if args.should_save:
-            peft_model.save_pretrained(finished)
+        ) for number, stage in enumerate(stages)},
+        eval_dataset=processor.process_dataset(
+            subsample(splits["validation"], data_args.early_stopping_rows, args.seed + 2)
+        ) if args.eval_strategy != "no" else None,
+        shared_stages={"lora": model_args.shared_stage1} if model_args.shared_stage1 else None,
+    )  # fmt: skip
+    stage_log = trainer.train(resume_from_checkpoint=bool(args.resume_from_checkpoint))
+    peft_model = trainer.model
+    timings = {
+        f"stage_{number + 1}_{record['stage']}_seconds": record["seconds"]
+        for number, record in enumerate(stage_log)
+        if "seconds" in record
+    }
     start = time.perf_counter()
     results = {}
     peft_model.eval()
+    # LoRA folded into the weights for scoring (as the pipeline serves it): no adapter matmuls per layer. It stays
+    # merged (PEFT records it): unmerging a bf16 model would round its base weights.
+    peft_model.merge_adapter()
     for (
         split,
         dataset,
@@ -277,9 +279,16 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
             predictions=scores, references=dataset["label"], users=dataset["user_id"]
         )
         results.update({f"{prefix}_{name}": value for name, value in metrics.items()})
+        if (
+            args.should_save
+        ):  # per-row scores: intervals and paired tests over users (ccf_llm.metrics.user_bootstrap)
+            dataset.select_columns(["user_id", "item_id", "label"]).add_column(
+                "score", scores.tolist()
+            ).to_parquet(out / f"scores_{split}.parquet")
     timings["evaluation_seconds"] = round(time.perf_counter() - start, 1)
     results.update(timings)
-    results.update({"fusion_mode": mode, "schedule": "+".join(stages), "train_rows_per_stage": len(train),
+    results.update({"fusion_mode": mode, "schedule": "+".join(stages), "stages": stage_log,
+                    "train_rows_per_stage": len(trainer.train_dataset[stages[0]]),
                     "eval_rows": len(evaluation["validation"]), "test_rows": len(evaluation.get("test", ()))})  # fmt: skip
     if args.should_save:  # rank 0 of a distributed run
         peft_model.save_pretrained(out / "adapter")
@@ -305,8 +314,6 @@ def main():
     for mode in model_args.fusion_modes:
         if mode not in FUSION_MODES:
             raise ValueError(f"unknown fusion mode {mode!r}; choose from {FUSION_MODES}")
-    if model_args.schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {model_args.schedule!r}; choose from {sorted(SCHEDULES)}")
     if args.push_to_hub and not (args.hub_token or os.environ.get("HF_TOKEN") or _stored_token()):
         raise ValueError(
             "--push_to_hub needs a Hugging Face token: pass --hub_token, set HF_TOKEN or run `hf auth login`"

@@ -488,3 +488,63 @@ def test_tokenizer_without_answer_tokens_raises():
         CCFLlamaForCTR.from_llm(llm, tokenizer, 3, 9, yes_token="Yes", no_token="No")
     with pytest.raises(ValueError, match=r"no single token for the answer ' Yes no'"):
         CCFLlamaForCTR.from_llm(llm, tiny_tokenizer(["Yes", "no"]), 3, 9, yes_token=" Yes no")
+
+
+@pytest.mark.parametrize("mode", ["gate", "token_gate"])
+def test_gate_init_alpha_starts_the_fusion_at_a_constant(mode):
+    """α = gate_init_alpha at init: 0 gives pure text titles, 1 exactly the `add` ablation's fused titles."""
+    batch = CCFLlamaModelTester(mode).batch()
+    inputs = {k: batch[k] for k in ("input_ids", "user_ids", "item_ids", "attention_mask")}
+    add = CCFLlamaModelTester("add").model()
+    plain = add.get_input_embeddings()(batch["input_ids"])
+    titles = batch["item_ids"] > 0
+    for alpha in (0.0, 1.0, 0.5):
+        torch.manual_seed(0)
+        model = CCFLlamaForCTR(CCFLlamaModelTester(mode, gate_init_alpha=alpha).config).eval()
+        model.load_state_dict(add.state_dict(), strict=False)  # the same LLM, CF tables and ALG
+        with torch.no_grad():
+            fused, added = model.embed_hybrid_prompt(**inputs), add.embed_hybrid_prompt(**inputs)
+        expected = plain + alpha * (added - plain)  # add mode: x_SM + ALG(x^CF) on title tokens
+        torch.testing.assert_close(fused[titles], expected[titles], rtol=0, atol=1e-6)
+        torch.testing.assert_close(fused[~titles], added[~titles], rtol=0, atol=0)  # user slot and text alike
+    assert not torch.equal(added[titles], plain[titles])  # the CF part is not nothing
+
+
+def test_lora_and_fusion_weights_train_in_fp32_beside_a_bf16_llm():
+    """add_lora keeps every trainable weight fp32 (bf16 AdamW updates round away); one step changes ALG/GATE."""
+    from ccf_llm.trainer_ccf_llama import CCFTrainingArguments, add_lora, apply_stage
+
+    model = CCFLlamaModelTester("gate", zero_init_gate=False).model().to(torch.bfloat16)
+    peft_model = add_lora(model, CCFTrainingArguments(output_dir="unused", use_cpu=True, report_to="none"))
+    apply_stage(peft_model, "end_to_end")
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and {p.dtype for p in trainable.values()} == {torch.float32}
+    assert peft_model.get_base_model().llm.model.embed_tokens.weight.dtype == torch.bfloat16
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-4)
+    out = peft_model(**CCFLlamaModelTester("gate").batch())
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    optimizer.step()
+    changed = {n for n, p in trainable.items() if not torch.equal(p, before[n])}
+    assert any(".alignment." in n for n in changed) and any(".gate." in n for n in changed)
+
+
+def test_non_finite_cf_tables_and_labels_outside_0_1_are_refused():
+    model = CCFLlamaModelTester("gate").model()
+    users, items = torch.randn(6, 8), torch.randn(8, 8)
+    for table, name in ((users, "user"), (items, "item")):
+        for value in (float("nan"), float("inf")):
+            broken = table.clone()
+            broken[3, 2] = value
+            given = (broken, items) if name == "user" else (users, broken)
+            with pytest.raises(
+                ValueError,
+                match=rf"{name} embeddings of CF source 0 hold NaN or inf in 1 rows \(first: \[3\]\)",
+            ):
+                model.set_cf_embeddings([given[0], torch.randn(6, 4)], [given[1], torch.randn(8, 4)])
+    batch = CCFLlamaModelTester("gate").batch()
+    for labels in ([1, 2], [0, -1], [0.5, 1.0]):
+        with pytest.raises(ValueError, match="labels must be 0 or 1"):
+            model(**{**batch, "labels": torch.tensor(labels)})
+    assert torch.isfinite(model(**batch).loss)  # 0/1 labels pass

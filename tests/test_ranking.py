@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import pipeline
+from transformers import AutoModel, pipeline
 
 from ccf_llm import FUSION_MODES, CCFLlamaForCTR, CCFLlamaProcessor, SASRecConfig, SASRecModel, score_rows
 
@@ -199,3 +199,46 @@ def test_pipeline_casts_a_bf16_model_to_fp32_only_where_bf16_is_not_native(
     assert scorer.model.dtype == expected
     out = scorer({"user_id": 2, "history": [1, 3], "candidates": [6, 4]})
     assert sorted(out["item_ids"]) == [4, 6] and all(0 < s < 1 for s in out["scores"])
+
+
+def _folder_with_adapter(folder, base_name=None):
+    """A run_ctr-style folder: base model + processor at the root, a non-zero LoRA adapter in adapter/."""
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = build("gate")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    model.name_or_path = str(base_name or folder)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft.save_pretrained(folder / "adapter")
+    return processor
+
+
+def test_pipeline_never_merges_an_adapter_twice_or_one_that_is_not_the_models(tmp_path, monkeypatch):
+    from ccf_llm import load_ctr_model
+
+    processor = _folder_with_adapter(tmp_path / "run")
+    merged = load_ctr_model(tmp_path / "run", dtype=torch.float32)
+    q_proj = merged.llm.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    scorer = pipeline("ctr-scoring", model=merged, processor=processor)  # already merged: nothing more
+    assert torch.equal(scorer.model.llm.model.layers[0].self_attn.q_proj.weight, q_proj)
+    by_path = pipeline("ctr-scoring", model=str(tmp_path / "run"), dtype=torch.float32)
+    query = {"user_id": 2, "history": [1, 3], "candidates": [6, 4, 5]}
+    np.testing.assert_allclose(scorer(query)["scores"], by_path(query)["scores"], atol=1e-6)
+    plain = AutoModel.from_pretrained(tmp_path / "run", dtype=torch.float32)
+    assert not torch.equal(
+        plain.llm.model.layers[0].self_attn.q_proj.weight, q_proj
+    )  # the adapter did change it
+
+    # an in-memory model (no folder of its own) next to somebody's adapter/ in the working directory
+    fresh, _ = build("gate")
+    fresh.name_or_path = ""
+    before = fresh.llm.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    monkeypatch.chdir(tmp_path / "run")
+    scorer = pipeline("ctr-scoring", model=fresh, processor=processor)
+    assert torch.equal(scorer.model.llm.model.layers[0].self_attn.q_proj.weight, before)
+
+    # an adapter trained on another local base model
+    _folder_with_adapter(tmp_path / "other", base_name=tmp_path / "run")
+    with pytest.raises(ValueError, match="does not belong to this model"):
+        load_ctr_model(tmp_path / "other")

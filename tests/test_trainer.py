@@ -1,5 +1,6 @@
 """CCFTrainer: stage freezing, the two-stage schedule, metrics, resuming, NaN handling, and run_ctr.py end to end."""
 
+import dataclasses
 import json
 import runpy
 import shutil
@@ -9,15 +10,19 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from peft import load_peft_weights
 from transformers import AutoModel, AutoTokenizer, TrainerCallback
 
 from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor
 from ccf_llm.trainer_ccf_llama import (
     CCFTrainer,
     CCFTrainingArguments,
+    CCFTwoStageTrainer,
+    DivergenceGuard,
     add_lora,
     apply_stage,
     compile_decoder_layers,
+    schedule_stages,
 )
 
 from .conftest import tiny_llm, tiny_tokenizer
@@ -238,6 +243,7 @@ def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
         "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
         "learning_rate": 0.001, "num_train_epochs": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True,
         "disable_tqdm": True, "yes_token": "Yes", "no_token": "No", "standardize_cf": True,
+        "dtype": "float32",  # the scores below are compared at fp32 tolerances on every kind of CPU
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(
@@ -315,7 +321,7 @@ def test_run_ctr_resumes_between_stages(tmp_path, monkeypatch):
     base = ["--dataset", "demo", "--fusion_modes", "gate", "--cf_backbone", "mf", "--cf_hidden_size", "8",
             "--cf_epochs", "2", "--history_size", "2", "--train_rows_per_stage", "24", "--eval_rows", "16",
             "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
-            "--save_strategy", "no", "--llm", str(llm), "--seed", "1"]  # fmt: skip
+            "--save_strategy", "no", "--llm", str(llm), "--seed", "1", "--dtype", "float32"]  # fmt: skip
     for name in ("straight", "interrupted"):
         monkeypatch.setattr(sys, "argv", ["run_ctr.py", *base, "--output_dir", str(tmp_path / name)])
         runpy.run_path("examples/run_ctr.py", run_name="__main__")
@@ -353,7 +359,7 @@ def test_push_to_hub_and_reload_gives_identical_scores(tmp_path):
     args = ["--dataset", "demo", "--fusion_modes", "gate", "--cf_backbone", "mf", "--cf_hidden_size", "8",
             "--cf_epochs", "2", "--history_size", "2", "--train_rows_per_stage", "16", "--eval_rows", "16",
             "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
-            "--save_strategy", "no", "--llm", str(llm), "--output_dir", str(tmp_path / "out"),
+            "--save_strategy", "no", "--llm", str(llm), "--output_dir", str(tmp_path / "out"), "--dtype", "float32",
             "--push_to_hub", "true", "--hub_model_id", "tester/ccf-demo"]  # fmt: skip
     script = textwrap.dedent(
         f"""
@@ -411,7 +417,7 @@ def test_run_ctr_under_torchrun_with_two_cpu_workers(tmp_path, monkeypatch):
     args = ["--dataset", "demo", "--fusion_modes", "gate", "--cf_backbone", "mf", "--cf_hidden_size", "8",
             "--cf_epochs", "2", "--history_size", "2", "--train_rows_per_stage", "32", "--eval_rows", "32",
             "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
-            "--save_strategy", "no", "--llm", str(llm), "--seed", "1", "--ddp_find_unused_parameters", "false",
+            "--save_strategy", "no", "--llm", str(llm), "--seed", "1", "--dtype", "float32", "--ddp_find_unused_parameters", "false",
             "--output_dir", str(tmp_path / "out")]  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["run_ctr.py", *args])
     runpy.run_path("examples/run_ctr.py", run_name="__main__")
@@ -432,3 +438,112 @@ def test_run_ctr_under_torchrun_with_two_cpu_workers(tmp_path, monkeypatch):
     assert "process 1 of 2 (distributed)" in done.stderr and "process 0 of 2 (distributed)" in done.stderr
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert results["test_rows"] == 32 and 0 <= results["test_auc"] <= 1
+
+
+def two_stage_args(tmp_path, **kw):
+    defaults = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                    learning_rate=5e-3, num_train_epochs=1, report_to="none", use_cpu=True, save_strategy="no",
+                    logging_steps=1, disable_tqdm=True, seed=0, lora_r=4, lora_alpha=8)  # fmt: skip
+    return CCFTrainingArguments(**{**defaults, **kw})
+
+
+def test_two_stage_trainer_runs_the_schedule_and_saves_each_stage(tmp_path):
+    model, tokenizer, data = tiny_setup("gate")
+    trainer = CCFTwoStageTrainer(model, two_stage_args(tmp_path), train_dataset=data,
+                                 data_collator=CCFDataCollator(tokenizer.pad_token_id))  # fmt: skip
+    assert trainer.stages == ("lora", "fusion") and hasattr(trainer.model, "peft_config")
+    before = snapshot(trainer.model)
+    log = trainer.train()
+    assert [r["stage"] for r in log] == ["lora", "fusion"] and [r["steps"] for r in log] == [6, 6]
+    moved = changed(before, trainer.model)
+    assert any("lora_" in n for n in moved) and any(".modules_to_save." in n for n in moved)
+    for record in log:
+        assert (tmp_path / "run" / f"stage_{log.index(record) + 1}_{record['stage']}" / "final").is_dir()
+    text, tokenizer, data = tiny_setup("text")
+    assert CCFTwoStageTrainer(text, two_stage_args(tmp_path / "t"), train_dataset=data).stages == ("lora",)
+    assert schedule_stages("end_to_end", uses_cf=False) == ("end_to_end",)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        two_stage_args(tmp_path, schedule="three_stage")
+
+
+def test_a_shared_stage_is_loaded_not_trained(tmp_path):
+    model, tokenizer, data = tiny_setup("gate")
+    collator = CCFDataCollator(tokenizer.pad_token_id)
+    first = CCFTwoStageTrainer(model, two_stage_args(tmp_path, schedule="stage1_only"), train_dataset=data,
+                               data_collator=collator)  # fmt: skip
+    first.train()
+    shared = tmp_path / "run" / "stage_1_lora" / "final"
+    other, _, _ = tiny_setup("gate", seed=1)  # different random LoRA/ALG init
+    second = CCFTwoStageTrainer(other, two_stage_args(tmp_path, output_dir=str(tmp_path / "second")),
+                                train_dataset=data, data_collator=collator, shared_stages={"lora": shared})  # fmt: skip
+    lora_after_stage_1 = {n: p.detach().clone() for n, p in first.model.named_parameters() if "lora_" in n}
+    log = second.train()
+    assert log[0] == {"stage": "lora", "output_dir": str(tmp_path / "second" / "stage_1_lora"),
+                      "rolled_back": False, "shared_from": str(shared)}  # fmt: skip
+    assert log[1]["steps"] == 6 and not (tmp_path / "second" / "stage_1_lora").exists()
+    now = dict(second.model.named_parameters())
+    assert all(torch.equal(now[n], p) for n, p in lora_after_stage_1.items())  # stage 2 froze the shared LoRA
+    with pytest.raises(ValueError, match="not stages of this schedule"):
+        CCFTwoStageTrainer(
+            other, two_stage_args(tmp_path, schedule="stage1_only"), data, shared_stages={"fusion": shared}
+        )
+
+
+def test_a_stage_that_diverges_is_stopped_and_rolled_back(tmp_path, monkeypatch):
+    """
+    Validation is scripted (the tiny model's loss barely moves): stage 2 starts from a validation loss of 1.0, so its
+    real training loss (~4) reads as diverged and the guard stops it after 4 logs; it ends with a lower validation
+    AUC than it started with, so its start weights (stage 1's result) come back.
+    """
+    scripted = iter([{"eval_auc": 0.60, "eval_loss": 4.0}, {"eval_auc": 0.70, "eval_loss": 1.0},
+                     {"eval_auc": 0.55, "eval_loss": 5.0}])  # fmt: skip
+    monkeypatch.setattr(CCFTrainer, "evaluate", lambda self, *a, **k: next(scripted))
+    model, tokenizer, data = tiny_setup("gate")
+    args = two_stage_args(tmp_path, num_train_epochs=3, divergence_tolerance=0.25)
+    trainer = CCFTwoStageTrainer(model, args, train_dataset=data, eval_dataset=data,
+                                 data_collator=CCFDataCollator(tokenizer.pad_token_id))  # fmt: skip
+    stage_1, stage_2 = trainer.train()
+    assert stage_1["diverged_at_step"] is None and stage_1["steps"] == 18 and not stage_1["rolled_back"]
+    assert stage_1["start_eval_auc"] == 0.60 and stage_1["end_eval_auc"] == 0.70
+    assert stage_2["diverged_at_step"] == 4 and stage_2["steps"] == 4  # stopped by the guard
+    assert stage_2["rolled_back"] and (stage_2["start_eval_auc"], stage_2["end_eval_auc"]) == (0.70, 0.55)
+    after_stage_1 = load_peft_weights(str(tmp_path / "run" / "stage_1_lora" / "final"))
+    kept = load_peft_weights(str(tmp_path / "run" / "stage_2_fusion" / "final"))
+    assert kept.keys() == after_stage_1.keys() and all(torch.equal(after_stage_1[k], kept[k]) for k in kept)
+    # ALG and GATE are in the comparison: the fusion stage's 4 steps were undone
+    assert any(".alignment." in k for k in kept) and any(".gate." in k for k in kept)
+
+
+def test_divergence_guard_stops_a_rising_loss_only():
+    from transformers import TrainerControl, TrainerState
+
+    for losses, reference, stops in (([2.8, 2.7, 2.6, 2.5, 2.5, 2.4, 2.4, 2.3], None, False),
+                                     ([2.8, 2.8, 2.9, 3.0, 3.4, 3.6, 3.7, 3.7], None, True),
+                                     ([3.0, 3.1, 3.0, 3.1], 2.4, True), ([2.5, 2.6, 2.4, 2.5], 2.4, False)):  # fmt: skip
+        guard, state, control = DivergenceGuard(0.25, reference), TrainerState(), TrainerControl()
+        for step, loss in enumerate(losses, 1):
+            state.global_step = step
+            guard.on_log(None, state, control, logs={"loss": loss})
+        assert control.should_training_stop == stops and (guard.diverged_at is not None) == stops
+
+
+def test_early_stopping_keeps_the_best_auc_checkpoint(tmp_path):
+    model, tokenizer, data = tiny_setup("gate")
+    args = two_stage_args(tmp_path, schedule="stage1_only", num_train_epochs=4, eval_strategy="steps", eval_steps=2,
+                          early_stopping_patience=1, divergence_tolerance=None)  # fmt: skip
+    trainer = CCFTwoStageTrainer(model, args, train_dataset=data, eval_dataset=data,
+                                 data_collator=CCFDataCollator(tokenizer.pad_token_id))  # fmt: skip
+    (record,) = trainer.train()
+    assert record["best_checkpoint"].endswith(f"checkpoint-{record['best_auc_step']}")
+    assert record["end_eval_auc"] == pytest.approx(record["best_eval_auc"]) or record["rolled_back"]
+    assert record["best_uauc_step"] % 2 == 0 and record["steps"] <= 24
+    with pytest.raises(ValueError, match="early_stopping_patience needs an eval_dataset"):
+        CCFTwoStageTrainer(model, args, train_dataset=data)
+    # with patience 0 every evaluation that is not better stops the stage, but not within its minimum epochs
+    for min_epochs, at_least in ((0.0, 2), (2.0, 12)):
+        model, tokenizer, data = tiny_setup("gate")
+        strict = dataclasses.replace(args, output_dir=str(tmp_path / f"min{min_epochs}"), early_stopping_patience=0,
+                                     early_stopping_min_epochs=min_epochs)  # fmt: skip
+        (record,) = CCFTwoStageTrainer(model, strict, train_dataset=data, eval_dataset=data,
+                                       data_collator=CCFDataCollator(tokenizer.pad_token_id)).train()  # fmt: skip
+        assert record["steps"] >= at_least and (min_epochs or record["steps"] < 24)

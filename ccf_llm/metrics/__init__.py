@@ -1,9 +1,11 @@
 # Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
-"""CTR metrics: AUC, UAUC and RelaImpr (Eq. 6), also as a local `evaluate` module that works offline."""
+"""CTR metrics: AUC, UAUC and RelaImpr (Eq. 6), also as a local `evaluate` module that works offline, and their
+confidence intervals and paired tests (`user_bootstrap`, a bootstrap over users)."""
 
 from pathlib import Path
 
 from .ctr_auc.ctr_auc import per_user_auc, rela_impr, uauc
+from .intervals import user_bootstrap
 
 CTR_AUC_PATH = str(Path(__file__).resolve().parent / "ctr_auc")
 
@@ -36,4 +38,12 @@ def compute_ctr_metrics(eval_pred) -> dict:
     )
 
 
-__all__ = ["compute_ctr_metrics", "CTR_AUC_PATH", "load_ctr_metric", "per_user_auc", "rela_impr", "uauc"]
+__all__ = [
+    "compute_ctr_metrics",
+    "CTR_AUC_PATH",
+    "load_ctr_metric",
+    "per_user_auc",
+    "rela_impr",
+    "uauc",
+    "user_bootstrap",
+]

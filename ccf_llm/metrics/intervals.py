@@ -1,0 +1,108 @@
+# Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
+"""Confidence intervals and paired tests for AUC, UAUC and RelaImpr: a bootstrap over users.
+
+Rows of one user are not independent (UAUC is a mean over users, and a user's rows share a history), so the unit
+resampled is the user: each resample draws users with replacement and weights every row by how often its user was
+drawn. All models are scored on the same resamples, so differences between them are paired. scipy's `bootstrap`
+resamples rows, not clusters of rows, hence this module; the AUC of each resample is scikit-learn's
+`roc_auc_score` with those weights.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from .ctr_auc.ctr_auc import per_user_auc, rela_impr
+
+
+def _user_counts(users: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique users, each row's index into them, and `(n_resamples, n_users)` draw counts per resample."""
+    unique, index = np.unique(users, return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(unique), size=(n_resamples, len(unique)))
+    counts = np.zeros((n_resamples, len(unique)))
+    np.add.at(counts, (np.repeat(np.arange(n_resamples), len(unique)), draws.ravel()), 1.0)
+    return unique, index, counts
+
+
+def user_bootstrap(
+    scores: Mapping[str, np.ndarray],
+    labels,
+    users,
+    pairs: list[tuple[str, str]] = (),
+    base_auc: Mapping[str, str] | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """
+    Percentile intervals of AUC and UAUC for every model in `scores` (name -> scores of the same rows), and paired
+    comparisons.
+
+    Args:
+        scores: one score array per model, all over the same rows (`labels`, `users`).
+        pairs: `(a, b)` pairs compared on every resample: the difference of AUC (and UAUC) `a - b`, its interval and
+            a two-sided bootstrap p-value (twice the share of resamples on the other side of 0, within
+            `[1 / n_resamples, 1]`).
+        base_auc: model -> the model whose AUC is its RelaImpr base (Eq. 6), e.g. `{"gate_mf": "mf"}`; gives the
+            RelaImpr interval.
+    Returns:
+        `{"models": {name: {"auc", "auc_ci", "uauc", "uauc_ci"[, "rela_impr", "rela_impr_ci"]}},
+        "pairs": {"a - b": {"auc_diff", "auc_diff_ci", "auc_p", "uauc_diff", "uauc_diff_ci", "uauc_p"}},
+        "n_resamples", "confidence", "users"}`.
+    """
+    labels, users = np.asarray(labels).astype(np.int64), np.asarray(users)
+    unique, index, counts = _user_counts(users, n_resamples, seed)
+    weights = counts[:, index]  # (resamples, rows)
+    lo, hi = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
+    aucs, uaucs = {}, {}
+    for name, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != labels.shape:
+            raise ValueError(f"scores of {name!r} have shape {values.shape}, labels {labels.shape}")
+        aucs[name] = np.array([roc_auc_score(labels, values, sample_weight=w) for w in weights])
+        per_user = per_user_auc(values, labels, users)
+        where = np.searchsorted(unique, per_user.index.to_numpy())
+        user_weights = counts[:, where]
+        uaucs[name] = (user_weights @ per_user.to_numpy()) / user_weights.sum(1)
+        uaucs[name + "_point"] = float(per_user.mean())
+
+    def interval(samples: np.ndarray) -> list[float]:
+        return [float(np.percentile(samples, lo)), float(np.percentile(samples, hi))]
+
+    models = {}
+    for name, values in scores.items():
+        models[name] = {
+            "auc": float(roc_auc_score(labels, values)),
+            "auc_ci": interval(aucs[name]),
+            "uauc": uaucs[name + "_point"],
+            "uauc_ci": interval(uaucs[name]),
+        }
+    for name, base in (base_auc or {}).items():
+        models[name]["rela_impr"] = rela_impr(models[name]["auc"], models[base]["auc"])
+        models[name]["rela_impr_ci"] = interval(rela_impr(aucs[name], aucs[base]))
+
+    def p_value(diff: np.ndarray) -> float:
+        return float(min(max(2 * min((diff <= 0).mean(), (diff >= 0).mean()), 1 / n_resamples), 1.0))
+
+    compared = {}
+    for a, b in pairs:
+        auc_diff, uauc_diff = aucs[a] - aucs[b], uaucs[a] - uaucs[b]
+        compared[f"{a} - {b}"] = {
+            "auc_diff": models[a]["auc"] - models[b]["auc"],
+            "auc_diff_ci": interval(auc_diff),
+            "auc_p": p_value(auc_diff),
+            "uauc_diff": models[a]["uauc"] - models[b]["uauc"],
+            "uauc_diff_ci": interval(uauc_diff),
+            "uauc_p": p_value(uauc_diff),
+        }
+    return {
+        "models": models,
+        "pairs": compared,
+        "n_resamples": n_resamples,
+        "confidence": confidence,
+        "users": len(unique),
+    }
+
+
+__all__ = ["user_bootstrap"]

@@ -1,0 +1,69 @@
+"""ccf_llm.metrics.user_bootstrap: intervals and paired tests from a bootstrap over users."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ccf_llm.metrics import rela_impr, uauc, user_bootstrap
+from ccf_llm.metrics.intervals import _user_counts
+
+
+def ctr_rows(users=200, rows_per_user=10, seed=0):
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(1, users + 1), rows_per_user)
+    label = rng.integers(0, 2, size=len(user))
+    signal = label + rng.normal(0, 1.5, size=len(user))  # AUC ~0.68
+    return user, label, signal, rng.normal(size=len(user))
+
+
+def test_point_estimates_are_the_plain_metrics_and_inside_their_intervals():
+    user, label, signal, noise = ctr_rows()
+    out = user_bootstrap({"good": signal, "random": noise}, label, user, n_resamples=200)
+    for name, values in (("good", signal), ("random", noise)):
+        model = out["models"][name]
+        assert model["auc"] == pytest.approx(roc_auc_score(label, values))
+        assert model["uauc"] == pytest.approx(uauc(values, label, user))
+        assert model["auc_ci"][0] < model["auc"] < model["auc_ci"][1]
+        assert model["uauc_ci"][0] < model["uauc"] < model["uauc_ci"][1]
+    assert out["models"]["good"]["auc_ci"][0] > 0.62 and out["models"]["random"]["auc_ci"][0] < 0.5
+    assert out["users"] == 200 and out["n_resamples"] == 200
+
+
+def test_paired_difference_separates_a_real_gap_and_not_a_null_one():
+    user, label, signal, noise = ctr_rows()
+    out = user_bootstrap({"good": signal, "same": signal.copy(), "random": noise}, label, user,
+                         pairs=[("good", "random"), ("good", "same")], n_resamples=300)  # fmt: skip
+    gap = out["pairs"]["good - random"]
+    assert gap["auc_diff_ci"][0] > 0.1 and gap["auc_p"] == pytest.approx(1 / 300)
+    assert gap["uauc_diff_ci"][0] > 0.05 and gap["uauc_p"] < 0.01
+    null = out["pairs"]["good - same"]
+    assert null["auc_diff"] == 0 and null["auc_diff_ci"] == [0.0, 0.0] and null["auc_p"] == 1.0
+
+
+def test_one_resample_weights_rows_as_if_the_drawn_users_were_copied():
+    user, label, signal, _ = ctr_rows(users=30)
+    unique, index, counts = _user_counts(user, n_resamples=1, seed=4)
+    copies = np.repeat(np.arange(len(user)), counts[0, index].astype(int))
+    weighted = roc_auc_score(label, signal, sample_weight=counts[0, index])
+    assert weighted == pytest.approx(roc_auc_score(label[copies], signal[copies]))
+    assert counts.sum() == len(unique)
+
+
+def test_intervals_narrow_with_more_users_and_rela_impr_has_one():
+    found = {}
+    for users in (800, 50):
+        user, label, signal, noise = ctr_rows(users=users)
+        weak = label + 3 * noise  # a weaker base model, AUC ~0.58
+        found[users] = user_bootstrap({"m": signal, "base": weak}, label, user, base_auc={"m": "base"},
+                                      n_resamples=200)["models"]  # fmt: skip
+    width = {users: m["m"]["auc_ci"][1] - m["m"]["auc_ci"][0] for users, m in found.items()}
+    assert width[800] < 0.6 * width[50]  # ~1/sqrt(16) in theory
+    model, base = found[800]["m"], found[800]["base"]
+    assert model["rela_impr"] == pytest.approx(rela_impr(model["auc"], base["auc"]))
+    assert model["rela_impr_ci"][0] < model["rela_impr"] < model["rela_impr_ci"][1]
+
+
+def test_mismatched_scores_are_refused():
+    user, label, signal, _ = ctr_rows(users=10)
+    with pytest.raises(ValueError, match="scores of 'm' have shape"):
+        user_bootstrap({"m": signal[:-1]}, label, user)
