@@ -1,69 +1,93 @@
 """Time the README's main job (the offline demo) end to end and record its results.
 
-    python benchmarks/demo.py [CONFIG] (default examples/configs/demo.json)
+    python benchmarks/demo.py [CONFIG] [--dtype auto|float32|bfloat16]   (default examples/configs/demo.json, auto)
 
-Runs `examples/run_ctr.py CONFIG` in a fresh process (so the ~9 s of imports count), then writes
-`benchmarks/results/demo.{json,md}`: wall time, per-stage times, and validation/test AUC of every mode and of the
-CF backbone. Goal: under 10 minutes on the 2-core development machine.
+Runs `examples/run_ctr.py CONFIG` in a fresh process (so the ~9 s of imports count), then records in
+`benchmarks/results/demo.{json,md}` (this CPU kind's section, `benchmarks/report.py`): wall time, per-stage times and
+validation/test AUC of every mode and of the CF backbone, one run per dtype. `--dtype float32` on a CPU with native
+bf16 shows what the fp32 path costs (the path an AVX2-only CPU takes by default; fp32 matmuls run at about the same
+speed on AVX2 and AVX512 EPYCs). Goal: under 10 minutes on AMX, under 20 on AVX2.
 """
 
+import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from report import RESULTS, dtype_name, provenance, save_results
+
+from ccf_llm.precision import device_precision, resolve_dtype
+
+TITLE = "The README's main job: offline demo on the synthetic log, SmolLM2-135M-Instruct"
+
+
+def render(entry: dict) -> list[str]:
+    lines = []
+    for dtype, run in entry["runs"].items():
+        lines += [
+            f"**{dtype}**: `{run['command']}`, {run['date']}: **{run['wall_seconds'] / 60:.1f} min** wall, imports "
+            "included.",
+            "",
+            "| model | valid AUC | test AUC | test UAUC | training (s) |",
+            "|---|---|---|---|---|",
+            f"| CF only ({run['cf']['backbone']}) | {run['cf']['eval_auc']:.4f} | {run['cf']['test_auc']:.4f} | "
+            f"{run['cf']['test_uauc']:.4f} | |",
+        ]
+        for mode, r in run["modes"].items():
+            seconds = sum(v for k, v in r.items() if k.startswith("stage_") and v is not None)
+            lines.append(
+                f"| `{mode}` | {r['eval_auc']:.4f} | {r['test_auc']:.4f} | {r['test_uauc']:.4f} | {seconds:.0f} |"
+            )
+        lines.append("")
+    return lines
 
 
 def main():
-    config = sys.argv[1] if len(sys.argv) > 1 else "examples/configs/demo.json"
-    output_dir = Path(json.loads(Path(config).read_text())["output_dir"])
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "examples/run_ctr.py", config, "--overwrite_output_dir", "true"], check=True
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("config", nargs="?", default="examples/configs/demo.json")
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+    output_dir = Path(json.loads(Path(args.config).read_text())["output_dir"])
+    command = ["python", "examples/run_ctr.py", args.config] + (
+        ["--dtype", args.dtype] if args.dtype != "auto" else []
+    )
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *command[1:], "--overwrite_output_dir", "true"], check=True)
     wall = time.perf_counter() - start
     summary = json.loads((output_dir / "all_results.json").read_text())
     cf = json.loads(next(output_dir.glob("cf_*/all_results.json")).read_text())
-    modes = {
-        mode: {
-            k: v
-            for k, v in r.items()
-            if k.startswith(("eval_auc", "eval_uauc", "test_auc", "test_uauc", "stage_", "evaluation_"))
-        }
-        for mode, r in summary["by_mode"].items()
-    }
-    out = {
-        "command": f"python examples/run_ctr.py {config}",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+    dtype = resolve_dtype(args.dtype)
+    run = {
+        "command": " ".join(command),
+        "date": provenance("", dtype)["date"],
         "wall_seconds": round(wall, 1),
         "cf": {k: cf[k] for k in ("backbone", "eval_auc", "test_auc", "test_uauc")},
-        "modes": modes,
+        "modes": {
+            mode: {
+                k: v
+                for k, v in r.items()
+                if k.startswith(("eval_auc", "eval_uauc", "test_auc", "test_uauc", "stage_", "evaluation_"))
+                and not isinstance(v, list)
+            }  # fmt: skip
+            for mode, r in summary["by_mode"].items()
+        },
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "demo.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = [
-        "# The README's main job: offline demo on the synthetic log, SmolLM2-135M-Instruct",
-        "",
-        f"`{out['command']}` on {out['machine']}, {out['date']}: **{wall / 60:.1f} min** wall, imports included "
-        "(goal: under 10 min).",
-        "",
-        "| model | valid AUC | test AUC | test UAUC | training (s) |",
-        "|---|---|---|---|---|",
-        f"| CF only ({cf['backbone']}) | {cf['eval_auc']:.4f} | {cf['test_auc']:.4f} | {cf['test_uauc']:.4f} | |",
-    ]
-    for mode, r in modes.items():
-        seconds = sum(v for k, v in r.items() if k.startswith("stage_"))
-        lines.append(
-            f"| `{mode}` | {r['eval_auc']:.4f} | {r['test_auc']:.4f} | {r['test_uauc']:.4f} | {seconds:.0f} |"
-        )
-    (RESULTS / "demo.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    kind = device_precision().kind
+    stored = (
+        json.loads((RESULTS / "demo.json").read_text())["by_cpu_kind"]
+        if (RESULTS / "demo.json").is_file()
+        else {}
+    )
+    runs = {
+        **stored.get(kind, {}).get("runs", {}),
+        dtype_name(dtype) + (" (auto)" if args.dtype == "auto" else ""): run,
+    }
+    entry = {"provenance": provenance(run["command"], ", ".join(runs)), "runs": runs}
+    print("\n".join(save_results("demo", entry, render, TITLE)))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ BASE = {  # the reproduction's quick budget (examples/configs/reproduce_ml1m.jso
     "template": SHORT,
     "zero_init_gate": True,
     "gate_init_alpha": 0.0,
+    "fusion_weights": "fp32",  # the trainable ALG/GATE copies: fp32 (add_lora) or "llm_dtype"
     "standardize_cf": True,
     "stages": [
         {"stage": "lora", "rows": 1600, "learning_rate": 1e-3, "warmup_steps": 0, "scheduler": "constant"},
@@ -58,6 +59,8 @@ WARM = {"learning_rate": 1e-3, "warmup_steps": 20, "scheduler": "cosine"}  # sta
 ARMS = {
     # the settings the issue measured: fusion lr 1e-2, no warmup, zero-initialized GATE (α = 0 in stage 1)
     "gate_as_is": arm(),
+    # as gate_as_is, but ALG/GATE train in the LLM's dtype (bf16 on a bf16 machine), as before add_lora kept them fp32
+    "gate_as_is_fusion_in_llm_dtype": arm(fusion_weights="llm_dtype"),
     # stage 2 with a 10x smaller learning rate, warmup and a decaying schedule
     "gate_fusion_lr1e-3_warmup": arm(stages=[{}, WARM]),
     # α starts at a constant, so stage 1 trains LoRA on fused titles (the paper's stage 1: fusion untrained, not off)
@@ -128,6 +131,12 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
             print(f"[learning_efficiency] {name}: stage {number + 1} shared from {shared}", flush=True)
             continue
         stage_start = len(history)
+        if (
+            spec["fusion_weights"] == "llm_dtype"
+        ):  # undo add_lora's fp32 copies of ALG/GATE (before this stage)
+            for parameter_name, parameter in peft_model.named_parameters():
+                if ".modules_to_save." in parameter_name:
+                    parameter.data = parameter.data.to(model.dtype)
         if number == 0 or not history:
             history.append({"step": 0, "stage": stage["stage"], **_metrics(trainer.evaluate())})
         trainer.train()
@@ -160,7 +169,7 @@ def _shared_stage_dir(args, spec: dict, number: int) -> Path | None:
     """
     if number != 0:
         return None
-    key = {k: v for k, v in spec.items() if k != "stages"} | {"stage": spec["stages"][0], "seed": args.seed,
+    key = {k: v for k, v in spec.items() if k not in ("stages", "fusion_weights")} | {"stage": spec["stages"][0], "seed": args.seed,
            "cf": args.cf_checkpoint if spec["mode"] != "text" else None, "batch": args.batch_size,
            "dtype": args.dtype, "eval_rows": args.eval_rows, "eval_steps": args.eval_steps}  # fmt: skip
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -191,7 +200,7 @@ def stage_end(history: list[dict], stage: str) -> dict:
     }
 
 
-def report(args, level: float, evaluation) -> None:
+def report(args, level: float, evaluation, cf_model) -> None:
     """Intervals (bootstrap over users) and curves of every finished arm into benchmarks/results."""
     import matplotlib
 
@@ -207,14 +216,21 @@ def report(args, level: float, evaluation) -> None:
     if not arms:
         return
     reference = "gate_as_is" if "gate_as_is" in arms else next(iter(arms))
-    boot = user_bootstrap({n: np.array(a["scores"]) for n, a in arms.items()}, evaluation["label"],
-                          evaluation["user_id"], pairs=[(n, reference) for n in arms if n != reference])  # fmt: skip
+    cf_name = f"CF alone ({Path(args.cf_checkpoint).name})"
+    with torch.no_grad():  # the CF backbone's own scores on the same rows: the bar fusion must clear
+        cf_scores = cf_model(torch.tensor(evaluation["user_id"]), torch.tensor(evaluation["item_id"])).logits
+    scores = {n: np.array(a["scores"]) for n, a in arms.items()} | {cf_name: cf_scores.float().numpy()}
+    pairs = [(n, reference) for n in arms if n != reference] + [
+        (n, cf_name) for n in arms if n.startswith("gate")
+    ]
+    boot = user_bootstrap(scores, evaluation["label"], evaluation["user_id"], pairs=pairs)
     rows = {}
     for name, found in arms.items():
         rows[name] = {"spec": found["spec"], "seconds": found["seconds"], **boot["models"][name],
                       "stage_1": stage_end(found["history"], found["spec"]["stages"][0]["stage"]),
                       "stage_2": stage_end(found["history"], found["spec"]["stages"][1]["stage"]),
-                      "vs_reference": boot["pairs"].get(f"{name} - {reference}")}  # fmt: skip
+                      "vs_reference": boot["pairs"].get(f"{name} - {reference}"),
+                      "vs_cf": boot["pairs"].get(f"{name} - {cf_name}")}  # fmt: skip
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     for name, found in arms.items():
         steps, losses = smoothed_losses(found["history"])
@@ -239,6 +255,7 @@ def report(args, level: float, evaluation) -> None:
     figure.savefig(RESULTS / "learning_efficiency.png", dpi=110)
     out = {"provenance": provenance(" ".join(["python", *sys.argv]), resolve_dtype(args.dtype)),
            "constant_loss": level, "eval_rows": args.eval_rows, "reference": reference,
+           "cf": {"name": cf_name, **{k: boot["models"][cf_name][k] for k in ("auc", "auc_ci", "uauc", "uauc_ci")}},
            "bootstrap": {k: boot[k] for k in ("n_resamples", "confidence", "users")}, "arms": rows}  # fmt: skip
     print("\n".join(save_results("learning_efficiency", out, render, TITLE)))
 
@@ -253,17 +270,25 @@ def render(out: dict) -> list[str]:
         "[learning_efficiency.png](learning_efficiency.png).",
         "",
         "| arm | stage 1 loss | stage 1 AUC | stage 2 loss | final AUC [95% CI] | final UAUC [95% CI] | "
-        "AUC diff vs reference [95% CI], p | train+eval s |",
-        "|---|---|---|---|---|---|---|---|",
+        "AUC diff vs reference [95% CI], p | AUC diff vs CF alone [95% CI], p | train+eval s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {out['cf']['name']} | | | | {out['cf']['auc']:.3f} [{out['cf']['auc_ci'][0]:.3f}, "
+        f"{out['cf']['auc_ci'][1]:.3f}] | {out['cf']['uauc']:.3f} [{out['cf']['uauc_ci'][0]:.3f}, "
+        f"{out['cf']['uauc_ci'][1]:.3f}] | | | |",
     ]
+
+    def compared(diff):
+        if not diff:
+            return ""
+        low, high = diff["auc_diff_ci"]
+        return f"{diff['auc_diff']:+.3f} [{low:+.3f}, {high:+.3f}], p={diff['auc_p']:.3f}"
+
     for name, row in out["arms"].items():
-        diff = row["vs_reference"]
-        compared = (f"{diff['auc_diff']:+.3f} [{diff['auc_diff_ci'][0]:+.3f}, {diff['auc_diff_ci'][1]:+.3f}], "
-                    f"p={diff['auc_p']:.3f}" if diff else "")  # fmt: skip
         lines.append(
             f"| `{name}` | {fmt(row['stage_1']['loss'])} | {fmt(row['stage_1']['auc'])} | "
             f"{fmt(row['stage_2']['loss'])} | {row['auc']:.3f} [{row['auc_ci'][0]:.3f}, {row['auc_ci'][1]:.3f}] | "
-            f"{row['uauc']:.3f} [{row['uauc_ci'][0]:.3f}, {row['uauc_ci'][1]:.3f}] | {compared} | "
+            f"{row['uauc']:.3f} [{row['uauc_ci'][0]:.3f}, {row['uauc_ci'][1]:.3f}] | {compared(row['vs_reference'])} | "
+            f"{compared(row.get('vs_cf'))} | "
             f"{row['seconds']:.0f} |"
         )
     return lines
@@ -295,7 +320,7 @@ def main():
         if not (Path(args.output_dir) / f"{name}.json").is_file():
             print(f"[learning_efficiency] {name}", flush=True)
             run_arm(name, ARMS[name], args, splits, titles, cf_model)
-    report(args, level, subsample(splits["validation"], args.eval_rows, args.seed))
+    report(args, level, subsample(splits["validation"], args.eval_rows, args.seed), cf_model)
 
 
 if __name__ == "__main__":

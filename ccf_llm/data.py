@@ -12,6 +12,12 @@ concatenated frame sorted stably by (user, timestamp).
   your own time boundaries and rating threshold.
 * `item_titles(splits)`: the item table (id → title); `warm_cold_subsets(split, train)`: CoLLM's warm/cold rows.
 
+Nothing is silently changed on the way in: a value that is not what its column means (a fractional id or time, a
+non-finite rating, an empty id or title, a line cut at a character that is not a line end) raises a ValueError
+naming the file and the line, a bad argument raises naming the argument and its value, and every row a recipe leaves
+out (e.g. a rating of a movie that movies.dat lacks, as CoLLM's inner join does) is counted in the log (logger
+`ccf_llm.data`) with the reason.
+
 No file is ever read with pickle. MovieLens may not be redistributed: these functions read it from where you keep
 it (or download it from GroupLens into the Hugging Face cache), and nothing of it ships with this package.
 """
@@ -22,6 +28,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import zipfile
 from pathlib import Path
 
@@ -66,7 +73,7 @@ def _split_lines(text: str) -> list[str]:
 def read_delimited(path, columns: dict, sep: str = "::", encoding: str = "latin-1") -> pd.DataFrame:
     """
     Read a `sep`-separated text file without a header (the MovieLens `.dat` layout) into the typed `columns`
-    (`name → "int" | "float" | "str"`, see `read_table`). Lines end at `\\n`, `\\r\\n` or `\\r` only. A line with the
+    (`name → "int" | "float" | "str" | "text"`, see `_typed`). Lines end at `\\n`, `\\r\\n` or `\\r` only. A line with the
     wrong number of fields or a value that is not what its column holds raises a ValueError naming the file and
     the line.
     """
@@ -87,11 +94,14 @@ def read_delimited(path, columns: dict, sep: str = "::", encoding: str = "latin-
 def _typed(frame: pd.DataFrame, columns: dict, path: Path, line_of) -> pd.DataFrame:
     """
     Check and convert `frame`'s `columns` in place (`"int"`: whole numbers; `"float"`: finite numbers; `"str"`:
-    present and not blank). The first value that is not raises a ValueError naming `path` and `line_of(position)`.
+    present and not blank; `"text"`: any text). The first value that is not raises a ValueError naming `path` and
+    `line_of(position)`.
     """
     for name, kind in columns.items():
         column = frame[name]
-        if kind == "str":
+        if kind == "text":
+            frame[name] = column.astype(str)
+        elif kind == "str":
             text = column.astype(str)
             bad = np.flatnonzero(column.isna().to_numpy() | (text.str.strip() == "").to_numpy(dtype=bool))
             if len(bad):
@@ -103,8 +113,10 @@ def _typed(frame: pd.DataFrame, columns: dict, path: Path, line_of) -> pd.DataFr
 
 
 def _numbers(column: pd.Series, name: str, whole: bool, path: Path, line_of) -> pd.Series:
-    """A column as int64 (`whole`) or float64, refusing what would be silently changed: text, booleans,
-    non-finite values, fractions or numbers beyond 2**53 where whole numbers are meant."""
+    """
+    A column as int64 (`whole`) or float64, refusing what would be silently changed: text, booleans, dates,
+    non-finite values, and fractions or numbers beyond 2**53 where whole numbers are meant.
+    """
     dtype = column.dtype
     if pd.api.types.is_bool_dtype(dtype) or not (
         pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
@@ -132,9 +144,9 @@ def _numbers(column: pd.Series, name: str, whole: bool, path: Path, line_of) -> 
     bad = np.flatnonzero(problem)
     if len(bad):
         what = {1: "a number", 2: "a finite number", 3: "a whole number (int64)"}[problem[bad[0]]]
-        raise ValueError(
-            f"{_where(path, line_of(bad[0]))}: column {name!r} must be {what}, got {column.iloc[bad[0]]!r}"
-        )
+        value = column.iloc[bad[0]]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise ValueError(f"{_where(path, line_of(bad[0]))}: column {name!r} must be {what}, got {value!r}")
     return values.astype(np.int64 if whole else np.float64)
 
 
@@ -144,24 +156,38 @@ def read_table(path, columns: dict) -> pd.DataFrame:
     "int" columns hold whole numbers, "float" columns finite numbers, "str" columns text that is not empty. A value
     that is not raises a ValueError naming the file and the line (the row number for parquet).
     """
+    return _read_table(path, columns)[0]
+
+
+def _read_table(path, columns: dict):
+    """`read_table`, plus the function mapping a row position to its line number (for messages)."""
     path = Path(path)
     if path.suffix == ".parquet":
         frame = pd.read_parquet(path)
-        first_line = 1  # parquet "lines" are row numbers
+
+        def line_of(row):  # parquet "lines" are row numbers
+            return row + 1
     else:
         text = _decode(path, path.read_bytes(), "utf-8")
-        try:  # blank lines stay rows (of empty values), so that row numbers stay line numbers
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
         except pd.errors.ParserError as err:
             raise ValueError(f"{path}: malformed CSV: {err}") from err
-        first_line = 2  # after the header
+
+        def line_of(row):  # only on the error path: pandas skips blank lines, the count does not
+            lines = pd.Series(_split_lines(text), dtype=object)
+            filled = np.flatnonzero(lines.str.strip(" \t").str.len().to_numpy() > 0)  # [0] is the header
+            return int(filled[row + 1]) + 1 if row + 1 < len(filled) else None
+
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
-    return _typed(frame[list(columns)].copy(), columns, path, lambda row: row + first_line)
+    return _typed(frame[list(columns)].copy(), columns, path, line_of), line_of
 
 
-def _dropped(path, what: str, count: int, total: int, why: str, example: str = "", level=logging.INFO) -> None:
+def _dropped(
+    path, what: str, count: int, total: int, why: str, example: str = "", level=logging.INFO
+) -> None:
     """Log rows a recipe leaves out: how many, of how many, and why."""
     if count:
         logger.log(level, "%s: %s of %s %s %s%s", path, f"{count:,}", f"{total:,}", what, why, example)
@@ -199,7 +225,9 @@ def build_splits(frame: pd.DataFrame, remap_in_sorted_order: bool = True) -> dat
     when `remap_in_sorted_order=False`, as CoLLM's Amazon-Book notebook does); histories hold earlier positives.
     A frame that breaks these rules raises a ValueError naming the column and the offending values.
     """
-    missing = [c for c in ("raw_user_id", "raw_item_id", "label", "timestamp", "title", "split") if c not in frame]
+    missing = [
+        c for c in ("raw_user_id", "raw_item_id", "label", "timestamp", "title", "split") if c not in frame
+    ]
     if missing:
         raise ValueError(f"build_splits: the frame lacks columns {missing}")
     bad = ~frame["split"].isin(SPLITS)
@@ -210,7 +238,9 @@ def build_splits(frame: pd.DataFrame, remap_in_sorted_order: bool = True) -> dat
             raise ValueError(f"build_splits: {column} is missing in {int(frame[column].isna().sum())} rows")
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
-        raise ValueError(f"build_splits: labels must be 0 or 1, got {frame.loc[bad, 'label'].unique()[:5].tolist()}")
+        raise ValueError(
+            f"build_splits: labels must be 0 or 1, got {frame.loc[bad, 'label'].unique()[:5].tolist()}"
+        )
     stamps = pd.to_numeric(frame["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(stamps) | (stamps != np.floor(stamps))
     if bad.any():
@@ -328,9 +358,20 @@ def load_movielens_1m(data_dir=None, cache_dir=None) -> datasets.DatasetDict:
         folder / "ratings.dat",
         {"raw_user_id": "int", "raw_item_id": "int", "rating": "float", "timestamp": "int"},
     )
-    movies = read_delimited(folder / "movies.dat", {"raw_item_id": "int", "title": "str", "genres": "str"})
+    movies = read_delimited(folder / "movies.dat", {"raw_item_id": "int", "title": "str", "genres": "text"})
+    twice = np.flatnonzero(movies["raw_item_id"].duplicated().to_numpy())
+    if len(twice):
+        raise ValueError(
+            f"{folder / 'movies.dat'}, line {twice[0] + 1}: movie {movies['raw_item_id'].iloc[twice[0]]} is listed "
+            "twice (the join would repeat its ratings)"
+        )
     ratings["line"] = np.arange(len(ratings))
     ratings["movie_rank"] = pd.factorize(ratings["raw_item_id"])[0]
+    untitled = np.flatnonzero(~ratings["raw_item_id"].isin(movies["raw_item_id"]).to_numpy())
+    if len(untitled):  # CoLLM's inner join drops them
+        first = f" (first: line {untitled[0] + 1}, movie {ratings['raw_item_id'].iloc[untitled[0]]})"
+        why = "are of movies that movies.dat lacks and are left out (CoLLM's inner join)"
+        _dropped(folder / "ratings.dat", "ratings", len(untitled), len(ratings), why, first, logging.WARNING)
     frame = ratings.merge(movies[["raw_item_id", "title"]], on="raw_item_id", how="inner")
     frame = frame.sort_values(["movie_rank", "line"], kind="stable")
     dates = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
@@ -338,33 +379,56 @@ def load_movielens_1m(data_dir=None, cache_dir=None) -> datasets.DatasetDict:
     frame["split"] = np.select(
         [month.between(14, 23), month.between(24, 28), month.between(29, 33)], list(SPLITS), default=""
     )
-    frame = frame[frame["split"] != ""]
+    outside = frame["split"] == ""
+    _dropped(folder / "ratings.dat", "ratings (of known movies)", int(outside.sum()), len(frame),
+             "fall outside CoLLM's window (2001-06 .. 2003-01) and are left out")  # fmt: skip
+    frame = frame[~outside]
     frame["label"] = (frame["rating"] > 3).astype(np.int64)
     return build_splits(frame)
 
 
 # -------------------------------------------------------------------------------------------------- Amazon-Book
 def _read_json_lines(path: Path, fields: list[str]) -> pd.DataFrame:
-    """Read a (gzipped) JSON-lines file with pandas' parser; a bad line raises naming the file and the line."""
+    """
+    Read a (gzipped) JSON-lines file with pandas' parser; a bad line raises naming the file and the line, so does a
+    file where no object has one of `fields`. The index is the object's number (blank lines are skipped): map it to
+    a line with `_json_line`.
+    """
     try:
         frame = pd.read_json(path, lines=True, compression="infer", dtype=False)
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}, line {_first_bad_json_line(path)}: not a JSON object ({err})") from err
-    for field in fields:
-        if field not in frame.columns:
-            frame[field] = None
-    return frame[fields]
+        raise ValueError(f"{_where(path, _first_bad_json_line(path))}: not a JSON object ({err})") from err
+    absent = [field for field in fields if field not in frame.columns]
+    if absent and len(frame):
+        raise ValueError(f"{path}: no object has the fields {absent}")
+    for field in absent:
+        frame[field] = pd.Series(dtype=object)
+    return frame[fields].reset_index(drop=True)
 
 
 def _first_bad_json_line(path: Path) -> int | None:
-    """Only on the error path: the number of the first line that does not parse."""
+    """Only on the error path: the number of the first line that does not parse as a JSON object."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                if line.strip():
-                    json.loads(line.decode("utf-8"))
+                if line.strip() and not isinstance(json.loads(line.decode("utf-8")), dict):
+                    return number
             except (ValueError, UnicodeDecodeError):
+                return number
+    return None
+
+
+def _json_line(path: Path, row) -> int | None:
+    """Only on the error path: the line number of object number `row` (0-based; blank lines skipped)."""
+    if row is None:
+        return None
+    opener = gzip.open if path.suffix == ".gz" else open
+    seen = -1
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            seen += bool(line.strip())
+            if seen == row:
                 return number
     return None
 
@@ -378,27 +442,67 @@ def load_amazon_book(
     calendar year 2017 only; users and items with more than `min_count` ratings in 2017 (counted once, on the
     unfiltered year); label = rating 5; ids remapped in that frame's order before splitting; train = Jan–Nov;
     December sorted by time and cut in half by row count: validation = first half, test = second half.
+
+    Reviews that lack one of the four fields are left out (CoLLM's `dropna`); they and every other row the recipe
+    leaves out are counted in the log (logger `ccf_llm.data`). A field that is there but not what it means (an id
+    that is empty, a rating that is not a finite number, a time that is not whole seconds) raises naming the file
+    and the line, and so does a kept item without a title.
     """
     folder = Path(data_dir)
-    ratings = _read_json_lines(folder / reviews, ["asin", "reviewerID", "overall", "unixReviewTime"])
-    meta_frame = _read_json_lines(folder / meta, ["asin", "title"]).drop_duplicates("asin", keep="last")
-    frame = meta_frame.merge(ratings, on="asin", how="right").dropna(subset=["overall"])
-    frame = _typed(frame, {"overall": "float", "unixReviewTime": "int"}, folder / reviews, first_line=1)
-    missing_title = frame["title"].isna() | (frame["title"].astype(str).str.strip() == "")
-    if missing_title.any():
-        raise ValueError(
-            f"{folder / meta}: no title for items {frame.loc[missing_title, 'asin'].unique()[:5].tolist()}"
-        )
+    reviews_path, meta_path = folder / reviews, folder / meta
+    fields = ["asin", "reviewerID", "overall", "unixReviewTime"]
+    ratings = _read_json_lines(reviews_path, fields)
+    incomplete = ratings.isna().any(axis=1).to_numpy()
+    if incomplete.any():
+        first = int(np.flatnonzero(incomplete)[0])
+        _dropped(reviews_path, "reviews", int(incomplete.sum()), len(ratings),
+                 f"lack one of {fields} and are left out (CoLLM's dropna)",
+                 f" (first: line {_json_line(reviews_path, first)})", logging.WARNING)  # fmt: skip
+        ratings = ratings[~incomplete]
+    rows = ratings.index.to_numpy()  # object numbers, for line numbers in messages
+    ratings = _typed(
+        ratings.reset_index(drop=True),
+        {"asin": "str", "reviewerID": "str", "overall": "float", "unixReviewTime": "int"},
+        reviews_path,
+        lambda position: _json_line(reviews_path, rows[position]),
+    )
+    ratings["review_row"] = rows
+    meta_frame = _read_json_lines(meta_path, ["asin", "title"])
+    meta_frame = _typed(
+        meta_frame, {"asin": "str"}, meta_path, lambda position: _json_line(meta_path, position)
+    )
+    meta_frame["meta_row"] = np.arange(len(meta_frame))
+    repeated = meta_frame["asin"].duplicated(keep="last")
+    _dropped(meta_path, "metadata rows", int(repeated.sum()), len(meta_frame),
+             "repeat an asin listed again later and are left out (the last one is kept, as CoLLM does)")  # fmt: skip
+    meta_frame = meta_frame[~repeated]
+    frame = meta_frame.merge(ratings, on="asin", how="right")
     dates = pd.to_datetime(frame["unixReviewTime"], unit="s", utc=True)
-    frame = frame[dates.dt.year == 2017].copy()
-    dates = dates[frame.index]
+    in_year = (dates.dt.year == 2017).to_numpy()
+    _dropped(reviews_path, "ratings", int((~in_year).sum()), len(frame), "are not from 2017 and are left out")
+    frame, dates = frame[in_year], dates[in_year]
     users, items = frame["reviewerID"].value_counts(), frame["asin"].value_counts()
-    keep = frame["reviewerID"].map(users).gt(min_count) & frame["asin"].map(items).gt(min_count)
+    keep = (frame["reviewerID"].map(users).gt(min_count) & frame["asin"].map(items).gt(min_count)).to_numpy()
+    _dropped(reviews_path, "ratings of 2017", int((~keep).sum()), len(frame),
+             f"are of users or items with at most {min_count} ratings in 2017 and are left out")  # fmt: skip
     frame, dates = frame[keep], dates[keep]
+    title = frame["title"]
+    untitled = np.flatnonzero((title.isna() | (title.astype(str).str.strip() == "")).to_numpy(dtype=bool))
+    if len(untitled):
+        row = frame.iloc[untitled[0]]
+        if pd.isna(row["meta_row"]):
+            where = (
+                f"{_where(reviews_path, _json_line(reviews_path, int(row['review_row'])))}: {meta_path} has"
+            )
+            raise ValueError(f"{where} no entry for item {row['asin']!r}, which is kept")
+        raise ValueError(
+            f"{_where(meta_path, _json_line(meta_path, int(row['meta_row'])))}: no title for item {row['asin']!r}, "
+            f"which is kept ({frame['asin'].iloc[untitled].nunique()} kept items have none)"
+        )
     frame = frame.rename(
         columns={"reviewerID": "raw_user_id", "asin": "raw_item_id", "unixReviewTime": "timestamp"}
-    ).assign(label=(frame["overall"] > 4).astype(np.int64))
-    december = frame[dates.dt.month == 12].sort_values("timestamp", kind="quicksort")
+    ).assign(label=(frame["overall"] > 4).astype(np.int64), title=title.astype(str))
+    december = frame[(dates.dt.month == 12).to_numpy()].sort_values("timestamp", kind="quicksort")
     half = len(december) // 2
     split = pd.Series("train", index=frame.index)
     split[december.index[:half]] = "validation"
@@ -408,6 +512,50 @@ def load_amazon_book(
 
 
 # ------------------------------------------------------------------------------------------------ generic loader
+_EPOCH = pd.Timestamp(0, tz="UTC")
+_SECOND = pd.Timedelta(seconds=1)
+
+
+def _boundary(name: str, value) -> int | None:
+    """
+    A time boundary as the first whole unix second at or after it: `value` is unix seconds (an int, a float or a
+    string holding a number, e.g. "978307200" from the command line) or anything `pd.Timestamp` reads (a date
+    string, `datetime`, `np.datetime64`, naive = UTC, tz-aware converted to UTC). Anything else raises naming `name`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be unix seconds or a date, got {value!r}")
+    if isinstance(value, str):  # a number in a string is unix seconds
+        for parse in (int, float):
+            try:
+                value = parse(value.strip())
+                break
+            except ValueError:
+                continue
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number of unix seconds or a date, got {value!r}")
+        return math.ceil(value)
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ValueError(
+            f"{name}: {value!r} is neither unix seconds nor a date pd.Timestamp reads ({err})"
+        ) from err
+    if pd.isna(stamp):
+        raise ValueError(f"{name} must be unix seconds or a date, got {value!r}")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return -((_EPOCH - stamp) // _SECOND)  # ceil: a boundary inside a second starts at the next one
+
+
+def _utc(seconds: int) -> str:
+    """Unix seconds as an ISO UTC date for messages."""
+    return pd.Timestamp(seconds, unit="s", tz="UTC").isoformat()
+
+
 def load_interactions(
     interactions,
     items,
@@ -426,43 +574,73 @@ def load_interactions(
     """
     Your own interaction log (CSV with a header, or parquet: user, item, rating, unix timestamp) and item table
     (item, title) → splits by time: train = [train_start, valid_start), validation = [valid_start, test_start),
-    test = [test_start, test_end). Boundaries are unix seconds or anything `pd.Timestamp` reads (UTC). label =
-    rating > `threshold`. Items without a title raise; interactions outside the boundaries are left out.
+    test = [test_start, test_end). Boundaries are unix seconds (int, float, or a string holding a number, as a
+    command line passes it) or anything else `pd.Timestamp` reads (naive = UTC, tz-aware converted). label =
+    rating > `threshold`.
+
+    Data problems raise a ValueError naming the file and the line: an empty user, item or title, a rating that is
+    not a finite number, a timestamp that is not whole seconds, an item listed twice, or an item of the log that the
+    item table lacks. Interactions outside the boundaries are left out and counted in the log (logger
+    `ccf_llm.data`); an empty train split raises with the log's time range.
     """
-    log = read_table(interactions, {user_col: "str", item_col: "str", rating_col: "float", time_col: "int"})
-    table = read_table(items, {item_col: "str", title_col: "str"})
-    duplicated = table[item_col].duplicated()
-    if duplicated.any():
-        raise ValueError(f"{items}: items listed twice: {table.loc[duplicated, item_col].head().tolist()}")
-    frame = log.merge(table, on=item_col, how="left")
-    untitled = frame[title_col].isna()
-    if untitled.any():
-        raise ValueError(f"{items}: no title for items {frame.loc[untitled, item_col].unique()[:5].tolist()}")
-
-    def seconds(value, default):
-        if value is None:
-            return default
-        return (
-            int(value)
-            if isinstance(value, (int, np.integer))
-            else int(pd.Timestamp(value, tz="UTC").timestamp())
-        )
-
-    bounds = [seconds(train_start, np.iinfo(np.int64).min), seconds(valid_start, None), seconds(test_start, None),
-              seconds(test_end, np.iinfo(np.int64).max)]  # fmt: skip
-    if not bounds[0] <= bounds[1] <= bounds[2] <= bounds[3]:
-        raise ValueError(f"time boundaries must be increasing: {bounds}")
-    stamp = frame[time_col]
-    frame["split"] = np.select(
-        [
-            stamp.between(bounds[0], bounds[1] - 1),
-            stamp.between(bounds[1], bounds[2] - 1),
-            stamp.between(bounds[2], bounds[3] - 1),
-        ],
-        list(SPLITS),
-        default="",
+    bounds = {
+        "train_start": _boundary("train_start", train_start),
+        "valid_start": _boundary("valid_start", valid_start),
+        "test_start": _boundary("test_start", test_start),
+        "test_end": _boundary("test_end", test_end),
+    }
+    for name in ("valid_start", "test_start"):
+        if bounds[name] is None:
+            raise ValueError(f"{name} is required (unix seconds or a date)")
+    given = [(name, value) for name, value in bounds.items() if value is not None]
+    for (name_a, a), (name_b, b) in zip(given, given[1:]):
+        if a > b:
+            raise ValueError(
+                f"time boundaries must not decrease: {name_a}={a} ({_utc(a)}) is after {name_b}={b} ({_utc(b)})"
+            )
+    real = isinstance(threshold, numbers.Real) and not isinstance(threshold, (bool, np.bool_))
+    if not real or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    log, log_line = _read_table(
+        interactions, {user_col: "str", item_col: "str", rating_col: "float", time_col: "int"}
     )
-    frame = frame[frame["split"] != ""].rename(
+    table, items_line = _read_table(items, {item_col: "str", title_col: "str"})
+    duplicated = np.flatnonzero(table[item_col].duplicated().to_numpy())
+    if len(duplicated):
+        raise ValueError(
+            f"{_where(items, items_line(duplicated[0]))}: item {table[item_col].iloc[duplicated[0]]!r} is "
+            f"listed twice ({len(duplicated)} repeats)"
+        )
+    unknown = np.flatnonzero(~log[item_col].isin(table[item_col]).to_numpy())
+    if len(unknown):
+        names = log[item_col].iloc[unknown].unique()
+        raise ValueError(
+            f"{_where(interactions, log_line(unknown[0]))}: no title for items {names[:5].tolist()} "
+            f"({items} has no row for them; {len(names)} items in all)"
+        )
+    frame = log.merge(table, on=item_col, how="left")
+    edges = [bounds["train_start"], bounds["valid_start"], bounds["test_start"], bounds["test_end"]]
+    edges[0] = np.iinfo(np.int64).min if edges[0] is None else edges[0]
+    edges[3] = np.iinfo(np.int64).max if edges[3] is None else edges[3]
+    stamp = frame[time_col].to_numpy()
+    frame["split"] = np.select(
+        [(stamp >= edges[i]) & (stamp < edges[i + 1]) for i in range(3)], list(SPLITS), default=""
+    )
+    outside = (frame["split"] == "").to_numpy()
+    _dropped(interactions, "interactions", int(outside.sum()), len(frame),
+             "fall outside [train_start, test_end) and are left out")  # fmt: skip
+    counts = frame["split"].value_counts()
+    if not counts.get("train", 0):
+        span = f"{_utc(stamp.min())} .. {_utc(stamp.max())}" if len(stamp) else "no rows"
+        raise ValueError(
+            f"the train split is empty: no interaction of {interactions} lies in [train_start, valid_start) = "
+            f"[{_utc(edges[0]) if bounds['train_start'] is not None else '-inf'}, {_utc(edges[1])}); "
+            f"its timestamps span {span}"
+        )
+    for name in ("validation", "test"):
+        if not counts.get(name, 0):
+            logger.warning("%s: the %s split is empty: check the time boundaries", interactions, name)
+    frame = frame[~outside].rename(
         columns={user_col: "raw_user_id", item_col: "raw_item_id", time_col: "timestamp", title_col: "title"}
     )
     frame["label"] = (frame[rating_col] > threshold).astype(np.int64)

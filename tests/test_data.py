@@ -3,6 +3,7 @@ exact CoLLM ML-1M reproduction where ../shared/data exists."""
 
 import gzip
 import json
+import logging
 from datetime import UTC, datetime
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from ccf_llm.data import (
+    build_splits,
     item_titles,
     load_amazon_book,
     load_interactions,
@@ -253,3 +255,396 @@ def test_collm_movielens_prompts_for_every_row():
     marked = list(dict.fromkeys(i for i in row["item_ids"] if i))  # items in prompt order
     assert marked == row["history"][-10:] + [row["item_id"]] or marked[-1] == row["item_id"]
     assert all(len(processor.process_dataset(splits[s])) == len(splits[s]) for s in ("train", "validation"))
+
+
+# ----------------------------------------------------------------------------------- histories for any row order
+def _day(month, day, second=0):
+    return int(datetime(2017, month, day, tzinfo=UTC).timestamp()) + second
+
+
+def _output_histories(splits):
+    """(raw user, timestamp) → the history of that row in raw item ids, from all three splits."""
+    rows = pd.concat([splits[s].to_pandas() for s in splits])
+    raw_item = dict(zip(rows["item_id"], rows["raw_item_id"], strict=True))
+    assert rows.groupby("item_id")["raw_item_id"].nunique().eq(1).all()  # one raw id per id and back
+    assert rows.groupby("raw_user_id")["user_id"].nunique().eq(1).all()
+    assert rows.groupby("user_id")["raw_user_id"].nunique().eq(1).all()
+    keys = list(zip(rows["raw_user_id"], rows["timestamp"], strict=True))
+    assert len(set(keys)) == len(keys)
+    return {key: [raw_item[i] for i in history] for key, history in zip(keys, rows["history"], strict=True)}
+
+
+def _earlier_positives(reviews, min_count):
+    """Plain pandas: for each kept review, the books its reviewer rated 5 earlier, oldest first."""
+    frame = pd.DataFrame(reviews)
+    frame = frame[pd.to_datetime(frame["unixReviewTime"], unit="s", utc=True).dt.year == 2017]
+    users, books = frame["reviewerID"].value_counts(), frame["asin"].value_counts()
+    frame = frame[frame["reviewerID"].map(users).gt(min_count) & frame["asin"].map(books).gt(min_count)]
+    positives = frame[frame["overall"] == 5]
+    pairs = frame.merge(positives, on="reviewerID", suffixes=("", "_earlier"))
+    pairs = pairs[pairs["unixReviewTime_earlier"] < pairs["unixReviewTime"]]
+    pairs = pairs.sort_values(["reviewerID", "unixReviewTime", "unixReviewTime_earlier"])
+    lists = pairs.groupby(["reviewerID", "unixReviewTime"])["asin_earlier"].agg(list)
+    keys = list(zip(frame["reviewerID"], frame["unixReviewTime"], strict=True))
+    return {key: lists.get(key, []) for key in keys}
+
+
+def test_amazon_book_histories_when_file_order_is_not_sorted_order(tmp_path):
+    """Reviewers appear in the file as C, A, B: their ids (1, 2, 3) do not ascend in the (user, time) order."""
+    rows = [("C", "B1", 5, 1), ("A", "B2", 5, 1), ("B", "B3", 5, 1), ("C", "B2", 1, 2), ("A", "B1", 5, 2),
+            ("B", "B1", 5, 2), ("C", "B3", 5, 3), ("A", "B3", 2, 3), ("B", "B2", 5, 3), ("C", "B4", 5, 4),
+            ("A", "B4", 5, 4), ("B", "B4", 3, 4), ("C", "B5", 4, 5), ("A", "B5", 5, 5),
+            ("B", "B5", 5, 5)]  # fmt: skip
+    reviews = [
+        {"reviewerID": u, "asin": b, "overall": float(r), "unixReviewTime": _day(3, d)} for u, b, r, d in rows
+    ]
+    meta = [{"asin": f"B{i}", "title": f"Book {i}"} for i in range(1, 6)]
+    splits = load_amazon_book(_write_amazon(tmp_path / "amazon", reviews, meta), min_count=0)
+    got = _output_histories(splits)
+    assert {(u, t): h for (u, t), h in got.items() if u == "A"} == {
+        ("A", _day(3, 1)): [],
+        ("A", _day(3, 2)): ["B2"],
+        ("A", _day(3, 3)): ["B2", "B1"],
+        ("A", _day(3, 4)): ["B2", "B1"],
+        ("A", _day(3, 5)): ["B2", "B1", "B4"],
+    }
+    assert got[("B", _day(3, 5))] == ["B3", "B1", "B2"] and got[("C", _day(3, 5))] == ["B1", "B3", "B4"]
+    assert got == _earlier_positives(reviews, 0)
+    assert splits["train"]["user_id"][:5] == [2] * 5  # A: numbered second (file order), sorted first
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_amazon_book_histories_on_random_shuffled_logs(tmp_path, seed):
+    """Random 4-reviewer x 8-book logs in shuffled file order: every history is the reviewer's earlier 5s."""
+    rng = np.random.default_rng(seed)
+    n_users, n_books, per_user = 4 + seed % 3, 8, 30
+    names = [f"R{k}" for k in rng.permutation(90)[:n_users] + 10]  # sorted order is not numbering order
+    reviews = [
+        {"reviewerID": name, "asin": f"B{rng.integers(n_books)}", "overall": float(rng.integers(1, 6)),
+         "unixReviewTime": _day(1, 1, int(second))}
+        for name in names
+        for second in rng.choice(365 * 86_400, per_user, replace=False)  # distinct times within 2017
+    ]  # fmt: skip
+    reviews = [reviews[i] for i in rng.permutation(len(reviews))]
+    meta = [{"asin": f"B{i}", "title": f"Book {i}"} for i in range(n_books)]
+    splits = load_amazon_book(_write_amazon(tmp_path / "amazon", reviews, meta), min_count=3)
+    expected = _earlier_positives(reviews, 3)
+    got = _output_histories(splits)
+    assert got == expected and sum(map(len, got.values())) > 100
+
+
+@pytest.mark.parametrize("remap_in_sorted_order", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_build_splits_histories_against_pandas(seed, remap_in_sorted_order):
+    """Random frames with time ties: a row's history = its user's positives before it in (time, given order)."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "raw_user_id": rng.choice([f"u{i}" for i in rng.permutation(12)], n),
+            "raw_item_id": [f"i{k}" for k in rng.permutation(n)],  # one item a row: rows are identifiable
+            "label": rng.integers(0, 2, n),
+            "timestamp": rng.integers(0, 15, n),  # many ties
+            "title": "t",
+            "split": rng.choice(["train", "validation", "test"], n, p=[0.6, 0.2, 0.2]),
+        }
+    )
+    splits = build_splits(frame, remap_in_sorted_order=remap_in_sorted_order)
+    given = frame.assign(position=np.arange(n))
+    pairs = given.merge(given[given["label"] == 1], on="raw_user_id", suffixes=("", "_earlier"))
+    earlier = (pairs["timestamp_earlier"] < pairs["timestamp"]) | (
+        (pairs["timestamp_earlier"] == pairs["timestamp"]) & (pairs["position_earlier"] < pairs["position"])
+    )
+    pairs = pairs[earlier].sort_values(["position", "timestamp_earlier", "position_earlier"])
+    lists = pairs.groupby("raw_item_id")["raw_item_id_earlier"].agg(list)
+    rows = pd.concat([splits[s].to_pandas() for s in splits])
+    raw_item = dict(zip(rows["item_id"], rows["raw_item_id"], strict=True))
+    got = {
+        item: [raw_item[i] for i in h] for item, h in zip(rows["raw_item_id"], rows["history"], strict=True)
+    }
+    assert got == {item: lists.get(item, []) for item in frame["raw_item_id"]}
+
+
+# ------------------------------------------------------------------------------ numeric fields: what they mean
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("7::20.5::5::978300760", r"column 'raw_item_id' must be a whole number \(int64\), got '20.5'"),
+        ("7.9::20::5::978300760", r"column 'raw_user_id' must be a whole number \(int64\), got '7.9'"),
+        ("7::20::5::978300760.7", r"column 'timestamp' must be a whole number \(int64\), got '978300760.7'"),
+        ("7::20::inf::978300760", r"column 'rating' must be a finite number, got 'inf'"),
+        ("7::20::-Infinity::978300760", r"column 'rating' must be a finite number, got '-Infinity'"),
+        ("7::20::nan::978300760", r"column 'rating' must be a number, got 'nan'"),
+        ("7::20::5::99999999999999999999", r"column 'timestamp' must be a whole number \(int64\), got '9999"),
+    ],
+)
+def test_movielens_numeric_fields_are_what_they_mean(tmp_path, line, message):
+    folder = write_ml1m(tmp_path / "ml", RATINGS, MOVIES)
+    lines = (folder / "ratings.dat").read_text(encoding="latin-1").splitlines()
+    (folder / "ratings.dat").write_text("\n".join(lines[:3] + [line] + lines[3:]) + "\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=r"ratings\.dat, line 4: " + message):
+        load_movielens_1m(folder)
+
+
+def test_movielens_whole_numbers_written_as_floats_are_read_exactly(tmp_path):
+    rows = [(u, m, r, f"{t}.0") for u, m, r, t in RATINGS]
+    ours = load_movielens_1m(write_ml1m(tmp_path / "a", rows, MOVIES))
+    reference = load_movielens_1m(write_ml1m(tmp_path / "b", RATINGS, MOVIES))
+    for name in ("train", "validation", "test"):
+        pd.testing.assert_frame_equal(ours[name].to_pandas(), reference[name].to_pandas())
+    assert ours["test"]["timestamp"] == [ts(2002, 10)]
+
+
+def test_generic_loader_numeric_and_text_fields(tmp_path):
+    titles = pd.DataFrame({"item": ["x", "y"], "title": ["Ex", "Why"]})
+    titles.to_csv(tmp_path / "items.csv", index=False)
+
+    def load(log_text, items="items.csv"):
+        (tmp_path / "log.csv").write_text(log_text)
+        return load_interactions(tmp_path / "log.csv", tmp_path / items, valid_start=200, test_start=300)
+
+    head = "user,item,rating,timestamp\na,x,5,100\n"
+    with pytest.raises(
+        ValueError, match=r"log\.csv, line 3: column 'timestamp' must be a whole number .*'150\.5'"
+    ):
+        load(head + "b,y,4,150.5\n")
+    with pytest.raises(ValueError, match=r"log\.csv, line 3: column 'user' is empty"):
+        load(head + ",y,4,150\n")
+    with pytest.raises(
+        ValueError, match=r"log\.csv, line 3: column 'rating' must be a finite number, got 'inf'"
+    ):
+        load(head + "b,y,inf,150\n")
+    with pytest.raises(ValueError, match=r"log\.csv, line 3: column 'rating' must be a number, got ''"):
+        load(head + "b,y\n")  # a short row
+    with pytest.raises(ValueError, match=r"log\.csv, line 5: column 'rating' must be a number, got 'five'"):
+        load(head + "\n \t\nb,y,five,150\n")  # blank lines are skipped, but counted
+    (tmp_path / "items2.csv").write_text("item,title\nx,Ex\ny,   \n")
+    with pytest.raises(ValueError, match=r"items2\.csv, line 3: column 'title' is empty"):
+        load(head + "b,y,4,150\n", "items2.csv")
+    (tmp_path / "items3.csv").write_text("item,title\nx,Ex\ny,Why\nx,Ex again\n")
+    with pytest.raises(ValueError, match=r"items3\.csv, line 4: item 'x' is listed twice"):
+        load(head, "items3.csv")
+    log = pd.DataFrame(
+        {"user": ["a", "b"], "item": ["x", "y"], "rating": [True, False], "timestamp": [100, 150]}
+    )
+    log.to_parquet(tmp_path / "log.parquet")
+    with pytest.raises(ValueError, match=r"log\.parquet: column 'rating' holds bool values, not numbers"):
+        load_interactions(tmp_path / "log.parquet", tmp_path / "items.csv", valid_start=200, test_start=300)
+    log.assign(rating=[5.0, 4.0], timestamp=pd.to_datetime([100, 150], unit="s")).to_parquet(
+        tmp_path / "t.parquet"
+    )
+    with pytest.raises(
+        ValueError, match=r"column 'timestamp' holds datetime64\[.*\] values, not numbers \(unix"
+    ):
+        load_interactions(tmp_path / "t.parquet", tmp_path / "items.csv", valid_start=200, test_start=300)
+    log.assign(rating=[5.0, None]).to_parquet(tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match=r"n\.parquet, line 2: column 'rating' must be a number, got nan"):
+        load_interactions(tmp_path / "n.parquet", tmp_path / "items.csv", valid_start=200, test_start=300)
+
+
+def test_amazon_book_fields_are_what_they_mean(tmp_path):
+    good = [
+        {"asin": "B0", "reviewerID": "U0", "overall": 5.0, "unixReviewTime": _day(3, d)} for d in range(1, 9)
+    ]
+
+    def load(name, bad, blank_lines=0):
+        folder = _write_amazon(tmp_path / name, good[:3], [{"asin": "B0", "title": "Zero"}])
+        with gzip.open(folder / "Books_5.json.gz", "at") as f:
+            f.write("\n" * blank_lines + json.dumps(bad) + "\n")
+        return load_amazon_book(folder, min_count=0)
+
+    review = {"asin": "B0", "reviewerID": "U1", "overall": 4.0, "unixReviewTime": _day(3, 9)}
+    with pytest.raises(
+        ValueError, match=r"Books_5\.json\.gz, line 6: column 'unixReviewTime' must be a whole"
+    ):
+        load("a", {**review, "unixReviewTime": _day(3, 9) + 0.5}, blank_lines=2)
+    with pytest.raises(
+        ValueError, match=r"Books_5\.json\.gz, line 4: column 'overall' must be a finite number"
+    ):
+        load("b", {**review, "overall": "inf"})
+    with pytest.raises(
+        ValueError, match=r"Books_5\.json\.gz, line 4: column 'overall' must be a number, got True"
+    ):
+        load("c", {**review, "overall": True})
+    with pytest.raises(ValueError, match=r"Books_5\.json\.gz, line 4: column 'reviewerID' is empty"):
+        load("d", {**review, "reviewerID": " "})
+
+
+# ------------------------------------------------------------------------------------- what the recipes drop
+def test_movielens_drops_are_logged_with_counts(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ccf_llm.data")
+    load_movielens_1m(write_ml1m(tmp_path / "ml", RATINGS, MOVIES))
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ccf_llm.data"]
+    assert (logging.WARNING, f"{tmp_path / 'ml' / 'ratings.dat'}: 1 of 10 ratings are of movies that movies.dat "
+            "lacks and are left out (CoLLM's inner join) (first: line 10, movie 99)") in messages  # fmt: skip
+    assert (logging.INFO, f"{tmp_path / 'ml' / 'ratings.dat'}: 2 of 9 ratings (of known movies) fall outside "
+            "CoLLM's window (2001-06 .. 2003-01) and are left out") in messages  # fmt: skip
+
+
+def test_movielens_movie_listed_twice_raises(tmp_path):
+    with pytest.raises(ValueError, match=r"movies\.dat, line 6: movie 20 is listed twice"):
+        load_movielens_1m(write_ml1m(tmp_path / "ml", RATINGS, MOVIES + [(20, "Heat again (1995)")]))
+
+
+def test_amazon_book_drops_are_logged_with_counts(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ccf_llm.data")
+    reviews = [{"asin": f"B{b}", "reviewerID": f"U{u}", "overall": 5.0, "unixReviewTime": _day(1 + b, 1 + u)}
+               for u in range(3) for b in range(3)]  # fmt: skip
+    reviews += [
+        {
+            "asin": "B0",
+            "reviewerID": "U0",
+            "overall": 5.0,
+            "unixReviewTime": _day(1, 1) - 86_400 * 400,
+        },  # 2015
+        {"asin": "B0", "reviewerID": "U9", "overall": 5.0, "unixReviewTime": _day(5, 1)},  # a rare user
+        {"asin": "B0", "reviewerID": None, "overall": 5.0, "unixReviewTime": _day(5, 2)},  # no reviewer
+        {"asin": "B1", "reviewerID": "U1", "unixReviewTime": _day(5, 3)},  # no rating
+        {"asin": "B9", "reviewerID": "U1", "overall": 4.0, "unixReviewTime": _day(5, 4)},  # rare, untitled
+    ]
+    meta = [{"asin": "B0", "title": "Old"}] + [{"asin": f"B{b}", "title": f"Book {b}"} for b in range(3)]
+    meta.append({"asin": "B9"})  # no title: fine, the item is not kept
+    folder = _write_amazon(tmp_path / "amazon", reviews, meta)
+    splits = load_amazon_book(folder, min_count=2)
+    assert sum(map(len, splits.values())) == 9
+    messages = {r.getMessage() for r in caplog.records if r.name == "ccf_llm.data"}
+    reviews_path, meta_path = folder / "Books_5.json.gz", folder / "meta_Books.json.gz"
+    assert messages == {
+        f"{reviews_path}: 2 of 14 reviews lack one of ['asin', 'reviewerID', 'overall', 'unixReviewTime'] and are "
+        "left out (CoLLM's dropna) (first: line 12)",
+        f"{meta_path}: 1 of 5 metadata rows repeat an asin listed again later and are left out (the last one is "
+        "kept, as CoLLM does)",
+        f"{reviews_path}: 1 of 12 ratings are not from 2017 and are left out",
+        f"{reviews_path}: 2 of 11 ratings of 2017 are of users or items with at most 2 ratings in 2017 and are left "
+        "out",
+    }
+    assert (
+        item_titles(splits)[1] in {"Book 0", "Book 1", "Book 2"} and "Old" not in item_titles(splits).values()
+    )
+
+
+def test_amazon_book_kept_item_without_title_names_meta_line(tmp_path):
+    reviews = [{"asin": "B0", "reviewerID": f"U{u}", "overall": 5.0, "unixReviewTime": _day(2, 1 + u)}
+               for u in range(3)]  # fmt: skip
+    folder = _write_amazon(
+        tmp_path / "a", reviews, [{"asin": "B1", "title": "One"}, {"asin": "B0", "title": ""}]
+    )
+    with pytest.raises(
+        ValueError, match=r"meta_Books\.json\.gz, line 2: no title for item 'B0', which is kept"
+    ):
+        load_amazon_book(folder, min_count=0)
+    folder = _write_amazon(tmp_path / "b", reviews, [{"asin": "B1", "title": "One"}])
+    with pytest.raises(
+        ValueError, match=r"Books_5\.json\.gz, line 1: .*meta_Books\.json\.gz has no entry for item"
+    ):
+        load_amazon_book(folder, min_count=0)
+
+
+def test_generic_loader_logs_rows_outside_the_boundaries(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ccf_llm.data")
+    pd.DataFrame({"item": ["x"], "title": ["Ex"]}).to_csv(tmp_path / "items.csv", index=False)
+    pd.DataFrame(
+        {"user": ["a"] * 5, "item": ["x"] * 5, "rating": [5] * 5, "timestamp": [50, 100, 250, 350, 900]}
+    ).to_csv(tmp_path / "log.csv", index=False)
+    splits = load_interactions(tmp_path / "log.csv", tmp_path / "items.csv", valid_start=200, test_start=300,
+                               train_start=100, test_end=400)  # fmt: skip
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [1, 1, 1]
+    assert [r.getMessage() for r in caplog.records if r.name == "ccf_llm.data"] == [
+        f"{tmp_path / 'log.csv'}: 2 of 5 interactions fall outside [train_start, test_end) and are left out"
+    ]
+
+
+# ------------------------------------------------------------------------------------------- latin-1 line ends
+def test_latin1_titles_keep_bytes_python_treats_as_line_breaks(tmp_path):
+    """0x85 (NEL), 0x0b, 0x0c, 0x1c-0x1e are characters of a latin-1 title, not line ends."""
+    odd = [(10, "Caf\x85 Society (2016)"), (20, "Heat\x0b\x0c (1995)"), (30, "Casino\x1c\x1d\x1e (1995)")]
+    movies = odd + MOVIES[3:]
+    splits = load_movielens_1m(write_ml1m(tmp_path / "ml", RATINGS, movies))
+    titles = set(item_titles(splits).values())
+    assert {"Caf\x85 Society (2016)", "Heat\x0b\x0c (1995)", "Casino\x1c\x1d\x1e (1995)"} <= titles
+    assert {k: len(v) for k, v in splits.items()} == {"train": 5, "validation": 1, "test": 1}
+    crlf = tmp_path / "crlf"
+    write_ml1m(crlf, RATINGS, movies)
+    for name in ("ratings.dat", "movies.dat"):
+        (crlf / name).write_bytes((crlf / name).read_bytes().replace(b"\n", b"\r\n"))
+    assert item_titles(load_movielens_1m(crlf)) == item_titles(splits)
+
+
+# ------------------------------------------------------------------------------- load_interactions: arguments
+@pytest.fixture
+def small_log(tmp_path):
+    t0 = ts(2001, 1, 1)
+    times = [t0, t0 + 100, t0 + 50, t0 + 200, t0 + 300]
+    log = pd.DataFrame({"user": ["a", "a", "b", "b", "a"], "item": ["x", "y", "x", "z", "z"],
+                        "rating": [5, 1, 4, 5, 2], "timestamp": times})  # fmt: skip
+    log.to_csv(tmp_path / "log.csv", index=False)
+    pd.DataFrame({"item": ["x", "y", "z"], "title": ["Ex", "Why", "Zed"]}).to_parquet(
+        tmp_path / "items.parquet"
+    )
+    return lambda **kw: load_interactions(tmp_path / "log.csv", tmp_path / "items.parquet", **kw), t0
+
+
+def _sizes(splits):
+    return [len(splits[s]) for s in ("train", "validation", "test")]
+
+
+def test_generic_loader_boundaries_in_every_promised_form(small_log):
+    load, t0 = small_log
+    assert _sizes(load(valid_start=t0 + 150, test_start=t0 + 250)) == [3, 1, 1]
+    for valid, test in [
+        (str(t0 + 150), str(t0 + 250)),  # as run_ctr.py --valid_start passes them
+        (float(t0 + 150), float(t0 + 250)),
+        (np.int64(t0 + 150), np.float64(t0 + 250)),
+        (t0 + 149.5, f" {t0 + 249.25} "),  # a boundary inside a second starts at the next one
+        ("2001-01-01 00:02:30", "2001-01-01T00:04:10Z"),
+        (pd.Timestamp("2001-01-01 01:02:30", tz="Europe/Paris"), datetime(2001, 1, 1, 0, 4, 10, tzinfo=UTC)),
+        (np.datetime64("2001-01-01T00:02:30"), pd.Timestamp("2000-12-31 19:04:10", tz="America/New_York")),
+    ]:
+        assert _sizes(load(valid_start=valid, test_start=test)) == [3, 1, 1], (valid, test)
+    assert _sizes(load(valid_start=t0 + 100, test_start=t0 + 200)) == [2, 1, 2]
+    assert _sizes(load(valid_start=t0 + 100.5, test_start=t0 + 200)) == [3, 0, 2]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"valid_start": None, "test_start": 5}, "valid_start is required"),
+        ({"valid_start": "soon", "test_start": 5}, "valid_start: 'soon' is neither unix seconds nor a date"),
+        ({"valid_start": float("nan"), "test_start": 5}, "valid_start must be a finite number.*got nan"),
+        ({"valid_start": 1, "test_start": "inf"}, "test_start must be a finite number.*got inf"),
+        ({"valid_start": True, "test_start": 5}, "valid_start must be unix seconds or a date, got True"),
+        (
+            {"valid_start": 10, "test_start": 5},
+            r"valid_start=10 \(1970-01-01T00:00:10\+00:00\) is after test_start=5",
+        ),
+        ({"valid_start": 1, "test_start": 5, "test_end": 4}, r"test_start=5 .* is after test_end=4"),
+        ({"valid_start": 1, "test_start": 5, "threshold": float("nan")}, "threshold must be a finite number"),
+    ],
+)
+def test_generic_loader_bad_arguments_name_argument_and_value(small_log, kw, message):
+    load, _ = small_log
+    with pytest.raises(ValueError, match=message):
+        load(**kw)
+
+
+def test_generic_loader_empty_train_split_names_the_range(small_log):
+    load, t0 = small_log
+    span = r"timestamps span 2001-01-01T00:00:00\+00:00 \.\. 2001-01-01T00:05:00\+00:00"
+    with pytest.raises(
+        ValueError, match=r"train split is empty: .*\[-inf, 2000-12-31T00:00:00\+00:00\); its " + span
+    ):
+        load(valid_start="2000-12-31", test_start=t0 + 250)
+
+
+def test_build_splits_refuses_frames_that_break_its_rules():
+    frame = pd.DataFrame({"raw_user_id": [1, 2], "raw_item_id": [1, 2], "label": [1, 0], "timestamp": [1, 2],
+                          "title": ["a", "b"], "split": ["train", "test"]})  # fmt: skip
+    assert len(build_splits(frame)["train"]) == 1
+    with pytest.raises(ValueError, match=r"raw_user_id is missing in 1 rows"):
+        build_splits(frame.assign(raw_user_id=[1, None]))
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1, got \[5\]"):
+        build_splits(frame.assign(label=[1, 5]))
+    with pytest.raises(ValueError, match=r"timestamps must be whole unix seconds, got \[1\.5\]"):
+        build_splits(frame.assign(timestamp=[1.5, 2]))
+    with pytest.raises(ValueError, match=r"lacks columns \['title'\]"):
+        build_splits(frame.drop(columns="title"))

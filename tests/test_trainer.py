@@ -257,6 +257,11 @@ def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
     for key in ("test_auc", "test_uauc", "eval_auc", "eval_uauc", "cf_test_auc"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["test_rows"] == 48 and summary["train_rows_per_stage"] == 32
+    # the adapters name the saved base folder: it resolves offline and PEFT never looks a Hub id up while saving
+    for adapter in (out / "gate" / "adapter", out / "gate" / "stage_2_fusion" / "final"):
+        assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+            out / "gate"
+        )
     card = (out / "gate" / "README.md").read_text()
     assert (
         "fusion mode **`gate`**" in card
