@@ -23,17 +23,42 @@ from ccf_llm.precision import resolve_dtype
 COLUMNS = ("user_id", "history", "item_id")
 
 
+def _whole_numbers(values: pd.Series, path: Path, what: str, line_of) -> np.ndarray:
+    """`values` as int64, or a SystemExit naming the file, line and value that is not a whole number."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() | ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if bad.any():
+        first = bad.to_numpy().nonzero()[0][0]
+        raise SystemExit(
+            f"{path}, line {line_of(values.index[first])}: {what} '{values.iloc[first]}' is not a whole number"
+        )
+    return numbers.to_numpy().astype(np.int64)
+
+
 def read_table(path: Path) -> pd.DataFrame:
+    """
+    The rows to score, every column kept. CSV histories are written "[1, 2, 3]" or "1 2 3" (parquet: a list
+    column). Ids and history items must be whole numbers: anything else stops with the file and line.
+    """
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        table = pd.read_csv(path)
-        if "history" in table:  # "[1, 2, 3]" or "1 2 3"
-            table["history"] = [
-                [int(x) for x in str(h).strip("[]").replace(",", " ").split()] for h in table["history"]
-            ]
-        return table
-    raise SystemExit(f"{path}: expected a .parquet or .csv file")
+        table = pd.read_parquet(path)
+        line_of = lambda row: row + 1  # noqa: E731  (parquet "lines" are row numbers)
+    elif path.suffix == ".csv":
+        table = pd.read_csv(path, dtype={"history": str}, keep_default_na=False)
+        line_of = lambda row: row + 2  # noqa: E731  (the header is line 1)
+    else:
+        raise SystemExit(f"{path}: expected a .parquet or .csv file")
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise SystemExit(f"{path} lacks the columns {missing} (has {table.columns.tolist()})")
+    for column in ("user_id", "item_id"):
+        table[column] = _whole_numbers(table[column], path, column, line_of)
+    if path.suffix == ".csv":  # "[1, 2, 3]" / "1 2 3" -> lists, all rows at once
+        items = table["history"].str.strip("[] ").str.replace(",", " ").str.split().explode()
+        items = items[items.notna()]
+        parsed = pd.Series(_whole_numbers(items, path, "history item", line_of), index=items.index)
+        table["history"] = parsed.groupby(level=0).agg(list).reindex(table.index, fill_value=[]).tolist()
+    return table
 
 
 def main(argv=None):
@@ -56,9 +81,6 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     table = read_table(args.input)
-    missing = [c for c in COLUMNS if c not in table.columns]
-    if missing:
-        raise SystemExit(f"{args.input} lacks the columns {missing} (has {table.columns.tolist()})")
     model = load_ctr_model(args.model, dtype=resolve_dtype(args.dtype))
     processor = CCFLlamaProcessor.from_pretrained(args.model)
     start = time.perf_counter()

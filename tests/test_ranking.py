@@ -242,3 +242,26 @@ def test_pipeline_never_merges_an_adapter_twice_or_one_that_is_not_the_models(tm
     _folder_with_adapter(tmp_path / "other", base_name=tmp_path / "run")
     with pytest.raises(ValueError, match="does not belong to this model"):
         load_ctr_model(tmp_path / "other")
+
+
+def test_score_script_reads_csv_histories_and_refuses_values_that_are_not_ids(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("score_script", "examples/score.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    path = tmp_path / "rows.csv"
+    path.write_text('user_id,history,item_id,note\n1,"[1, 2, 3]",4,a\n2,,5,b\n3,7 8,6,c\n4,[],2.0,d\n')
+    table = script.read_table(path)
+    assert table["history"].tolist() == [[1, 2, 3], [], [7, 8], []]
+    assert table["item_id"].tolist() == [4, 5, 6, 2] and table["item_id"].dtype == np.int64
+    assert table["note"].tolist() == ["a", "b", "c", "d"]  # other columns ride along
+    for body, message in (
+        ('1,"[1, 2.5]",4,a\n', r"rows.csv, line 2: history item '2.5' is not a whole number"),
+        ("1,3,4,a\n2,x 1,5,b\n", r"rows.csv, line 3: history item 'x' is not a whole number"),
+        ("1.5,3,4,a\n", r"rows.csv, line 2: user_id '1.5' is not a whole number"),
+        ("1,3,,a\n", r"rows.csv, line 2: item_id '' is not a whole number"),
+    ):
+        path.write_text("user_id,history,item_id,note\n" + body)
+        with pytest.raises(SystemExit, match=message):
+            script.read_table(path)
