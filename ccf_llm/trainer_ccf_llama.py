@@ -205,7 +205,7 @@ class CCFTrainer(Trainer):
         if model.training and not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {self.state.global_step}: training stopped; the last "
-                f"checkpoint in {self.args.output_dir} is the last good one (lower the learning rate or use bf16)"
+                f"checkpoint in {self.args.output_dir} is the last good one (lower the learning rate)"
             )
         return (loss, outputs) if return_outputs else loss
 

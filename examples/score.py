@@ -10,6 +10,7 @@ encoded prompt prefix (`ccf_llm.score_rows`). A progress bar shows rows scored.
 """
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def main(argv=None):
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s"
+    )  # says which dtype, and why
     if args.threads:
         torch.set_num_threads(args.threads)
     table = read_table(args.input)
