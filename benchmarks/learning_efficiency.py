@@ -27,7 +27,7 @@ from peft import load_peft_weights, set_peft_model_state_dict
 from scipy.optimize import minimize
 from transformers import AutoModel, set_seed
 
-from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, ccf_ctr_loss, load_llm
+from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, ccf_ctr_loss, load_llm, score_rows
 from ccf_llm.data import item_titles, load_movielens_1m
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
 
@@ -155,9 +155,13 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
             (shared / "history.json").write_text(
                 json.dumps({"steps": trainer.state.global_step, "history": history[stage_start:]}) + "\n"
             )
-    scores = trainer.predict(evaluation).predictions  # the final model's validation scores, for intervals
+    # the final model's validation scores in row order, for intervals and paired tests (not trainer.predict: with
+    # train_sampling_strategy="group_by_length" the Trainer's evaluation sampler groups rows by length too)
+    peft_model.eval()
+    scores = score_rows(peft_model, processor, evaluation["user_id"], evaluation.data.column("history"),
+                        evaluation["item_id"], batch_size=64)  # fmt: skip
     result = {"arm": name, "spec": spec, "seconds": round(time.perf_counter() - start, 1), "history": history,
-              "scores": np.asarray(scores, dtype=np.float64).reshape(-1).round(6).tolist()}  # fmt: skip
+              "scores": np.asarray(scores, dtype=np.float64).round(6).tolist(), "scores_order": "rows"}  # fmt: skip
     (Path(args.output_dir) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -213,6 +217,8 @@ def report(args, level: float, evaluation, cf_model) -> None:
 
     arms = {name: json.loads((Path(args.output_dir) / f"{name}.json").read_text())
             for name in ARMS if (Path(args.output_dir) / f"{name}.json").is_file()}  # fmt: skip
+    if unordered := [name for name, found in arms.items() if found.get("scores_order") != "rows"]:
+        raise ValueError(f"the scores of {unordered} are not in row order: rerun those arms")
     if not arms:
         return
     reference = "gate_as_is" if "gate_as_is" in arms else next(iter(arms))
