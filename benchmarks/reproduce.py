@@ -397,7 +397,7 @@ def write_table(results: dict, args, name: str, start: float) -> None:
             "wall_seconds": r["wall_seconds"],
         })  # fmt: skip
     keys = ("train_rows_per_stage", "history_size", "learning_rate", "fusion_learning_rate", "gate_init_alpha",
-            "per_device_train_batch_size", "num_train_epochs", "lr_scheduler_type", "warmup_ratio",
+            "per_device_train_batch_size", "num_train_epochs", "lr_scheduler_type", "warmup_steps",
             "early_stopping_patience", "eval_steps", "lora_dropout", "template")  # fmt: skip
     out = {
         "provenance": provenance(

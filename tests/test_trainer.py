@@ -552,3 +552,21 @@ def test_early_stopping_keeps_the_best_auc_checkpoint(tmp_path):
         (record,) = CCFTwoStageTrainer(model, strict, train_dataset=data, eval_dataset=data,
                                        data_collator=CCFDataCollator(tokenizer.pad_token_id)).train()  # fmt: skip
         assert record["steps"] >= at_least and (min_epochs or record["steps"] < 24)
+
+
+@pytest.mark.parametrize("config", ["demo.json", "reproduce_ml1m.json", "reproduce_ml1m_full.json"])
+def test_example_configs_parse_into_run_ctr_arguments(config, monkeypatch):
+    """Every key of a shipped config is an argument run_ctr.py knows (HfArgumentParser refuses unknown ones)."""
+    from pathlib import Path
+
+    from transformers import HfArgumentParser
+
+    monkeypatch.setattr(sys, "argv", ["run_ctr.py"])
+    script = runpy.run_path("examples/run_ctr.py")  # defines the argument dataclasses, runs nothing
+    values = json.loads((Path("examples/configs") / config).read_text())
+    argv = [item for key, value in values.items()
+            for item in (f"--{key}", *map(str, value if isinstance(value, list) else [value]))]  # fmt: skip
+    parser = HfArgumentParser((script["ModelArguments"], script["DataArguments"], CCFTrainingArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv + ["--output_dir", "unused"])
+    assert model_args.dtype == "auto"  # no config fixes a dtype: bf16 would crawl on AVX2 CPUs
+    assert args.per_device_train_batch_size == values["per_device_train_batch_size"]
