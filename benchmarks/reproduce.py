@@ -293,6 +293,7 @@ def plot(table: list[dict], path: Path) -> None:
 
 def render(out: dict) -> list[str]:
     ci = lambda pair: f" [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""  # noqa: E731
+    signed = lambda pair: f" [{pair[0]:+.3f}, {pair[1]:+.3f}]"  # noqa: E731
     lines = [
         f"Budget: {json.dumps(out['budget'])}; validation ({out.get('eval_rows', 'all')} rows) and test sets. "
         "RelaImpr (Eq. 6) against the row's CF model, as in Table 3. Intervals: 95%, bootstrap over test users "
@@ -316,8 +317,8 @@ def render(out: dict) -> list[str]:
                   "| a − b | test AUC diff [95% CI] | p | test UAUC diff [95% CI] | p |", "|---|---|---|---|---|"]  # fmt: skip
         for name, d in out["paired"].items():
             lines.append(
-                f"| {name} | {d['auc_diff']:+.4f}{ci(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
-                f"{d['uauc_diff']:+.4f}{ci(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |"
+                f"| {name} | {d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
+                f"{d['uauc_diff']:+.4f}{signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |"
             )
     if out.get("shared_stage1"):
         lines += ["", "Stage 1 shared (run_ctr.py --shared_stage1): "
@@ -385,9 +386,9 @@ def write_table(results: dict, args, name: str, start: float) -> None:
             "row": row,
             "group": "CF" if row in CF_ARGS else LLM_ROWS[row][3],
             "valid_auc": round(r["eval_auc"], 4),
-            "test_auc": round(r["test_auc"], 4),
+            "test_auc": round(found.get("auc", r["test_auc"]), 4),
             "test_auc_ci": found.get("auc_ci"),
-            "test_uauc": round(r["test_uauc"], 4),
+            "test_uauc": round(found.get("uauc", r["test_uauc"]), 4),
             "test_uauc_ci": found.get("uauc_ci"),
             "test_rela_impr_vs_cf": None if base is None else round(rela_impr(r["test_auc"], base), 2),
             "test_rela_impr_ci": found.get("rela_impr_ci"),
