@@ -28,7 +28,7 @@ from scipy.optimize import minimize
 from transformers import AutoModel, set_seed
 
 from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, ccf_ctr_loss, load_llm, score_rows
-from ccf_llm.data import item_titles, load_movielens_1m
+from ccf_llm.data import item_titles, load_movielens_1m, seeded_subsample
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
 
 SHORT = "User liked {history}. User feature: {user}. Will they enjoy {target}? #Answer:"
@@ -84,12 +84,6 @@ def constant_loss(labels: np.ndarray, bpr_weight: float = 2.0) -> float:
     return float(minimize(loss, x0=[0.0, 0.0], method="Nelder-Mead").fun)
 
 
-def subsample(split, rows, seed):
-    if rows >= len(split):
-        return split
-    return split.select(np.sort(np.random.default_rng(seed).choice(len(split), rows, replace=False)))
-
-
 def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
     set_seed(args.seed)
     llm, tokenizer = load_llm(dtype=args.dtype)
@@ -100,7 +94,7 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
     )  # fmt: skip
     processor = CCFLlamaProcessor(tokenizer, titles, fusion_mode=mode, template=spec["template"],
                                   history_size=spec["history_size"])  # fmt: skip
-    evaluation = processor.process_dataset(subsample(splits["validation"], args.eval_rows, args.seed))
+    evaluation = processor.process_dataset(seeded_subsample(splits["validation"], args.eval_rows, args.seed))
     out = Path(args.output_dir) / name
     base_args = CCFTrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
@@ -113,7 +107,9 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
     for number, stage in enumerate(spec["stages"]):
         if stage["rows"] == 0 or (mode == "text" and stage["stage"] != "lora"):
             continue
-        train = processor.process_dataset(subsample(splits["train"], stage["rows"], args.seed + 10 + number))
+        train = processor.process_dataset(
+            seeded_subsample(splits["train"], stage["rows"], args.seed + 10 + number)
+        )
         stage_args = dataclasses.replace(
             base_args, stage=stage["stage"], learning_rate=stage["learning_rate"],
             warmup_steps=stage["warmup_steps"], lr_scheduler_type=stage["scheduler"], output_dir=str(out / str(number)),
@@ -326,7 +322,7 @@ def main():
         if not (Path(args.output_dir) / f"{name}.json").is_file():
             print(f"[learning_efficiency] {name}", flush=True)
             run_arm(name, ARMS[name], args, splits, titles, cf_model)
-    report(args, level, subsample(splits["validation"], args.eval_rows, args.seed), cf_model)
+    report(args, level, seeded_subsample(splits["validation"], args.eval_rows, args.seed), cf_model)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The benchmarks' shared report: where and how a run was made, and results files with one section per CPU kind.
 
 `benchmarks/results/<name>.json` holds `{"by_cpu_kind": {KIND: result, ...}}`, KIND being
-`ccf_llm.precision.device_precision().kind` (`AMX`, `AVX512-BF16`, `AVX2`, ...; `unrecorded` for figures from before
-the kind was recorded). A run replaces only its own kind's entry, so a run on one kind of machine never replaces
+`ccf_llm.precision.device_precision().kind` (`AMX`, `AVX512-BF16`, `AVX2`, ...; figures from before the kind was
+recorded carry the kind their bf16 speed implies, with `inferred` saying why). A run replaces only its own kind's entry, so a run on one kind of machine never replaces
 another kind's figures, and `<name>.md` is rendered again from the whole file, one `## KIND` section per kind.
 """
 

@@ -686,6 +686,14 @@ def identity_collator(batch):
     return batch
 
 
+def seeded_subsample(split: datasets.Dataset, rows: int | None, seed: int) -> datasets.Dataset:
+    """`rows` rows of `split` drawn without replacement with `seed`, kept in their order; all of it when `rows` is
+    None or at least its length. The same seed gives the same rows in every run and mode."""
+    if rows is None or rows >= len(split):
+        return split
+    return split.select(np.sort(np.random.default_rng(seed).choice(len(split), rows, replace=False)))
+
+
 __all__ = [
     "SPLITS",
     "CTRRows",
@@ -697,5 +705,6 @@ __all__ = [
     "load_movielens_1m",
     "read_delimited",
     "read_table",
+    "seeded_subsample",
     "warm_cold_subsets",
 ]

@@ -75,9 +75,9 @@ def ccf_ctr_loss(
     logits, since both share the softmax normalizer), which keeps its gradient alive when both probabilities are
     small.
     """
-    if ((labels != 0) & (labels != 1)).any():
-        bad = labels[(labels != 0) & (labels != 1)]
-        raise ValueError(f"labels must be 0 or 1 (click or not), got {bad[:10].tolist()}")
+    invalid = (labels != 0) & (labels != 1)
+    if invalid.any():
+        raise ValueError(f"labels must be 0 or 1 (click or not), got {labels[invalid][:10].tolist()}")
     y = labels.to(log_p_yes.dtype)
     bce_yes = -(y * log_p_yes.clamp(min=-100) + (1 - y) * _log1mexp(log_p_yes).clamp(min=-100))
     bce_no = -((1 - y) * log_p_no.clamp(min=-100) + y * _log1mexp(log_p_no).clamp(min=-100))

@@ -9,6 +9,8 @@
   on a non-finite loss (the last saved checkpoint stays the last good one), and reports AUC / UAUC through the
   packaged `evaluate` metric. Two stages are two `CCFTrainer`s on the same model: stage 2 starts from stage 1's
   weights with a fresh optimizer (the optimizer only holds what is trainable when it is built).
+* `CCFTwoStageTrainer` runs a whole schedule (`SCHEDULES`) as such `CCFTrainer`s: resume, shared stages, early
+  stopping, the divergence guard and roll-back of a stage that lowers validation AUC.
 * `compile_layers=True` compiles each decoder layer of the LLM in place (regional compilation) before training.
 """
 
@@ -89,8 +91,7 @@ class CCFTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
+        schedule_stages(self.schedule)  # an unknown schedule fails here, when the arguments are parsed
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.bpr_weight < 0:

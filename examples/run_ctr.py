@@ -41,7 +41,7 @@ from ccf_llm import (
     load_llm,
     score_rows,
 )
-from ccf_llm.data import item_titles, load_amazon_book, load_interactions, load_movielens_1m
+from ccf_llm.data import item_titles, load_amazon_book, load_interactions, load_movielens_1m, seeded_subsample
 from ccf_llm.metrics import load_ctr_metric, rela_impr
 from ccf_llm.model_card import render_model_card
 from ccf_llm.synthetic import make_demo_log
@@ -161,12 +161,6 @@ def load_splits(data: DataArguments):
     raise ValueError(f"unknown dataset {data.dataset!r}: ml-1m, amazon_book, interactions or demo")
 
 
-def subsample(split, rows: int | None, seed: int):
-    if rows is None or rows >= len(split):
-        return split
-    return split.select(np.sort(np.random.default_rng(seed).choice(len(split), rows, replace=False)))
-
-
 def cf_models_for(
     model_args: ModelArguments, splits, args: CCFTrainingArguments, num_users: int, num_items: int
 ):
@@ -224,8 +218,9 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     set_seed(args.seed)  # ALG / GATE initialization
     model = CCFLlamaForCTR.from_llm(
         llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,
-        fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, gate_init_alpha=model_args.gate_init_alpha, yes_token=model_args.yes_token,
-        no_token=model_args.no_token, standardize_cf=model_args.standardize_cf and mode != "text",
+        fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, gate_init_alpha=model_args.gate_init_alpha,
+        yes_token=model_args.yes_token, no_token=model_args.no_token,
+        standardize_cf=model_args.standardize_cf and mode != "text",
     )  # fmt: skip
     if args.should_save:
         model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
@@ -237,21 +232,21 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     )  # fmt: skip
     evaluation = {
         "validation": processor.process_dataset(
-            subsample(splits["validation"], data_args.eval_rows, args.seed)
+            seeded_subsample(splits["validation"], data_args.eval_rows, args.seed)
         )
     }
     if data_args.score_test:
         evaluation["test"] = processor.process_dataset(
-            subsample(splits["test"], data_args.eval_rows, args.seed + 1)
+            seeded_subsample(splits["test"], data_args.eval_rows, args.seed + 1)
         )
     stages = schedule_stages(args.schedule, model.config.uses_cf)
     trainer = CCFTwoStageTrainer(
         model, dataclasses.replace(args, output_dir=str(out)), data_collator=CCFDataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
         train_dataset={stage: processor.process_dataset(
-            subsample(splits["train"], data_args.train_rows_per_stage, args.seed + 10 + number)
+            seeded_subsample(splits["train"], data_args.train_rows_per_stage, args.seed + 10 + number)
         ) for number, stage in enumerate(stages)},
         eval_dataset=processor.process_dataset(
-            subsample(splits["validation"], data_args.early_stopping_rows, args.seed + 2)
+            seeded_subsample(splits["validation"], data_args.early_stopping_rows, args.seed + 2)
         ) if args.eval_strategy != "no" else None,
         shared_stages={"lora": model_args.shared_stage1} if model_args.shared_stage1 else None,
     )  # fmt: skip
