@@ -40,9 +40,15 @@ class CCFLlamaConfig(PreTrainedConfig):
             encoder (SASRec): its user vector is computed per row from `cf_history`.
         cf_input_scales (`list[list[float]]`, *optional*):
             Per CF source, `[user_scale, item_scale]`: ENC's outputs are divided by them before ALG (a fixed
-            reparameterization of ALG's first layer). `CCFLlamaForCTR.from_llm(..., standardize_cf=True)` sets them
-            to the RMS of each CF table's entries, so ALG sees unit-scale inputs whatever the CF backbone's weight
-            decay left (SASRec's item table on ML-1M has RMS 0.005, MF's 0.044). `None`: no scaling.
+            reparameterization of ALG's first layer, like an image processor's `image_std`).
+            `CCFLlamaForCTR.fit_cf_standardization` (or `from_llm(..., standardize_cf=True)`) sets them to the RMS
+            of the centered CF vectors, so ALG sees unit-scale inputs whatever the CF backbone's weight decay left
+            (SASRec's item table on ML-1M has RMS 0.007, MF's 0.05). `None`: no scaling.
+        cf_input_shifts (`list[list[list[float] | None]]`, *optional*):
+            Per CF source, `[user_shift, item_shift]`: vectors of the source's width subtracted from ENC's outputs
+            before the division by `cf_input_scales` (like `image_mean`); `None` for a side leaves it uncentered.
+            `fit_cf_standardization` sets them to the mean CF vector: SASRec's user vectors on ML-1M share one
+            offset (RMS 1.73) that hides their differences (per-dimension spread 0.02) from ALG.
         fusion_mode (`str`, *optional*, defaults to `"gate"`):
             One of `"gate"`, `"token_gate"`, `"add"`, `"inject"`, `"text"` (see `FUSION_MODES`).
         alignment_hidden_size (`int`, *optional*):
@@ -97,6 +103,7 @@ class CCFLlamaConfig(PreTrainedConfig):
     cf_source_names: list[str] | None = None
     cf_sequential_encoders: list[dict | None] | None = None
     cf_input_scales: list[list[float]] | None = None
+    cf_input_shifts: list[list[list[float] | None]] | None = None
     fusion_mode: Literal["gate", "token_gate", "add", "inject", "text"] = "gate"
     alignment_hidden_size: int | None = None
     gate_hidden_size: int | None = None
@@ -141,6 +148,18 @@ class CCFLlamaConfig(PreTrainedConfig):
             raise ValueError(
                 f"cf_input_scales must hold one positive [user_scale, item_scale] pair per CF source "
                 f"({len(self.cf_embedding_dims)}), got {scales}"
+            )
+        shifts = self.cf_input_shifts
+        if shifts is not None and (
+            len(shifts) != len(self.cf_embedding_dims)
+            or any(
+                len(pair) != 2 or any(v is not None and len(v) != dim for v in pair)
+                for pair, dim in zip(shifts, self.cf_embedding_dims, strict=True)
+            )
+        ):
+            raise ValueError(
+                f"cf_input_shifts must hold one [user_shift, item_shift] pair per CF source, each a vector of the "
+                f"source's width ({self.cf_embedding_dims}) or None"
             )
         sequential = self.cf_sequential_encoders
         if sequential is not None:

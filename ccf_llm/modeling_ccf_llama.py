@@ -106,7 +106,7 @@ class CCFCollaborativeEncoder(nn.Module):
     ENC of Eq. 1 (Θ_E), one entry per CF source: the item table and either a user table (MF, LightGCN) or a
     sequential user encoder over the row's latest items (SASRec, reading `history` through the same item table).
     Row 0 of each table is the padding row. `forward(ids, kind, history)` returns one `(..., l_s)` tensor per source,
-    divided by `config.cf_input_scales` when set.
+    standardized by `config.cf_input_shifts` and `cf_input_scales` when set.
     """
 
     def __init__(self, config: CCFLlamaConfig):
@@ -134,25 +134,51 @@ class CCFCollaborativeEncoder(nn.Module):
                 encoder(ids) if isinstance(encoder, nn.Embedding) else encoder(history, items)
                 for encoder, items in zip(self.user_encoders, self.item_embeddings, strict=True)
             ]
-        scales = self.config.cf_input_scales
-        if scales is None:
-            return outputs
+        shifts, scales = self.config.cf_input_shifts, self.config.cf_input_scales
         side = 1 if kind == "item" else 0
-        return [x / scale[side] for x, scale in zip(outputs, scales, strict=True)]
+        if shifts is not None:
+            outputs = [
+                x if shift[side] is None else x - torch.tensor(shift[side], dtype=x.dtype, device=x.device)
+                for x, shift in zip(outputs, shifts, strict=True)
+            ]
+        if scales is not None:
+            outputs = [x / scale[side] for x, scale in zip(outputs, scales, strict=True)]
+        return outputs
 
-    def table_scales(self) -> list[list[float]]:
+    @torch.no_grad()
+    def standardization(
+        self, cf_history: torch.LongTensor | None = None, batch_size: int = 4096
+    ) -> tuple[list[list[list[float]]], list[list[float]]]:
         """
-        `[user_scale, item_scale]` per source: the RMS of the table's entries (padding row excluded); 1.0 for a
-        sequential user encoder, whose output is already layer-normalized.
+        `(shifts, scales)` for `config.cf_input_shifts` / `cf_input_scales`: per source and side, the mean CF vector
+        and the RMS of the vectors around it. Tables: over their rows (padding row excluded). A sequential user
+        encoder: over its outputs for `cf_history` `(rows, K)`, e.g. the training rows' latest items
+        (`CCFLlamaProcessor.cf_history`), which it needs.
         """
 
-        def rms(table: nn.Embedding) -> float:
-            return max(table.weight[1:].detach().float().pow(2).mean().sqrt().item(), 1e-12)
+        def moments(x: torch.Tensor) -> tuple[list[float], float]:
+            x = x.detach().float()
+            mean = x.mean(0)
+            return mean.tolist(), max((x - mean).pow(2).mean().sqrt().item(), 1e-12)
 
-        return [
-            [rms(user) if isinstance(user, nn.Embedding) else 1.0, rms(items)]
-            for user, items in zip(self.user_encoders, self.item_embeddings, strict=True)
-        ]
+        shifts, scales = [], []
+        for s, (user, items) in enumerate(zip(self.user_encoders, self.item_embeddings, strict=True)):
+            if isinstance(user, nn.Embedding):
+                user_vectors = user.weight[1:]
+            elif cf_history is None:
+                raise ValueError(
+                    f"CF source {s} computes user vectors from the history: standardizing them needs cf_history "
+                    "(the training rows' latest items, CCFLlamaProcessor.cf_history)"
+                )
+            else:
+                training = user.training
+                user.eval()  # no dropout in the statistics
+                user_vectors = torch.cat([user(h, items) for h in torch.as_tensor(cf_history).split(batch_size)])
+                user.train(training)
+            (user_shift, user_scale), (item_shift, item_scale) = moments(user_vectors), moments(items.weight[1:])
+            shifts.append([user_shift, item_shift])
+            scales.append([user_scale, item_scale])
+        return shifts, scales
 
 
 class CCFAlignment(nn.Module):
@@ -360,6 +386,15 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
                 users.append(user_table)
                 items.append(item_table)
         self.set_cf_embeddings(users, items)
+
+    def fit_cf_standardization(self, cf_history: torch.LongTensor | None = None) -> None:
+        """
+        Center and scale what ALG reads (Eq. 2's input): sets `config.cf_input_shifts` to the mean CF vector and
+        `config.cf_input_scales` to the RMS around it, per source and side (`CCFCollaborativeEncoder.standardization`).
+        A sequential source (SASRec) needs `cf_history`, the training rows' latest items, to standardize its users.
+        """
+        self.config.cf_input_shifts, self.config.cf_input_scales = None, None  # the encoder's raw outputs
+        self.config.cf_input_shifts, self.config.cf_input_scales = self.cf_encoder.standardization(cf_history)
 
     # ------------------------------------------------------------------ inputs
     def _check_cf_inputs(self, input_ids, attention_mask, user_ids, item_ids, cf_history=None):
@@ -707,8 +742,9 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
             cf_models: instead of tables, pretrained CF backbones from `ccf_llm.modeling_collaborative` (one per
                 source): MF/LightGCN give their tables, SASRec its item table and history encoder.
             yes_token, no_token: the answer strings as they follow `#Answer:` (BPE tokenizers: with a space).
-            standardize_cf: set `config.cf_input_scales` from the given CF tables (see [`CCFLlamaConfig`]), so ALG
-                reads unit-scale CF inputs.
+            standardize_cf: center and scale the CF inputs of ALG from the given CF tables
+                (`fit_cf_standardization`); with a sequential source, call that method with the training rows'
+                `cf_history` instead.
             **config_kwargs: any other [`CCFLlamaConfig`] field, e.g. `fusion_mode="inject"`.
         """
         answer_ids = []
@@ -775,7 +811,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         if standardize_cf:
             if not given:
                 raise ValueError("standardize_cf=True needs CF tables (cf_models or user/item_embeddings)")
-            model.config.cf_input_scales = model.cf_encoder.table_scales()
+            model.fit_cf_standardization()
         model.name_or_path = getattr(llm, "name_or_path", "")
         return model
 

@@ -322,6 +322,17 @@ class CCFLlamaProcessor(ProcessorMixin):
             mark[:, :k].reshape(-1),
         )
 
+    def cf_history(self, histories) -> torch.LongTensor:
+        """
+        `(rows, cf_history_size)`: each history's latest `cf_history_size` items, left-padded with 0, as the prompts'
+        `cf_history` carries them (the input of a sequential CF source; e.g. for
+        `CCFLlamaForCTR.fit_cf_standardization` over the training rows).
+        """
+        if not self.cf_history_size:
+            raise ValueError("this processor has cf_history_size=0: its prompts carry no cf_history")
+        flat_hist, hist_off = _ragged(histories)
+        return torch.from_numpy(latest_items(flat_hist, hist_off, self.cf_history_size))
+
     def _translate(self, user_ids, histories, target_ids, similar=None):
         """
         Token ids, aligned item ids and row offsets (flat numpy arrays) for a batch, the `cf_history` matrix (or

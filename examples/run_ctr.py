@@ -83,7 +83,8 @@ class ModelArguments:
     standardize_cf: bool = field(
         default=False,
         metadata={
-            "help": "divide each CF table by the RMS of its entries before ALG (config.cf_input_scales)"
+            "help": "center and scale ALG's CF inputs: the mean and RMS of each CF table, of SASRec's user vectors over "
+            "the training rows (config.cf_input_shifts, cf_input_scales)"
         },
     )
     dtype: str = field(
@@ -220,16 +221,18 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,
         fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, gate_init_alpha=model_args.gate_init_alpha,
         yes_token=model_args.yes_token, no_token=model_args.no_token,
-        standardize_cf=model_args.standardize_cf and mode != "text",
     )  # fmt: skip
-    if args.should_save:
-        model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
-        model.name_or_path = str(out)  # the adapters name it as their base (a local folder: no Hub lookup)
     template = data_args.text_template if mode == "text" else data_args.template
     processor = CCFLlamaProcessor(
         tokenizer, titles, fusion_mode=mode, template=template, history_size=data_args.history_size,
         max_length=data_args.max_length, cf_history_size=model.config.max_cf_history,
     )  # fmt: skip
+    if model_args.standardize_cf and model.config.uses_cf:  # ALG's inputs centered and scaled (SASRec: per row)
+        history = splits["train"].data.column("history") if model.config.max_cf_history else None
+        model.fit_cf_standardization(None if history is None else processor.cf_history(history))
+    if args.should_save:
+        model.save_pretrained(out)  # the adapter's base: LLM with placeholder rows + CF tables
+        model.name_or_path = str(out)  # the adapters name it as their base (a local folder: no Hub lookup)
     evaluation = {
         "validation": processor.process_dataset(
             seeded_subsample(splits["validation"], data_args.eval_rows, args.seed)

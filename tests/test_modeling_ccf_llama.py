@@ -378,36 +378,85 @@ def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():
     assert model.llm.lm_head.weight.data_ptr() == model.llm.model.embed_tokens.weight.data_ptr()
 
 
-def test_standardize_cf_gives_alg_the_same_inputs_whatever_the_cf_table_scale(tmp_path):
+def test_standardize_cf_gives_alg_the_same_inputs_whatever_the_cf_table_scale_and_offset(tmp_path):
     users, items = [torch.randn(4, 8), torch.randn(4, 6)], [torch.randn(10, 8), torch.randn(10, 6)]
     ids = torch.arange(1, 10)
     aligned = []
-    for factor in (1.0, 0.01):  # e.g. a CF backbone trained with a larger weight decay
-        torch.manual_seed(0)  # the same LLM and ALG initialization both times
+    # e.g. a CF backbone trained with a larger weight decay, or one whose vectors share a common offset (LightGCN)
+    for factor, offset in ((1.0, 0.0), (0.01, 0.0), (0.01, 3.0)):
+        torch.manual_seed(0)  # the same LLM and ALG initialization every time
         tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
         llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
         model = CCFLlamaForCTR.from_llm(
-            llm, tokenizer, 3, 9, [u * factor for u in users], [i * factor for i in items],
+            llm, tokenizer, 3, 9, [u * factor + offset for u in users], [i * factor + offset for i in items],
             yes_token="Yes", no_token="No", standardize_cf=True,
         )  # fmt: skip
-        scales = model.config.cf_input_scales
-        expected = [[(u[1:] * factor).pow(2).mean().sqrt().item(), (i[1:] * factor).pow(2).mean().sqrt().item()]
-                    for u, i in zip(users, items, strict=True)]  # fmt: skip
-        torch.testing.assert_close(torch.tensor(scales), torch.tensor(expected))
+        shifts, scales = model.config.cf_input_shifts, model.config.cf_input_scales
+        for (user_shift, item_shift), (user_scale, item_scale), u, i in zip(shifts, scales, users, items, strict=True):
+            for shift, scale, table in ((user_shift, user_scale, u), (item_shift, item_scale, i)):
+                rows = table[1:] * factor + offset
+                torch.testing.assert_close(torch.tensor(shift), rows.mean(0))
+                assert scale == pytest.approx((rows - rows.mean(0)).pow(2).mean().sqrt().item(), rel=1e-5)
         with torch.no_grad():
             inputs = model.cf_encoder(ids, "item") + model.cf_encoder(ids[:3], "user")
-            assert all(abs(x.pow(2).mean().sqrt().item() - 1) < 0.25 for x in inputs)  # unit scale
+            for x in inputs:  # centered, unit scale
+                torch.testing.assert_close(x.mean(0), torch.zeros(x.shape[1]), atol=1e-4, rtol=0)
+                assert x.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
             aligned.append(model.alignment(model.cf_encoder(ids, "item")))
-    for a, b in zip(*aligned, strict=True):
-        torch.testing.assert_close(a, b)
+    for other in aligned[1:]:
+        for a, b in zip(aligned[0], other, strict=True):
+            torch.testing.assert_close(a, b)
     model.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path)
+    assert reloaded.config.cf_input_shifts == model.config.cf_input_shifts
     assert reloaded.config.cf_input_scales == model.config.cf_input_scales
     torch.testing.assert_close(reloaded.cf_encoder(ids, "item")[1], model.cf_encoder(ids, "item")[1])
+    model.fit_cf_standardization()  # refitting standardizes the raw tables again, not the standardized outputs
+    assert model.config.cf_input_shifts == reloaded.config.cf_input_shifts
     with pytest.raises(ValueError, match="standardize_cf=True needs CF tables"):
         CCFLlamaForCTR.from_llm(llm, tokenizer, 3, 9, yes_token="Yes", no_token="No", standardize_cf=True)
+    with pytest.raises(ValueError, match="cf_input_shifts must hold one"):
+        CCFLlamaConfig(cf_embedding_dims=[8, 6], cf_input_shifts=[[None, [0.0] * 6], [None, None]])
     with pytest.raises(ValueError, match="cf_input_scales must hold one positive"):
         CCFLlamaConfig(cf_embedding_dims=[8, 6], cf_input_scales=[[1.0, 0.0], [1.0, 1.0]])
+
+
+def test_standardize_cf_centers_a_sequential_sources_user_vectors_over_the_given_histories():
+    from ccf_llm import CCFLlamaProcessor, SASRecConfig, SASRecModel
+
+    torch.manual_seed(0)
+    sasrec = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3))
+    with torch.no_grad():  # SASRec's final LayerNorm bias: one offset shared by every user vector (as on ML-1M)
+        sasrec.encoder.final_norm.bias.fill_(5.0)
+    tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
+    llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+    model = CCFLlamaForCTR.from_llm(llm, tokenizer, 5, 9, cf_models=[sasrec], yes_token="Yes", no_token="No")
+    with pytest.raises(ValueError, match="standardizing them needs cf_history"):
+        model.fit_cf_standardization()
+    with pytest.raises(ValueError, match="standardizing them needs cf_history"):
+        CCFLlamaForCTR.from_llm(
+            tiny_llm(tokenizer), tokenizer, 5, 9, cf_models=[sasrec], yes_token="Yes", no_token="No",
+            standardize_cf=True,
+        )  # fmt: skip
+    processor = CCFLlamaProcessor(tokenizer, {i: f"item {i}" for i in range(1, 10)}, cf_history_size=3)
+    histories = [[1, 2, 3, 4], [5], [6, 7], [8, 9, 1, 2, 3], [2, 4, 6]]
+    cf_history = processor.cf_history(histories)
+    assert cf_history.tolist() == [[2, 3, 4], [0, 0, 5], [0, 6, 7], [1, 2, 3], [2, 4, 6]]  # latest 3, left-padded
+    model.eval()
+    with torch.no_grad():
+        raw = model.cf_encoder(None, "user", cf_history)[0]
+    model.train()  # the statistics are taken without dropout whatever the mode
+    model.fit_cf_standardization(cf_history)
+    assert model.cf_encoder.user_encoders[0].training
+    model.eval()
+    with torch.no_grad():
+        standardized = model.cf_encoder(None, "user", cf_history)[0]
+    assert raw.mean(0).abs().min() > 4  # the offset dominates the raw vectors
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    assert standardized.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(standardized, (raw - raw.mean(0)) / (raw - raw.mean(0)).pow(2).mean().sqrt())
+    with pytest.raises(ValueError, match="cf_history_size=0"):
+        CCFLlamaProcessor(tokenizer, {1: "item"}).cf_history(histories)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -278,6 +278,8 @@ def test_run_ctr_end_to_end_on_the_demo_log(tmp_path, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(out / "gate")
     (scales,) = model.get_base_model().config.cf_input_scales  # --standardize_cf: one MF source, [user, item]
     assert len(scales) == 2 and min(scales) > 0 and scales != [1.0, 1.0]
+    (shifts,) = model.get_base_model().config.cf_input_shifts  # and centers them
+    assert [len(v) for v in shifts] == model.get_base_model().config.cf_embedding_dims * 2
     assert (
         processor.fusion_mode == "gate"
         and len(tokenizer) == model.get_base_model().config.text_config.vocab_size
