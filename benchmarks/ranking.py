@@ -11,9 +11,12 @@ Model: SmolLM2-135M-Instruct as CCF-LLM in `gate` mode with the paper's template
   the CPU runs it natively (`ccf_llm.precision.device_precision`; elsewhere recorded as skipped, never run) and in
   fp32; `speedup` = full / cached (goal >= 4x; the top-level one is the `--dtype` one's, or fp32's when that is
   skipped). `max_abs_diff` is the largest score difference (goal <= 1e-5 in fp32).
-* `test_set`: `ccf_llm.score_rows` over the whole ML-1M test split (7,331 rows) in the chosen dtype (`--dtype`,
-  default `auto`: bf16 where native, fp32 elsewhere), rows per second, against full prompts on the first
-  `--full_rows` rows (sorted by length, batches of `--batch_size`).
+* `test_set`: `ccf_llm.score_rows` over the ML-1M test split (all 7,331 rows, or the first `--test_rows`) in the
+  chosen dtype (`--dtype`, default `auto`: bf16 where native, fp32 elsewhere), rows per second for each strategy
+  (`prefix_cache`: rows sharing a prefix grouped, `score_candidates`; `full`: whole prompts in batches of similar
+  length), then `full` again with the decoder layers compiled (`compile_decoder_layers`, after one warm-up call
+  whose seconds are recorded). `--rounds` interleaved rounds, every sample kept; `--history_size` items in the
+  prompt (10: the paper's; 2: the reproduction's budget).
 
 Writes this CPU kind's entry of `benchmarks/results/ranking.json` and `.md` (`report.save_results`: the other
 kinds' figures stay), with the run's `provenance`.
@@ -31,11 +34,12 @@ from report import dtype_name, provenance, save_results
 from ccf_llm import CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows
 from ccf_llm.data import item_titles, load_movielens_1m
 from ccf_llm.precision import DTYPE_NAMES, device_precision, resolve_dtype
+from ccf_llm.trainer_ccf_llama import compile_decoder_layers
 
 TITLE = "Prefix-cached ranking vs full prompts (SmolLM2-135M, `gate`, paper template)"
 
 
-def build(dtype, num_users, num_items, titles, attn_implementation=None):
+def build(dtype, num_users, num_items, titles, attn_implementation=None, history_size=10):
     llm, tokenizer = load_llm(dtype=dtype, attn_implementation=attn_implementation)
     generator = torch.Generator().manual_seed(0)
     model = CCFLlamaForCTR.from_llm(
@@ -44,25 +48,7 @@ def build(dtype, num_users, num_items, titles, attn_implementation=None):
         item_embeddings=torch.randn(num_items + 1, 64, generator=generator) * 0.1,
         fusion_mode="gate", zero_init_gate=False,
     ).eval()  # fmt: skip
-    return model, CCFLlamaProcessor(tokenizer, titles, fusion_mode="gate")
-
-
-def full_scores(model, processor, users, histories, items, batch_size):
-    """Full-prompt scores, batches of `batch_size` rows in length order (least padding)."""
-    batch = processor(users, histories, items, padding_side="left")
-    order = torch.argsort(batch["attention_mask"].sum(-1))
-    scores = torch.empty(len(items))
-    with torch.inference_mode():
-        for start in range(0, len(items), batch_size):
-            rows = order[start : start + batch_size]
-            mask = batch["attention_mask"][rows]
-            keep = mask.sum(0) > 0
-            sub = {
-                k: (v[rows][:, keep] if v.ndim == 2 and k != "cf_history" else v[rows])
-                for k, v in batch.items()
-            }
-            scores[rows] = model(**sub).scores.float()
-    return scores
+    return model, CCFLlamaProcessor(tokenizer, titles, fusion_mode="gate", history_size=history_size)
 
 
 def timed(fn):
@@ -89,11 +75,30 @@ def render(out: dict) -> list[str]:
             f"| {dtype} | {r['full_seconds']:.2f} s | {r['cached_seconds']:.2f} s | {r['speedup']:.2f}x | "
             f"{r['max_abs_diff']:.1e} | {r['prompt_tokens']} / {r['prefix_tokens']} / {r['mean_suffix_tokens']} |"
         )
+    if "rows_per_s" not in test_set:  # entries written before the strategies existed
+        return lines + [
+            "",
+            f"Whole ML-1M test set ({test_set['rows']} rows, {test_set['dtype']}, `score_rows`): "
+            f"{test_set['cached_seconds']} s, **{test_set['cached_rows_per_s']} rows/s**; full prompts on the first "
+            f"{test_set['full_prompt_rows']} rows: {test_set['full_prompt_rows_per_s']} rows/s.",
+        ]
+    lines += [
+        "",
+        f"ML-1M test set, first {test_set['rows']} rows ({test_set['dtype']}, `score_rows`, "
+        f"{test_set['history_size']}-item history, batches of {settings['batch_size']}, {test_set['rows_per_prefix']} "
+        f"rows per distinct prompt prefix; `auto` picks `{test_set['auto_picks']}`), rows/s per round:",
+        "",
+        "| strategy | rows/s (each round) | median | vs prefix_cache |",
+        "|---|---|---|---|",
+    ]
+    base = statistics.median(test_set["rows_per_s"]["prefix_cache"])
+    for name, samples in test_set["rows_per_s"].items():
+        median = statistics.median(samples)
+        lines.append(f"| {name} | {', '.join(map(str, samples))} | {median:.1f} | {median / base:.2f}x |")
     return lines + [
         "",
-        f"Whole ML-1M test set ({test_set['rows']} rows, {test_set['dtype']}, `score_rows`): "
-        f"{test_set['cached_seconds']} s, **{test_set['cached_rows_per_s']} rows/s**; full prompts on the first "
-        f"{test_set['full_prompt_rows']} rows: {test_set['full_prompt_rows_per_s']} rows/s.",
+        f"Compiling took {test_set['compile_warmup_seconds']} s (one warm-up call of {settings['batch_size']} rows). "
+        f"Largest score difference between strategies: {test_set['max_abs_diff']:.1e}.",
     ]
 
 
@@ -107,7 +112,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--full_rows", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--test_rows", type=int, default=None, help="score only the first rows (smoke runs)")
+    parser.add_argument("--test_rows", type=int, default=None, help="score only the first rows")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the test-set strategies")
+    parser.add_argument("--history_size", type=int, default=10, help="history items in the test-set prompts")
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -142,7 +149,9 @@ def main():
         times = {"full": [], "cached": []}
 
         def run_full(model=model, processor=processor):
-            return full_scores(model, processor, users, histories, candidates, args.batch_size)
+            return torch.from_numpy(
+                score_rows(model, processor, users, histories, candidates, args.batch_size, strategy="full")
+            )
 
         def run_cached(model=model, features=features):
             return model.score_candidates(**features, batch_size=args.batch_size).scores
@@ -164,28 +173,41 @@ def main():
         }
         print(dtype, ranking[dtype_name(dtype)], flush=True)
 
-    # whole test set, in the chosen dtype (the last model is fp32's)
-    if test_dtype != torch.float32:
-        model, processor = build(test_dtype, num_users, num_items, titles)
+    # the test set, in the chosen dtype
+    model, processor = build(test_dtype, num_users, num_items, titles, history_size=args.history_size)
     users_t, items_t = np.array(test["user_id"]), np.array(test["item_id"])
     histories_t = test.data.column("history")
-    t_cached, scores = timed(
-        lambda: score_rows(model, processor, users_t, histories_t, items_t, args.batch_size)
-    )
-    n = args.full_rows
-    t_full, full = timed(
-        lambda: full_scores(
-            model, processor, users_t[:n], histories_t.slice(0, n), items_t[:n], args.batch_size
-        )
-    )
+
+    def run(strategy):
+        return score_rows(model, processor, users_t, histories_t, items_t, args.batch_size, strategy=strategy)
+
+    rows_per_s, scores = {"prefix_cache": [], "full": []}, {}
+    for _ in range(args.rounds):
+        for strategy in rows_per_s:
+            seconds, scores[strategy] = timed(lambda strategy=strategy: run(strategy))
+            rows_per_s[strategy].append(round(len(items_t) / seconds, 1))
+            print(strategy, rows_per_s[strategy][-1], "rows/s", flush=True)
+    compile_decoder_layers(model)
+    warmup, _ = timed(lambda: score_rows(model, processor, users_t[: args.batch_size],
+                                         histories_t.slice(0, args.batch_size), items_t[: args.batch_size],
+                                         args.batch_size, strategy="full"))  # fmt: skip
+    rows_per_s["full, compiled layers"] = []
+    for _ in range(args.rounds):
+        seconds, scores["compiled"] = timed(lambda: run("full"))
+        rows_per_s["full, compiled layers"].append(round(len(items_t) / seconds, 1))
+        print("full compiled", rows_per_s["full, compiled layers"][-1], "rows/s", flush=True)
+    latest = [tuple(h[-args.history_size :]) for h in histories_t.to_pylist()]
     test_set = {
         "dtype": dtype_name(test_dtype),
         "rows": len(items_t),
-        "cached_seconds": round(t_cached, 1),
-        "cached_rows_per_s": round(len(items_t) / t_cached, 1),
-        "full_prompt_rows": n,
-        "full_prompt_rows_per_s": round(n / t_full, 1),
-        "max_abs_diff_first_rows": float((torch.from_numpy(scores[:n]) - full).abs().max()),
+        "history_size": args.history_size,
+        "rows_per_prefix": round(len(items_t) / len(set(zip(users_t.tolist(), latest, strict=True))), 2),
+        "auto_picks": "prefix_cache"
+        if len(items_t) >= 4 * len(set(zip(users_t.tolist(), latest, strict=True)))
+        else "full",
+        "rows_per_s": rows_per_s,
+        "compile_warmup_seconds": round(warmup, 1),
+        "max_abs_diff": float(max(np.abs(scores[k] - scores["prefix_cache"]).max() for k in scores)),
     }
     print(test_set, flush=True)
     measured = [name for name, r in ranking.items() if "skipped" not in r]

@@ -52,7 +52,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_overhead import compared_steps, measure  # noqa: E402
-from ranking import build, full_scores  # noqa: E402
+from ranking import build  # noqa: E402
 from report import dtype_name, provenance, save_results  # noqa: E402
 
 from ccf_llm import DEFAULT_LLM, CCFDataCollator, score_rows  # noqa: E402
@@ -334,10 +334,10 @@ def main():
         test.data.column("history"),
     )
     start = time.perf_counter()
-    score_rows(model, processor, users, histories, items, batch_size=64)
+    score_rows(model, processor, users, histories, items, batch_size=64, strategy="prefix_cache")
     cached_s = time.perf_counter() - start
     start = time.perf_counter()
-    full_scores(model, processor, users, histories, items, 64)
+    score_rows(model, processor, users, histories, items, batch_size=64, strategy="full")
     full_s = time.perf_counter() - start
 
     out = {

@@ -173,9 +173,14 @@ class CCFCollaborativeEncoder(nn.Module):
             else:
                 training = user.training
                 user.eval()  # no dropout in the statistics
-                user_vectors = torch.cat([user(h, items) for h in torch.as_tensor(cf_history).split(batch_size)])
+                user_vectors = torch.cat(
+                    [user(h, items) for h in torch.as_tensor(cf_history).split(batch_size)]
+                )
                 user.train(training)
-            (user_shift, user_scale), (item_shift, item_scale) = moments(user_vectors), moments(items.weight[1:])
+            (user_shift, user_scale), (item_shift, item_scale) = (
+                moments(user_vectors),
+                moments(items.weight[1:]),
+            )
             shifts.append([user_shift, item_shift])
             scales.append([user_scale, item_scale])
         return shifts, scales

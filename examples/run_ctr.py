@@ -227,7 +227,9 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         tokenizer, titles, fusion_mode=mode, template=template, history_size=data_args.history_size,
         max_length=data_args.max_length, cf_history_size=model.config.max_cf_history,
     )  # fmt: skip
-    if model_args.standardize_cf and model.config.uses_cf:  # ALG's inputs centered and scaled (SASRec: per row)
+    if (
+        model_args.standardize_cf and model.config.uses_cf
+    ):  # ALG's inputs centered and scaled (SASRec: per row)
         history = splits["train"].data.column("history") if model.config.max_cf_history else None
         model.fit_cf_standardization(None if history is None else processor.cf_history(history))
     if args.should_save:

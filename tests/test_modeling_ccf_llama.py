@@ -392,7 +392,9 @@ def test_standardize_cf_gives_alg_the_same_inputs_whatever_the_cf_table_scale_an
             yes_token="Yes", no_token="No", standardize_cf=True,
         )  # fmt: skip
         shifts, scales = model.config.cf_input_shifts, model.config.cf_input_scales
-        for (user_shift, item_shift), (user_scale, item_scale), u, i in zip(shifts, scales, users, items, strict=True):
+        for (user_shift, item_shift), (user_scale, item_scale), u, i in zip(
+            shifts, scales, users, items, strict=True
+        ):
             for shift, scale, table in ((user_shift, user_scale, u), (item_shift, item_scale, i)):
                 rows = table[1:] * factor + offset
                 torch.testing.assert_close(torch.tensor(shift), rows.mean(0))
@@ -426,7 +428,9 @@ def test_standardize_cf_centers_a_sequential_sources_user_vectors_over_the_given
 
     torch.manual_seed(0)
     sasrec = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3))
-    with torch.no_grad():  # SASRec's final LayerNorm bias: one offset shared by every user vector (as on ML-1M)
+    with (
+        torch.no_grad()
+    ):  # SASRec's final LayerNorm bias: one offset shared by every user vector (as on ML-1M)
         sasrec.encoder.final_norm.bias.fill_(5.0)
     tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
     llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
@@ -441,7 +445,13 @@ def test_standardize_cf_centers_a_sequential_sources_user_vectors_over_the_given
     processor = CCFLlamaProcessor(tokenizer, {i: f"item {i}" for i in range(1, 10)}, cf_history_size=3)
     histories = [[1, 2, 3, 4], [5], [6, 7], [8, 9, 1, 2, 3], [2, 4, 6]]
     cf_history = processor.cf_history(histories)
-    assert cf_history.tolist() == [[2, 3, 4], [0, 0, 5], [0, 6, 7], [1, 2, 3], [2, 4, 6]]  # latest 3, left-padded
+    assert cf_history.tolist() == [
+        [2, 3, 4],
+        [0, 0, 5],
+        [0, 6, 7],
+        [1, 2, 3],
+        [2, 4, 6],
+    ]  # latest 3, left-padded
     model.eval()
     with torch.no_grad():
         raw = model.cf_encoder(None, "user", cf_history)[0]

@@ -151,13 +151,34 @@ def test_score_candidates_errors():
 def test_score_rows_matches_full_prompts_in_row_order_and_score_script(tmp_path, monkeypatch):
     model, processor = build("inject", sasrec=True)
     rng = np.random.default_rng(0)
-    n = 40
+    n = 100
     users = rng.integers(1, 4, n)
     histories = [list(rng.integers(1, 7, rng.integers(0, 3))) for _ in range(n)]
     items = rng.integers(1, 7, n)
-    scores = score_rows(model, processor, users, histories, items, batch_size=7)
     full = full_prompt_scores(model, processor, users, histories, items).numpy()
-    np.testing.assert_allclose(scores, full, atol=1e-5)
+    cached_calls = []
+    score_candidates = model.score_candidates
+    monkeypatch.setattr(
+        model, "score_candidates", lambda **kw: cached_calls.append(1) or score_candidates(**kw)
+    )
+    for strategy, threshold, uses_cache in (
+        ("prefix_cache", 4.0, True), ("full", 4.0, False), ("auto", 1.0, True), ("auto", 4.0, False),
+    ):  # fmt: skip
+        cached_calls.clear()
+        scores = score_rows(
+            model, processor, users, histories, items, batch_size=7, strategy=strategy, min_rows_per_prefix=threshold
+        )  # fmt: skip
+        np.testing.assert_allclose(scores, full, atol=1e-5, err_msg=strategy)
+        assert bool(cached_calls) == uses_cache, (strategy, threshold)
+    prefixes = {(u, tuple(h[-3:])) for u, h in zip(users, histories, strict=True)}
+    assert 1.0 < n / len(prefixes) < 4.0  # why auto chose as it did
+    # batches of 1 row; the full prompts are tokenized in blocks of 64 rows: two blocks
+    np.testing.assert_allclose(
+        score_rows(model, processor, users, histories, items, batch_size=1), full, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        score_rows(model, processor, users, histories, items, strategy="fast")
+    monkeypatch.undo()
 
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
