@@ -23,6 +23,7 @@ kinds' figures stay), with the run's `provenance`.
 """
 
 import argparse
+import inspect
 import statistics
 import sys
 import time
@@ -197,14 +198,14 @@ def main():
         rows_per_s["full, compiled layers"].append(round(len(items_t) / seconds, 1))
         print("full compiled", rows_per_s["full, compiled layers"][-1], "rows/s", flush=True)
     latest = [tuple(h[-args.history_size :]) for h in histories_t.to_pylist()]
+    prefixes = len(set(zip(users_t.tolist(), latest, strict=True)))
+    threshold = inspect.signature(score_rows).parameters["min_rows_per_prefix"].default
     test_set = {
         "dtype": dtype_name(test_dtype),
         "rows": len(items_t),
         "history_size": args.history_size,
-        "rows_per_prefix": round(len(items_t) / len(set(zip(users_t.tolist(), latest, strict=True))), 2),
-        "auto_picks": "prefix_cache"
-        if len(items_t) >= 4 * len(set(zip(users_t.tolist(), latest, strict=True)))
-        else "full",
+        "rows_per_prefix": round(len(items_t) / prefixes, 2),
+        "auto_picks": "prefix_cache" if len(items_t) >= threshold * prefixes else "full",
         "rows_per_s": rows_per_s,
         "compile_warmup_seconds": round(warmup, 1),
         "max_abs_diff": float(max(np.abs(scores[k] - scores["prefix_cache"]).max() for k in scores)),
