@@ -56,7 +56,7 @@ def test_cpu_fsdp_config_is_the_gpu_config_on_two_processes():
 def test_run_ctr_under_fsdp_matches_one_process_and_its_saved_model_scores_the_same(tmp_path, monkeypatch):
     """
     Two-stage training under `accelerate launch` with the FSDP2 config on 2 CPU processes (batch 4 each) against one
-    process with batch 8: the same global batches, so the logged losses and gradient norms of every step agree up
+    process with batch 8 (and, as the GPU recipe, gradient checkpointing on): the same global batches, so the logged losses and gradient norms of every step agree up
     to fp32 summation order (seen: |Δloss| <= 1e-6, relative Δ grad norm <= 5e-7; allowed 1e-4 and 1e-4). LoRA
     dropout is 0 (dropout masks differ between processes) and the learning rate is large (1e-2), so the losses move
     by ~0.3 within a stage: a missing gradient reduction or a wrongly gathered weight shows as > 1e-3.
@@ -76,7 +76,7 @@ def test_run_ctr_under_fsdp_matches_one_process_and_its_saved_model_scores_the_s
     runpy.run_path(str(REPO / "examples" / "run_ctr.py"), run_name="__main__")
     accelerate = ["accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate_fsdp_cpu.yaml"),
                   "--main_process_port", str(_free_port())]  # fmt: skip
-    done = _launch(accelerate, "examples/run_ctr.py", [*common, "--per_device_train_batch_size", "4",
+    done = _launch(accelerate, "examples/run_ctr.py", [*common, "--per_device_train_batch_size", "4", "--gradient_checkpointing", "true",
                    "--cf_checkpoints", str(single / "cf_mf"), "--output_dir", str(sharded)])  # fmt: skip
     assert "FSDP2 on CPU: 2 processes" in done.stderr  # not a silent fall-back to DDP
 
