@@ -10,6 +10,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_ccf_llama import FUSION_MODES, CCFLlamaConfig
 from .configuration_collaborative import LightGCNConfig, MFConfig, SASRecConfig
+from .distributed_scoring import score_rows_distributed, shard_rows_by_user
 from .modeling_ccf_llama import CCFCTROutput, CCFLlamaForCTR, CCFLlamaPreTrainedModel, ccf_ctr_loss
 from .modeling_collaborative import LightGCNModel, MFModel, SASRecModel, cf_backbone
 from .pipeline_ctr_scoring import CTRScoringPipeline, load_ctr_model, score_rows
@@ -53,4 +54,6 @@ __all__ = [
     "load_llm",
     "resolve_llm",
     "score_rows",
+    "score_rows_distributed",
+    "shard_rows_by_user",
 ]

@@ -12,10 +12,15 @@
 * `CCFTwoStageTrainer` runs a whole schedule (`SCHEDULES`) as such `CCFTrainer`s: resume, shared stages, early
   stopping, the divergence guard and roll-back of a stage that lowers validation AUC.
 * `compile_layers=True` compiles each decoder layer of the LLM in place (regional compilation) before training.
+* More than one process: DDP as the Trainer does it; FSDP2 (`accelerate launch` with an FSDP config) also on CPU
+  (`enable_fsdp_on_cpu`), later stages reuse the model the first one sharded in place, and `save_adapter` gathers
+  the adapter's shards into whole tensors before the main process writes it.
 """
 
 import dataclasses
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +30,8 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .metrics import compute_ctr_metrics
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("lora", "fusion", "end_to_end")
 SCHEDULES = {"two_stage": ("lora", "fusion"), "stage1_only": ("lora",), "end_to_end": ("end_to_end",)}
@@ -197,6 +204,15 @@ class CCFTrainer(Trainer):
             compile_decoder_layers(model)
         super().__init__(model=model, args=args, compute_metrics=compute_metrics, **kwargs)
 
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
+        if self.is_fsdp_enabled and is_fsdp_sharded(self.model):
+            # a later stage on a model an earlier stage sharded in place: nothing left to wrap (accelerate would
+            # look for `LlamaDecoderLayer` and find only `FSDPLlamaDecoderLayer`)
+            self.accelerator.state.fsdp_plugin.auto_wrap_policy = None
+
     def _model_inputs(self, inputs: dict) -> dict:
         return {k: v for k, v in inputs.items() if k != "user_id"}
 
@@ -219,6 +235,63 @@ class CCFTrainer(Trainer):
             return loss, None, None
         labels = tuple(inputs.get(name) for name in self.label_names)
         return loss, outputs.scores.detach(), labels if all(x is not None for x in labels) else None
+
+
+def enable_fsdp_on_cpu(accelerator, args: TrainingArguments) -> bool:
+    """
+    Turn FSDP on for a multi-process CPU run that asked for it; returns whether it did.
+
+    accelerate 1.15 selects FSDP only for GPU-like backends (`AcceleratorState` keeps `MULTI_CPU` when `cpu=True`), so
+    `accelerate launch` with an FSDP config (`ACCELERATE_USE_FSDP=true`) or `--fsdp` plus `--use_cpu true` would
+    silently train with DDP. PyTorch's FSDP2 (`fully_shard`) itself runs on CPU with gloo, so this sets the shared
+    state to FSDP with the plugin the launcher (or `--fsdp_config`) describes, before the Trainer prepares the model.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    asked = (
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or args.fsdp_plugin_args is not None
+    )
+    if not asked or state.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    plugin = FullyShardedDataParallelPlugin(**(args.fsdp_plugin_args or {}))
+    if plugin.fsdp_version != 2:
+        raise ValueError(
+            "FSDP on CPU needs FSDP2 (fsdp_version: 2 in the accelerate config; FSDP1 needs a GPU stream)"
+        )
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
+    logger.info("FSDP%d on CPU: %d processes, gloo", plugin.fsdp_version, state.num_processes)
+    return True
+
+
+def is_fsdp_sharded(model) -> bool:
+    """Whether FSDP2 (`fully_shard`) has sharded `model` in place: its parameters are then per-process shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def save_adapter(model, folder, is_main_process: bool = True) -> None:
+    """
+    `model.save_pretrained(folder)` for a PEFT-wrapped model, written by the main process. Under FSDP each process
+    holds a shard of every weight, so every process must call this: the adapter's weights (LoRA and the
+    `modules_to_save` copies, not the frozen base) are all-gathered first, and the file holds whole tensors.
+    """
+    if not is_fsdp_sharded(model):
+        if is_main_process:
+            model.save_pretrained(folder)
+        return
+    from torch.distributed.tensor import DTensor
+
+    full = {
+        name: value.full_tensor() if isinstance(value, DTensor) else value
+        for name, value in model.state_dict().items()
+        if "lora_" in name or ".modules_to_save." in name
+    }
+    if is_main_process:
+        model.save_pretrained(folder, state_dict=full)
 
 
 def schedule_stages(schedule: str, uses_cf: bool = True) -> tuple[str, ...]:
@@ -404,9 +477,13 @@ class CCFTwoStageTrainer:
                     record["rolled_back"] = True
                     end_metrics = start_metrics
             record |= _best_checkpoints(trainer.state)
+            save_adapter(self.model, final, stage_args.should_save)
             if stage_args.should_save:
-                self.model.save_pretrained(final)
-                (folder / "stage_log.json").write_text(json.dumps(record, indent=2) + "\n")
+                curve = [{k: r[k] for k in ("step", "loss", "grad_norm") if k in r} for r in trainer.state.log_history
+                         if "loss" in r]  # fmt: skip
+                (folder / "stage_log.json").write_text(
+                    json.dumps({**record, "train_log": curve}, indent=2) + "\n"
+                )
             self.stage_log.append(record)
             previous_metrics = end_metrics
         return self.stage_log
@@ -435,4 +512,7 @@ __all__ = [
     "schedule_stages",
     "apply_stage",
     "compile_decoder_layers",
+    "enable_fsdp_on_cpu",
+    "is_fsdp_sharded",
+    "save_adapter",
 ]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch.distributed.fsdp import register_fsdp_forward_method
 from transformers import AutoModel, HfArgumentParser, TrainingArguments, set_seed
 
 from ccf_llm import (
@@ -40,12 +41,19 @@ from ccf_llm import (
     CCFLlamaProcessor,
     load_llm,
     score_rows,
+    score_rows_distributed,
 )
 from ccf_llm.data import item_titles, load_amazon_book, load_interactions, load_movielens_1m, seeded_subsample
 from ccf_llm.metrics import load_ctr_metric, rela_impr
 from ccf_llm.model_card import render_model_card
 from ccf_llm.synthetic import make_demo_log
-from ccf_llm.trainer_ccf_llama import CCFTrainingArguments, CCFTwoStageTrainer, schedule_stages
+from ccf_llm.trainer_ccf_llama import (
+    CCFTrainingArguments,
+    CCFTwoStageTrainer,
+    is_fsdp_sharded,
+    save_adapter,
+    schedule_stages,
+)
 from ccf_llm.trainer_collaborative import CF_DEFAULTS, TRAINER_DEFAULTS, pretrain_cf
 
 logger = logging.getLogger("run_ctr")
@@ -265,16 +273,22 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     start = time.perf_counter()
     results = {}
     peft_model.eval()
-    # LoRA folded into the weights for scoring (as the pipeline serves it): no adapter matmuls per layer. It stays
-    # merged (PEFT records it): unmerging a bf16 model would round its base weights.
-    peft_model.merge_adapter()
+    score = score_rows_distributed  # DDP: each process scores a share of the users; one process: all rows
+    if is_fsdp_sharded(peft_model):
+        # FSDP: every process scores every row in step with the others, each forward all-gathering its weights
+        register_fsdp_forward_method(peft_model, "score_candidates")
+        score = score_rows
+    else:
+        # LoRA folded into the weights for scoring (as the pipeline serves it): no adapter matmuls per layer. It stays
+        # merged (PEFT records it): unmerging a bf16 model would round its base weights.
+        peft_model.merge_adapter()
     for (
         split,
         dataset,
     ) in evaluation.items():  # prefix-cached scoring (ccf_llm.score_rows), metrics via evaluate
         prefix = "eval" if split == "validation" else "test"
-        scores = score_rows(peft_model, processor, dataset["user_id"], dataset.data.column("history"),
-                            dataset["item_id"], batch_size=args.per_device_eval_batch_size)  # fmt: skip
+        scores = score(peft_model, processor, dataset["user_id"], dataset.data.column("history"),
+                       dataset["item_id"], batch_size=args.per_device_eval_batch_size)  # fmt: skip
         metrics = load_ctr_metric().compute(
             predictions=scores, references=dataset["label"], users=dataset["user_id"]
         )
@@ -290,8 +304,8 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
     results.update({"fusion_mode": mode, "schedule": "+".join(stages), "stages": stage_log,
                     "train_rows_per_stage": len(trainer.train_dataset[stages[0]]),
                     "eval_rows": len(evaluation["validation"]), "test_rows": len(evaluation.get("test", ()))})  # fmt: skip
+    save_adapter(peft_model, out / "adapter", args.should_save)  # under FSDP: gathered from every process
     if args.should_save:  # rank 0 of a distributed run
-        peft_model.save_pretrained(out / "adapter")
         processor.save_pretrained(out)
         (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

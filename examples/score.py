@@ -7,18 +7,28 @@ in) or any `save_pretrained` folder of a `CCFLlamaForCTR` with its `CCFLlamaProc
 needs the columns `user_id`, `history` (a list of earlier positive item ids, oldest first) and `item_id`; every
 column is copied to the output, plus `score` (p_yes / (p_yes + p_no)). Rows sharing a user and history share one
 encoded prompt prefix (`ccf_llm.score_rows`). A progress bar shows rows scored.
+
+Under `torchrun` (or `accelerate launch`) each process scores a share of the rows, every user's rows in one share
+so the prefix cache still applies (`ccf_llm.score_rows_distributed`), and the first process writes one output file
+in the input's order, with the scores one process gives:
+
+    torchrun --nproc_per_node 2 examples/score.py --model OUT/gate --input candidates.parquet --output scores.parquet
+
+`--device cuda` puts each process's model on its own GPU (`cuda:LOCAL_RANK`); the processes exchange scores over gloo.
 """
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 
-from ccf_llm import CCFLlamaProcessor, load_ctr_model, score_rows
+from ccf_llm import CCFLlamaProcessor, load_ctr_model, score_rows_distributed
 from ccf_llm.precision import resolve_dtype
 
 COLUMNS = ("user_id", "history", "item_id")
@@ -78,25 +88,37 @@ def main(argv=None):
         help="auto (bf16 where this machine runs it natively, else fp32), float32 or bfloat16",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or a GPU type (cuda): each process then uses device LOCAL_RANK"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )  # says which dtype, and why
     if args.threads:
         torch.set_num_threads(args.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            "gloo"
+        )  # only scores cross between processes: CPU arrays, whatever the device
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = torch.device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     table = read_table(args.input)
-    model = load_ctr_model(args.model, dtype=resolve_dtype(args.dtype))
+    model = load_ctr_model(args.model, dtype=resolve_dtype(args.dtype)).to(device)
     processor = CCFLlamaProcessor.from_pretrained(args.model)
     start = time.perf_counter()
-    table["score"] = score_rows(
+    table["score"] = score_rows_distributed(
         model, processor, table["user_id"].to_numpy(), table["history"].tolist(), table["item_id"].to_numpy(),
         batch_size=args.batch_size, progress=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(args.output, index=False)
-    print(f"scored {len(table)} rows in {seconds:.1f} s ({len(table) / max(seconds, 1e-9):.1f} rows/s), "
-          f"mean score {np.mean(table['score']):.4f} -> {args.output}")  # fmt: skip
+    if rank == 0:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(args.output, index=False)
+        print(f"scored {len(table)} rows in {seconds:.1f} s ({len(table) / max(seconds, 1e-9):.1f} rows/s) with "
+              f"{world_size} process(es), mean score {np.mean(table['score']):.4f} -> {args.output}")  # fmt: skip
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

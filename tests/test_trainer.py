@@ -5,6 +5,7 @@ import json
 import runpy
 import shutil
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -556,10 +557,17 @@ def test_early_stopping_keeps_the_best_auc_checkpoint(tmp_path):
         assert record["steps"] >= at_least and (min_epochs or record["steps"] < 24)
 
 
-@pytest.mark.parametrize("config", ["demo.json", "reproduce_ml1m.json", "reproduce_ml1m_full.json"])
+_CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+RUN_CTR_CONFIGS = sorted(str(p.relative_to(_CONFIGS)) for p in _CONFIGS.rglob("*.json"))
+
+
+def test_every_shipped_json_config_is_a_run_ctr_config():
+    assert {"demo.json", "reproduce_ml1m_full.json", "gpu/ml1m_7b_gate.json"} <= set(RUN_CTR_CONFIGS)
+
+
+@pytest.mark.parametrize("config", RUN_CTR_CONFIGS)
 def test_example_configs_parse_into_run_ctr_arguments(config, monkeypatch):
     """Every key of a shipped config is an argument run_ctr.py knows (HfArgumentParser refuses unknown ones)."""
-    from pathlib import Path
 
     from transformers import HfArgumentParser
 
