@@ -36,18 +36,20 @@ def synthetic_batch(model, batch, length, num_users, num_items, generator):
     """Random prompt tokens; per row one user placeholder and 10 titles of 9 tokens (35% of 256) marked."""
     cfg = model.config
     input_ids = torch.randint(100, 40000, (batch, length), generator=generator)
-    item_ids = torch.zeros_like(input_ids)
+    token_item_ids = torch.zeros_like(input_ids)
     starts = 20 + torch.arange(10) * 20
     for (
         start
     ) in starts.tolist():  # 10 title spans per row, same layout in every row (setup, not a forward pass)
-        item_ids[:, start : start + 9] = torch.randint(1, num_items + 1, (batch, 1), generator=generator)
+        token_item_ids[:, start : start + 9] = torch.randint(
+            1, num_items + 1, (batch, 1), generator=generator
+        )
     input_ids[:, 5] = cfg.user_token_id
     return {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "user_ids": torch.randint(1, num_users + 1, (batch,), generator=generator),
-        "item_ids": item_ids,
+        "token_item_ids": token_item_ids,
         "labels": torch.randint(0, 2, (batch,), generator=generator).float(),
     }
 
@@ -69,7 +71,7 @@ def make_steps(llm, text, gate, batch, text_batch) -> dict:
         return step
 
     def step_embedding(model, inputs):
-        keys = ("input_ids", "user_ids", "item_ids", "attention_mask")
+        keys = ("input_ids", "user_ids", "token_item_ids", "attention_mask")
         upstream = torch.randn(*inputs["input_ids"].shape, model.config.text_config.hidden_size,
                                generator=torch.Generator().manual_seed(0)).to(model.dtype)  # fmt: skip
 
@@ -101,7 +103,7 @@ def compared_steps(llm_name, dtype, batch_size, length, num_users, num_items) ->
     ).to(dtype)
     text = CCFLlamaForCTR.from_llm(llm, tokenizer, num_users, num_items, fusion_mode="text").to(dtype)
     batch = synthetic_batch(gate, batch_size, length, num_users, num_items, torch.Generator().manual_seed(0))
-    text_batch = {k: v for k, v in batch.items() if k not in ("user_ids", "item_ids")}
+    text_batch = {k: v for k, v in batch.items() if k not in ("user_ids", "token_item_ids")}
     text_batch["input_ids"] = text_batch["input_ids"].clamp(max=40000)  # no placeholder in text mode
     text_batch["input_ids"][:, 5] = 42
     return make_steps(llm, text, gate, batch, text_batch)

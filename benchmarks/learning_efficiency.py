@@ -27,7 +27,15 @@ from peft import load_peft_weights, set_peft_model_state_dict
 from scipy.optimize import minimize
 from transformers import AutoModel, set_seed
 
-from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, ccf_ctr_loss, load_llm, score_rows
+from ccf_llm import (
+    FUSION_MODE_TABLE,
+    CCFDataCollator,
+    CCFLlamaForCTR,
+    CCFLlamaProcessor,
+    ccf_ctr_loss,
+    load_llm,
+    score_rows,
+)
 from ccf_llm.data import item_titles, load_movielens_1m, seeded_subsample
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
 
@@ -89,10 +97,10 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
     llm, tokenizer = load_llm(dtype=args.dtype)
     mode = spec["mode"]
     model = CCFLlamaForCTR.from_llm(
-        llm, tokenizer, 838, 3255, cf_models=[cf_model] if mode != "text" else None, fusion_mode=mode,
-        zero_init_gate=spec["zero_init_gate"], gate_init_alpha=spec["gate_init_alpha"], standardize_cf=spec["standardize_cf"] and mode != "text",
+        llm, tokenizer, 838, 3255, cf_models=[cf_model] if FUSION_MODE_TABLE[mode].uses_cf else None, fusion_mode=mode,
+        zero_init_gate=spec["zero_init_gate"], gate_init_alpha=spec["gate_init_alpha"], standardize_cf=spec["standardize_cf"] and FUSION_MODE_TABLE[mode].uses_cf,
     )  # fmt: skip
-    processor = CCFLlamaProcessor(tokenizer, titles, fusion_mode=mode, template=spec["template"],
+    processor = CCFLlamaProcessor(tokenizer, titles, config=model.config, template=spec["template"],
                                   history_size=spec["history_size"])  # fmt: skip
     evaluation = processor.process_dataset(seeded_subsample(splits["validation"], args.eval_rows, args.seed))
     out = Path(args.output_dir) / name
@@ -105,7 +113,7 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
     peft_model = add_lora(model, base_args)
     history, offset, start = [], 0, time.perf_counter()
     for number, stage in enumerate(spec["stages"]):
-        if stage["rows"] == 0 or (mode == "text" and stage["stage"] != "lora"):
+        if stage["rows"] == 0 or (not FUSION_MODE_TABLE[mode].uses_cf and stage["stage"] != "lora"):
             continue
         train = processor.process_dataset(
             seeded_subsample(splits["train"], stage["rows"], args.seed + 10 + number)
@@ -170,7 +178,7 @@ def _shared_stage_dir(args, spec: dict, number: int) -> Path | None:
     if number != 0:
         return None
     key = {k: v for k, v in spec.items() if k not in ("stages", "fusion_weights")} | {"stage": spec["stages"][0], "seed": args.seed,
-           "cf": args.cf_checkpoint if spec["mode"] != "text" else None, "batch": args.batch_size,
+           "cf": args.cf_checkpoint if FUSION_MODE_TABLE[spec["mode"]].uses_cf else None, "batch": args.batch_size,
            "dtype": args.dtype, "eval_rows": args.eval_rows, "eval_steps": args.eval_steps}  # fmt: skip
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(args.output_dir) / "stage1" / digest

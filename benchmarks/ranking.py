@@ -49,7 +49,7 @@ def build(dtype, num_users, num_items, titles, attn_implementation=None, history
         item_embeddings=torch.randn(num_items + 1, 64, generator=generator) * 0.1,
         fusion_mode="gate", zero_init_gate=False,
     ).eval()  # fmt: skip
-    return model, CCFLlamaProcessor(tokenizer, titles, fusion_mode="gate", history_size=history_size)
+    return model, CCFLlamaProcessor(tokenizer, titles, config=model.config, history_size=history_size)
 
 
 def timed(fn):

@@ -46,16 +46,16 @@ PAPER_AUC = {  # Table 3 (ML-1M), Table 4
 }  # fmt: skip
 # name -> (fusion mode, CF sources, schedule, group)
 LLM_ROWS = {
-    "text": ("text", [], "two_stage", "LLM without CF"),
+    "text": ("text", [], "lora+fusion", "LLM without CF"),
     **{
-        f"inject_{cf}": ("inject", [cf], "two_stage", "CoLLM-style inject")
+        f"inject_{cf}": ("inject", [cf], "lora+fusion", "CoLLM-style inject")
         for cf in ("mf", "lightgcn", "sasrec")
     },
-    **{f"gate_{cf}": ("gate", [cf], "two_stage", "CCF-LLM gate") for cf in ("mf", "lightgcn", "sasrec")},
-    "token_gate_lightgcn": ("token_gate", ["lightgcn"], "two_stage", "ablation: how to fuse"),
-    "add_lightgcn": ("add", ["lightgcn"], "two_stage", "ablation: how to fuse"),
-    "gate_lightgcn+mf": ("gate", ["lightgcn", "mf"], "two_stage", "ablation: what to fuse"),
-    "gate_lightgcn_stage1_only": ("gate", ["lightgcn"], "stage1_only", "ablation: training strategy"),
+    **{f"gate_{cf}": ("gate", [cf], "lora+fusion", "CCF-LLM gate") for cf in ("mf", "lightgcn", "sasrec")},
+    "token_gate_lightgcn": ("token_gate", ["lightgcn"], "lora+fusion", "ablation: how to fuse"),
+    "add_lightgcn": ("add", ["lightgcn"], "lora+fusion", "ablation: how to fuse"),
+    "gate_lightgcn+mf": ("gate", ["lightgcn", "mf"], "lora+fusion", "ablation: what to fuse"),
+    "gate_lightgcn_stage1_only": ("gate", ["lightgcn"], "lora", "ablation: training strategy"),
     "gate_lightgcn_end_to_end": ("gate", ["lightgcn"], "end_to_end", "ablation: training strategy"),
 }
 # row -> the row whose finished stage 1 it starts from instead of training its own (run_ctr.py --shared_stage1):

@@ -118,7 +118,7 @@ def layer_matmul_tflops(model, tokens: int, dtype: torch.dtype) -> tuple[float, 
     every linear layer, FLOP-weighted, and the fastest of these shapes. Divided by the peak, the first bounds the MFU
     that training could reach if everything but these matmuls took no time."""
     flops, seconds, fastest = 0, 0.0, 0.0
-    for linear in (m for m in model.llm.get_decoder().layers[0].modules() if isinstance(m, torch.nn.Linear)):
+    for linear in (m for m in model.language_model.layers[0].modules() if isinstance(m, torch.nn.Linear)):
         out_features, in_features = linear.weight.shape
         weight = torch.randn(out_features, in_features, dtype=dtype)
         for x, w in ((torch.randn(tokens, in_features, dtype=dtype), weight.T),
@@ -171,7 +171,10 @@ def profile_step(trainer, repeats: int = 3) -> dict:
 
 def non_embedding_parameters(model) -> int:
     embeddings = model.get_input_embeddings().weight.numel()
-    return sum(p.numel() for name, p in model.llm.named_parameters() if "lora_" not in name) - embeddings
+    return (
+        sum(p.numel() for name, p in model.language_model.named_parameters() if "lora_" not in name)
+        - embeddings
+    )
 
 
 TITLE = "Speed and memory (SmolLM2-135M-Instruct, `gate`, paper template)"

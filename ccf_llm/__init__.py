@@ -8,10 +8,11 @@ returns a `CCFLlamaForCTR`; saved checkpoints also carry the code (`auto_map`) f
 from transformers import AutoConfig, AutoModel, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_ccf_llama import FUSION_MODES, CCFLlamaConfig
+from .configuration_ccf_llama import FUSION_MODE_TABLE, FUSION_MODES, CCFLlamaConfig, FusionMode
 from .configuration_collaborative import LightGCNConfig, MFConfig, SASRecConfig
 from .distributed_scoring import score_rows_distributed, shard_rows_by_user
-from .modeling_ccf_llama import CCFCTROutput, CCFLlamaForCTR, CCFLlamaPreTrainedModel, ccf_ctr_loss
+from .loss_ccf_llama import ccf_ctr_loss
+from .modeling_ccf_llama import CCFCTROutput, CCFLlamaForCTR, CCFLlamaModel, CCFLlamaPreTrainedModel
 from .modeling_collaborative import LightGCNModel, MFModel, SASRecModel, cf_backbone
 from .pipeline_ctr_scoring import CTRScoringPipeline, load_ctr_model, score_rows
 from .pretrained_llm import DEFAULT_LLM, load_llm, resolve_llm
@@ -34,6 +35,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_LLM",
     "FUSION_MODES",
+    "FUSION_MODE_TABLE",
+    "FusionMode",
     "PAPER_TEMPLATE",
     "CCFCTROutput",
     "CTRScoringPipeline",
@@ -41,6 +44,7 @@ __all__ = [
     "CCFLlamaProcessor",
     "CCFLlamaConfig",
     "CCFLlamaForCTR",
+    "CCFLlamaModel",
     "CCFLlamaPreTrainedModel",
     "LightGCNConfig",
     "LightGCNModel",

@@ -1,21 +1,74 @@
 # Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
 """CCF-LLM model configuration (Liu et al., CIKM'24, "Collaborative Cross-modal Fusion with LLM for Recommendation")."""
 
+from dataclasses import dataclass
 from typing import Literal
 
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
+from transformers.utils import logging
 
-FUSION_MODES = ("gate", "token_gate", "add", "inject", "text")
-"""How the collaborative (CF) signal enters the prompt.
+logger = logging.get_logger(__name__)
 
-* ``gate``: CCF-LLM (§3.3): every title token becomes ``x_SM[t] + α ⊙ ALG(x_i^CF)`` with a dimension-wise
-  ``α = MLP(ALG(x_i^CF)) + MLP(x_SM[t])`` (Eq. 3–4).
-* ``token_gate``: the ablation "α ∈ ℝ" of Fig. 3a: the GATE outputs one scalar per token.
-* ``add``: the ablation "α = 1" of Fig. 3a: ``x_SM[t] + ALG(x_i^CF)``.
-* ``inject``: CoLLM: ``ALG(x_i^CF)`` is an extra placeholder token after each title; titles stay pure text.
-* ``text``: TALLRec: no collaborative signal at all.
-"""
+USER_TOKEN = "<|user_cf|>"
+"""The default user placeholder string `[User_u]`; its vocabulary id is `CCFLlamaConfig.user_token_id`."""
+ITEM_TOKEN = "<|item_cf|>"
+"""The default item placeholder string (`inject` mode); its vocabulary id is `CCFLlamaConfig.item_token_id`."""
+
+
+@dataclass(frozen=True)
+class FusionMode:
+    """
+    What one fusion mode means: the single description the model, the processor, the pipeline and the examples read.
+
+    Args:
+        name: the `fusion_mode` string.
+        uses_cf: the prompt carries the collaborative signal: a `{user}` placeholder, the CF encoder and ALG exist.
+        marks_titles: every title token carries its item id and is fused, `x_SM[t] + Σ_s α_s ⊙ ALG_s(x_i^CF)` (Eq. 4).
+        item_placeholder: an item placeholder token follows each title and becomes `Σ_s ALG_s(x_i^CF)` (CoLLM).
+        gate_width: the width of α (Eq. 3): `"hidden"` (α ∈ R^d), `"scalar"` (α ∈ R), or `None` (α = 1: the GATE
+            module exists without parameters; only modes that mark titles have a GATE).
+        description: where the mode comes from.
+    """
+
+    name: str
+    uses_cf: bool
+    marks_titles: bool
+    item_placeholder: bool
+    gate_width: Literal["hidden", "scalar"] | None
+    description: str
+
+    @property
+    def has_gate(self) -> bool:
+        """Whether the model has a GATE module (`gate`): every mode that fuses title tokens."""
+        return self.marks_titles
+
+    def alpha_size(self, hidden_size: int) -> int | None:
+        """The GATE MLPs' output width (d or 1), or None when the mode has no GATE MLPs."""
+        return {"hidden": hidden_size, "scalar": 1, None: None}[self.gate_width]
+
+
+FUSION_MODE_TABLE: dict[str, FusionMode] = {
+    mode.name: mode
+    for mode in (
+        FusionMode("gate", True, True, False, "hidden", "CCF-LLM (§3.3): dimension-wise α = MLP(ALG(x^CF)) + MLP(x_SM[t]) (Eq. 3-4)"),
+        FusionMode("token_gate", True, True, False, "scalar", 'ablation "α ∈ R" (Fig. 3a): one scalar α per token'),
+        FusionMode("add", True, True, False, None, 'ablation "α = 1" (Fig. 3a): x_SM[t] + ALG(x^CF)'),
+        FusionMode("inject", True, False, True, None, "CoLLM: ALG(x_i^CF) as an extra token after each title"),
+        FusionMode("text", False, False, False, None, "TALLRec: no collaborative signal"),
+    )
+}  # fmt: skip
+"""The fusion modes, what each means and which parameters it has (see `FusionMode`). Adding a mode is a row here."""
+
+FUSION_MODES = tuple(FUSION_MODE_TABLE)
+"""The names of the fusion modes (`FUSION_MODE_TABLE`), the paper's CCF-LLM first."""
+
+
+def get_fusion_mode(name: str) -> FusionMode:
+    """The `FusionMode` of `name`, or a ValueError listing the known modes."""
+    if name not in FUSION_MODE_TABLE:
+        raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {name!r}")
+    return FUSION_MODE_TABLE[name]
 
 
 class CCFLlamaConfig(PreTrainedConfig):
@@ -50,7 +103,8 @@ class CCFLlamaConfig(PreTrainedConfig):
             `fit_cf_standardization` sets them to the mean CF vector: SASRec's user vectors on ML-1M share one
             offset (RMS 1.73) that hides their differences (per-dimension spread 0.02) from ALG.
         fusion_mode (`str`, *optional*, defaults to `"gate"`):
-            One of `"gate"`, `"token_gate"`, `"add"`, `"inject"`, `"text"` (see `FUSION_MODES`).
+            One of `"gate"`, `"token_gate"`, `"add"`, `"inject"`, `"text"`; what each means is its row of
+            `FUSION_MODE_TABLE` (`config.fusion`).
         alignment_hidden_size (`int`, *optional*):
             Hidden size of the two-layer ALG MLP. Defaults to the LLM's hidden size.
         gate_hidden_size (`int`, *optional*):
@@ -66,8 +120,6 @@ class CCFLlamaConfig(PreTrainedConfig):
             titles); 1 starts from the `add` ablation's fusion, so stage 1 already trains LoRA on fused titles (the
             paper's stage 1 runs on the hybrid prompt with the fusion untrained, not switched off) and stage 2
             learns the dimension-wise gate from there.
-        train_cf_embeddings (`bool`, *optional*, defaults to `False`):
-            Whether the CF encoder's embeddings (Θ_E) receive gradients. The paper treats tuning Θ_E as optional.
         user_token_id (`int`, *optional*):
             Token id of the user placeholder `[User_u]`.
         item_token_id (`int`, *optional*):
@@ -76,8 +128,10 @@ class CCFLlamaConfig(PreTrainedConfig):
             Vocabulary id of the "Yes" answer token.
         no_token_id (`int`, *optional*):
             Vocabulary id of the "No" answer token.
-        bpr_weight (`float`, *optional*, defaults to 2.0):
-            The weight `k` of the BPR term in Eq. 5.
+
+    The CF encoder (Θ_E) is built frozen; tuning it and the BPR weight `k` of Eq. 5 are training choices, named once,
+    in `CCFTrainingArguments` (`train_cf_encoder`, `bpr_weight`). Configs saved with the former `train_cf_embeddings`
+    and `bpr_weight` fields still load (the fields are dropped with a warning).
 
     Example:
 
@@ -104,20 +158,23 @@ class CCFLlamaConfig(PreTrainedConfig):
     cf_sequential_encoders: list[dict | None] | None = None
     cf_input_scales: list[list[float]] | None = None
     cf_input_shifts: list[list[list[float] | None]] | None = None
-    fusion_mode: Literal["gate", "token_gate", "add", "inject", "text"] = "gate"
+    fusion_mode: str = "gate"
     alignment_hidden_size: int | None = None
     gate_hidden_size: int | None = None
     projector_hidden_act: str = "gelu"
     zero_init_gate: bool = True
     gate_init_alpha: float = 0.0
-    train_cf_embeddings: bool = False
     user_token_id: int | None = None
     item_token_id: int | None = None
     yes_token_id: int | None = None
     no_token_id: int | None = None
-    bpr_weight: float = 2.0
 
     def __post_init__(self, **kwargs):
+        for legacy, home in (("bpr_weight", "CCFTrainingArguments.bpr_weight"),
+                             ("train_cf_embeddings", "CCFTrainingArguments.train_cf_encoder")):  # fmt: skip
+            if legacy in kwargs:
+                logger.warning_once(f"CCFLlamaConfig.{legacy} is no longer a model setting: set {home}")
+                kwargs.pop(legacy)
         super().__post_init__(**kwargs)
         if self.cf_embedding_dims is None:
             self.cf_embedding_dims = [128]
@@ -127,8 +184,7 @@ class CCFLlamaConfig(PreTrainedConfig):
         self._check()
 
     def _check(self):
-        if self.fusion_mode not in FUSION_MODES:
-            raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
+        get_fusion_mode(self.fusion_mode)
         if self.num_users < 1 or self.num_items < 1:
             raise ValueError(
                 f"num_users and num_items must be >= 1, got {self.num_users} and {self.num_items}"
@@ -173,8 +229,6 @@ class CCFLlamaConfig(PreTrainedConfig):
                         f"CF source {s}: the sequential encoder's hidden_size {encoder.get('hidden_size')} differs "
                         f"from cf_embedding_dims[{s}] = {dim}"
                     )
-        if self.bpr_weight < 0:
-            raise ValueError(f"bpr_weight (k in Eq. 5) must be >= 0, got {self.bpr_weight}")
 
     @property
     def num_cf_sources(self) -> int:
@@ -186,9 +240,27 @@ class CCFLlamaConfig(PreTrainedConfig):
         return max((e["max_history"] for e in self.cf_sequential_encoders or [] if e), default=0)
 
     @property
+    def tie_word_embeddings(self) -> bool:
+        """The LLM's setting: `CCFLlamaForCTR.lm_head` shares the token-embedding table when the LLM's head does."""
+        return bool(getattr(self.text_config, "tie_word_embeddings", False))
+
+    @property
+    def fusion(self) -> FusionMode:
+        """What `fusion_mode` means (its row of `FUSION_MODE_TABLE`)."""
+        return get_fusion_mode(self.fusion_mode)
+
+    @property
     def uses_cf(self) -> bool:
-        """Whether the prompt carries the collaborative signal (every mode but `text`)."""
-        return self.fusion_mode != "text"
+        """Whether the prompt carries the collaborative signal (`config.fusion.uses_cf`)."""
+        return self.fusion.uses_cf
 
 
-__all__ = ["CCFLlamaConfig", "FUSION_MODES"]
+__all__ = [
+    "CCFLlamaConfig",
+    "FUSION_MODES",
+    "FUSION_MODE_TABLE",
+    "FusionMode",
+    "ITEM_TOKEN",
+    "USER_TOKEN",
+    "get_fusion_mode",
+]

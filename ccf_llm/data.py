@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .processing_ccf_llama import latest_items
+from .ragged import latest_items
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"

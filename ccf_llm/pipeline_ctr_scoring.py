@@ -21,7 +21,8 @@ from transformers.utils import logging
 
 from .modeling_ccf_llama import CCFLlamaForCTR
 from .precision import device_precision
-from .processing_ccf_llama import _ragged, latest_items
+from .ragged import latest_items
+from .ragged import to_ragged as _ragged
 
 logger = logging.get_logger(__name__)
 
@@ -131,7 +132,7 @@ class CTRScoringPipeline(Pipeline):
             raise TypeError(
                 f"ctr-scoring takes dicts with user_id, history, candidates; got {type(inputs).__name__}"
             )
-        needed = {"history", "candidates"} | ({"user_id"} if self.processor.fusion_mode != "text" else set())
+        needed = {"history", "candidates"} | ({"user_id"} if self.processor.fusion.uses_cf else set())
         missing = needed - set(inputs)
         if missing:
             raise ValueError(f"ctr-scoring input lacks {sorted(missing)} (got keys {sorted(inputs)})")
@@ -235,7 +236,7 @@ def _score_full_prompts(model, processor, users, flat_hist, hist_off, items, bat
             keep = batch["attention_mask"][pick].any(0)  # drop the columns that are padding in every row
             inputs = {
                 key: value[pick][:, keep]
-                if key in ("input_ids", "attention_mask", "item_ids")
+                if key in ("input_ids", "attention_mask", "token_item_ids")
                 else value[pick]
                 for key, value in batch.items()
             }

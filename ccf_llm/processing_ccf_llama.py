@@ -10,14 +10,26 @@ Python loop over rows or tokens.
 import re
 from collections.abc import Mapping
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import cached_file
 
-from .configuration_ccf_llama import FUSION_MODES
+from .configuration_ccf_llama import ITEM_TOKEN, USER_TOKEN, CCFLlamaConfig, get_fusion_mode
+from .ragged import (
+    as_int_array,
+    latest_items,
+    offsets_of,
+    pad_ragged,
+    slice_indices,
+    take_rows,
+    to_arrow,
+    to_ragged,
+)
 
 PAPER_TEMPLATE = (
     "#Question: A user has given high ratings to the following items: {history}. Additionally, we have information "
@@ -43,61 +55,6 @@ SLOTS = ("history", "user", "target", "similar")
 _SLOT_RE = re.compile(r"\{(" + "|".join(SLOTS) + r")\}")
 
 
-def _ragged(values) -> tuple[np.ndarray, np.ndarray]:
-    """(flat values, offsets) of a list of lists, a pyarrow ListArray or ChunkedArray, without a Python loop."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if isinstance(values, (pa.ListArray, pa.LargeListArray)):
-        offsets = values.offsets.to_numpy().astype(np.int64)
-        flat = values.values.to_numpy(zero_copy_only=False).astype(np.int64)
-        return flat[offsets[0] : offsets[-1]], offsets - offsets[0]
-    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    flat = np.fromiter(chain.from_iterable(values), dtype=np.int64, count=int(lengths.sum()))
-    return flat, np.concatenate([[0], np.cumsum(lengths)])
-
-
-def latest_items(flat: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
-    """`(rows, k)`: each row's last `k` items of a ragged list (flat values, offsets), left-padded with 0."""
-    lengths = np.minimum(np.diff(offsets), k)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    within = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    matrix = np.zeros((len(lengths), k), dtype=np.int64)
-    matrix[rows, k - lengths[rows] + within] = flat[offsets[1:][rows] - lengths[rows] + within]
-    return matrix
-
-
-def _ragged_take(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flat values, offsets) of the ragged rows `rows` of a ragged list (flat values, offsets), in that order."""
-    lengths = np.diff(offsets)[rows]
-    return flat[_slices(offsets[:-1][rows], lengths)], np.concatenate([[0], np.cumsum(lengths)])
-
-
-def _slices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Flat indices of the slices `[start, start + length)`, concatenated."""
-    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
-
-
-def _pad(values: np.ndarray, offsets: np.ndarray, side: str, pad_value: int) -> tuple[np.ndarray, np.ndarray]:
-    """A ragged list (flat values, offsets) as a padded `(rows, width)` matrix and its 0/1 mask."""
-    lengths = np.diff(offsets)
-    n_rows, width = len(lengths), int(lengths.max(initial=0))
-    rows = np.repeat(np.arange(n_rows), lengths)
-    cols = np.arange(len(values)) - offsets[rows]
-    if side == "left":
-        cols = cols + (width - lengths)[rows]
-    matrix = np.full((n_rows, width), pad_value, dtype=np.int64)
-    matrix[rows, cols] = values
-    mask = np.zeros((n_rows, width), dtype=np.int64)
-    mask[rows, cols] = 1
-    return matrix, mask
-
-
-def _as_int_array(values) -> np.ndarray:
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values.to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.asarray(values, dtype=np.int64).reshape(-1)
-
-
 class CCFLlamaProcessor(ProcessorMixin):
     r"""
     Hybrid prompt translation for CCF-LLM (§3.2).
@@ -109,10 +66,10 @@ class CCFLlamaProcessor(ProcessorMixin):
     * `{target}`: the target item's title in double quotes;
     * `{similar}` (pilot-study template only): titles of CF-recommended items, as plain text.
 
-    The output holds, aligned with `input_ids`, `item_ids`: the item each title token belongs to (fusion modes) or
-    the item of each CF placeholder token, which `inject` mode adds after every title (CoLLM); `text` mode returns
-    no CF fields. Prompts longer than `max_length` drop their oldest history items whole: a title is never cut,
-    and the user and target are never dropped.
+    The output holds, aligned with `input_ids`, `token_item_ids`: the item each title token belongs to (modes that
+    mark titles) or the item of each CF placeholder token, which `inject` mode adds after every title (CoLLM); `text`
+    mode returns no CF fields. What a mode does is its row of `FUSION_MODE_TABLE`. Prompts longer than `max_length`
+    drop their oldest history items whole: a title is never cut, and the user and target are never dropped.
 
     Titles are tokenized on their own, once, with special-token parsing off: a title containing `<|user_cf|>` or
     `<|im_end|>` stays text and can never act as a placeholder. Literal template text is tokenized as is.
@@ -121,53 +78,103 @@ class CCFLlamaProcessor(ProcessorMixin):
         tokenizer: the LLM's tokenizer, holding the placeholder tokens (see `CCFLlamaForCTR.from_llm`).
         item_titles (`Mapping[int, str]` or `Sequence[str | None]`, *optional*):
             Title of each item id (a sequence is indexed by id; index 0 is the padding id and unused).
-        fusion_mode (`str`, defaults to `"gate"`): the model's fusion mode (see `FUSION_MODES`).
-        template (`str`, *optional*): the prompt template; defaults to `PAPER_TEMPLATE` (`TEXT_TEMPLATE` in `text`
-            mode).
+        fusion_mode (`str`, *optional*): the model's fusion mode; taken from `config` when that is given (a different
+            value is an error). `"gate"` when neither is given.
+        template (`str`, *optional*): the prompt template; defaults to `PAPER_TEMPLATE` (`TEXT_TEMPLATE` for a mode
+            without CF).
         history_size (`int`, defaults to 10): how many of the latest history items enter the prompt (CoLLM: 10).
         max_length (`int`, defaults to 700): the maximum prompt length in tokens (the paper's 700).
         empty_history (`str`, defaults to `"none"`): the rendering of an empty history.
         user_token / item_token (`str`): the placeholder tokens.
-        cf_history_size (`int`, defaults to 0): when > 0, also return `cf_history`, each row's latest
-            `cf_history_size` history items left-padded with 0: the input of a sequential CF source (SASRec: 25,
-            `model.config.max_cf_history`).
+        cf_history_size (`int`, *optional*): when > 0, also return `cf_history`, each row's latest `cf_history_size`
+            history items left-padded with 0: the input of a sequential CF source (SASRec: 25). Defaults to
+            `config.max_cf_history` (0 without a config).
+        config (`CCFLlamaConfig`, or a folder / Hub id holding one, *optional*): the model's configuration. The
+            processor takes its fusion mode and `cf_history_size` from it, and checks at construction that the
+            tokenizer's placeholder ids are the model's. `from_pretrained` reads the `config.json` saved beside the
+            processor when there is one.
     """
 
     def __init__(
         self,
         tokenizer=None,
         item_titles=None,
-        fusion_mode: str = "gate",
+        fusion_mode: str | None = None,
         template: str | None = None,
         history_size: int = 10,
         max_length: int = 700,
         empty_history: str = "none",
-        user_token: str = "<|user_cf|>",
-        item_token: str = "<|item_cf|>",
-        cf_history_size: int = 0,
+        user_token: str = USER_TOKEN,
+        item_token: str = ITEM_TOKEN,
+        cf_history_size: int | None = None,
+        config: CCFLlamaConfig | str | None = None,
         **kwargs,
     ):
-        if fusion_mode not in FUSION_MODES:
-            raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {fusion_mode!r}")
+        if isinstance(config, (str, Path)):
+            config = CCFLlamaConfig.from_pretrained(config)
+        if config is not None:
+            if fusion_mode is not None and fusion_mode != config.fusion_mode:
+                raise ValueError(
+                    f"fusion_mode={fusion_mode!r} but the model's config has fusion_mode={config.fusion_mode!r}: "
+                    "the prompts would not match the model (leave fusion_mode out to take the model's)"
+                )
+            if cf_history_size is not None and cf_history_size != config.max_cf_history:
+                raise ValueError(
+                    f"cf_history_size={cf_history_size} but the model's sequential CF sources read "
+                    f"{config.max_cf_history} history items (config.max_cf_history)"
+                )
+            fusion_mode, cf_history_size = config.fusion_mode, config.max_cf_history
+        self.fusion = fusion_mode_row = get_fusion_mode(fusion_mode or "gate")
         if history_size < 0 or max_length < 1:
             raise ValueError(
                 f"history_size must be >= 0 and max_length >= 1, got {history_size} and {max_length}"
             )
-        self.fusion_mode = fusion_mode
+        self.fusion_mode = fusion_mode_row.name
         self.template = (
-            template if template is not None else (TEXT_TEMPLATE if fusion_mode == "text" else PAPER_TEMPLATE)
+            template
+            if template is not None
+            else (PAPER_TEMPLATE if fusion_mode_row.uses_cf else TEXT_TEMPLATE)
         )
         self.history_size = history_size
         self.max_length = max_length
         self.empty_history = empty_history
         self.user_token = user_token
         self.item_token = item_token
-        self.cf_history_size = cf_history_size
+        self.cf_history_size = cf_history_size or 0
         super().__init__(tokenizer, **kwargs)
         self._compile_template()
+        if config is not None:
+            self._check_placeholder_ids(config)
         self.item_titles = None
         if item_titles is not None:
             self.set_item_titles(item_titles)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.from_pretrained`, checked against the model's `config.json` in the same folder, if any."""
+        if "config" not in kwargs:
+            found = cached_file(
+                pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
+                **{k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "token") if k in kwargs},
+            )  # fmt: skip
+            if (
+                found is not None
+                and CCFLlamaConfig.from_json_file(found).model_type == CCFLlamaConfig.model_type
+            ):
+                kwargs["config"] = CCFLlamaConfig.from_pretrained(Path(found).parent)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def _check_placeholder_ids(self, config: CCFLlamaConfig):
+        for name, token, expected in (("user", self.user_token, config.user_token_id),
+                                      ("item", self.item_token, config.item_token_id)):  # fmt: skip
+            found = (
+                self.tokenizer.convert_tokens_to_ids(token) if token in self.tokenizer.get_vocab() else None
+            )
+            if config.uses_cf and expected is not None and found is not None and found != expected:
+                raise ValueError(
+                    f"the tokenizer's {name} placeholder {token!r} has id {found}, but the model's config says "
+                    f"{name}_token_id={expected}: pass the tokenizer the model was built with"
+                )
 
     # ------------------------------------------------------------------ setup
     def _encode_text(self, texts: list[str], split_special_tokens: bool = False) -> list[list[int]]:
@@ -189,22 +196,18 @@ class CCFLlamaProcessor(ProcessorMixin):
             raise ValueError(
                 f"the template needs exactly one {{target}} and at most one of each other slot: {self.template!r}"
             )
-        uses_cf = self.fusion_mode != "text"
-        if counts["user"] and not uses_cf:
+        if counts["user"] and not self.fusion.uses_cf:
             raise ValueError(
-                "fusion_mode='text' carries no CF signal, so its template cannot have a {user} slot"
+                f"fusion_mode={self.fusion_mode!r} carries no CF signal, so its template cannot have a {{user}} slot"
             )
-        if uses_cf:
-            vocab = self.tokenizer.get_vocab()
-            needed = [self.user_token] * bool(counts["user"]) + [self.item_token] * (
-                self.fusion_mode == "inject"
-            )
-            for token in needed:
-                if token not in vocab:
-                    raise ValueError(
-                        f"the tokenizer has no placeholder token {token!r}; build the model with "
-                        "CCFLlamaForCTR.from_llm(llm, tokenizer, ...), which adds it, and pass that tokenizer"
-                    )
+        needed = [self.user_token] * bool(counts["user"]) + [self.item_token] * self.fusion.item_placeholder
+        vocab = self.tokenizer.get_vocab() if needed else {}
+        for token in needed:
+            if token not in vocab:
+                raise ValueError(
+                    f"the tokenizer has no placeholder token {token!r}; build the model with "
+                    "CCFLlamaForCTR.from_llm(llm, tokenizer, ...), which adds it, and pass that tokenizer"
+                )
         # A space before a quoted slot moves into the slot's opening quote (' "Title"'), as in running text.
         spaced = []
         for i, slot in enumerate(slots):
@@ -213,10 +216,9 @@ class CCFLlamaProcessor(ProcessorMixin):
             spaced.append(space)
         self._slots = slots
         bos = [self.tokenizer.bos_token_id] if getattr(self.tokenizer, "add_bos_token", False) else []
-        open_space = ' "' if any(spaced) else '"'
         piece_texts = {
             "open": '"',
-            "open_space": open_space,
+            "open_space": ' "' if any(spaced) else '"',
             "sep": ', "',
             "close": '"',
             "empty": self.empty_history,
@@ -227,7 +229,7 @@ class CCFLlamaProcessor(ProcessorMixin):
         pieces = {n: ids for n, ids in zip(names, encoded, strict=True)}
         for i, ids in enumerate(self._encode_text(literals)):
             pieces[f"literal{i}"] = (bos + ids) if i == 0 else ids
-        if uses_cf:
+        if self.fusion.uses_cf:
             pieces["user"] = [self.tokenizer.convert_tokens_to_ids(self.user_token)]
             pieces["item"] = [self.tokenizer.convert_tokens_to_ids(self.item_token)]
         self._spaced = spaced
@@ -279,17 +281,25 @@ class CCFLlamaProcessor(ProcessorMixin):
 
     def title_token_ids(self, item_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached title tokens of `item_ids` (as prompts hold them): right-padded `(items, L)` ids and mask."""
-        ids = _as_int_array(item_ids)
+        ids = as_int_array(item_ids)
         self._check_items(ids, "item list", np.arange(len(ids)))
         lengths = self._seg_len[ids]
-        tokens = self._store[_slices(self._seg_start[ids], lengths)]
-        matrix, mask = _pad(
-            tokens, np.concatenate([[0], np.cumsum(lengths)]), "right", self.tokenizer.pad_token_id
-        )
+        tokens = self._store[slice_indices(self._seg_start[ids], lengths)]
+        matrix, mask = pad_ragged(tokens, offsets_of(lengths), "right", self.tokenizer.pad_token_id)
         return torch.from_numpy(matrix), torch.from_numpy(mask)
 
     def _piece(self, name: str) -> int:
         return self._num_title_segments + self._piece_ids[name]
+
+    def cf_history(self, histories) -> torch.LongTensor:
+        """
+        `(rows, cf_history_size)`: each history's latest `cf_history_size` items, left-padded with 0, as the prompts'
+        `cf_history` carries them (the input of a sequential CF source; e.g. for
+        `CCFLlamaForCTR.fit_cf_standardization` over the training rows).
+        """
+        if not self.cf_history_size:
+            raise ValueError("this processor has cf_history_size=0: its prompts carry no cf_history")
+        return torch.from_numpy(latest_items(*to_ragged(histories), self.cf_history_size))
 
     # ------------------------------------------------------------- translation
     def _check_items(self, ids: np.ndarray, where: str, rows: np.ndarray):
@@ -302,36 +312,106 @@ class CCFLlamaProcessor(ProcessorMixin):
                 f"{ids[bad].tolist()}"
             )
 
-    def _item_blocks(self, items, rows, index, slot_pos, spaced, marked, inject):
-        """Parts of a quoted item list: open/sep, title, close (+ CF token). Returns the 5 part columns."""
-        k = 4 if inject else 3
-        n = len(items)
-        opener = np.where(index == 0, self._piece("open_space" if spaced else "open"), self._piece("sep"))
-        cf_token = (
-            self._piece("item") if inject else self._piece("close")
-        )  # the 4th column is used by inject only
-        seg = np.stack([opener, items, np.full(n, self._piece("close")), np.full(n, cf_token)], 1)[:, :k]
-        mark = np.zeros((n, 4), dtype=np.int64)
-        mark[:, 1 if marked and not inject else 3] = items if marked else 0
-        sub = index[:, None] * 4 + np.arange(k)
-        return (
-            np.repeat(rows, k),
-            np.full(n * k, slot_pos),
-            sub.reshape(-1),
-            seg.reshape(-1),
-            mark[:, :k].reshape(-1),
-        )
+    # The prompt is described once, as parts: one row per emitted segment (a title or a template piece) with its
+    # prompt row, slot position, order within the slot, segment, the item id its tokens carry, its history unit
+    # (the history item it belongs to; -1: never dropped) and whether it opens a quoted item. The length budget sums
+    # these parts' lengths, and assembly concatenates the same parts' tokens.
+    def _parts(self, rows, pos, seg, sub=None, mark=None, unit=None, opener=None) -> dict[str, np.ndarray]:
+        n = len(rows)
+        zeros = np.zeros(n, np.int64)
+        return {
+            "row": np.asarray(rows, np.int64), "pos": np.full(n, pos), "seg": np.broadcast_to(seg, (n,)),
+            "sub": zeros if sub is None else sub, "mark": zeros if mark is None else mark,
+            "unit": np.full(n, -1) if unit is None else unit, "opener": np.zeros(n, bool) if opener is None else opener,
+        }  # fmt: skip
 
-    def cf_history(self, histories) -> torch.LongTensor:
+    def _item_list(self, items, rows, pos, spaced, marked, droppable=False) -> dict[str, np.ndarray]:
         """
-        `(rows, cf_history_size)`: each history's latest `cf_history_size` items, left-padded with 0, as the prompts'
-        `cf_history` carries them (the input of a sequential CF source; e.g. for
-        `CCFLlamaForCTR.fit_cf_standardization` over the training rows).
+        A quoted item list: per item its opener (`open` for the first, `sep` after), title, `close` and, in modes
+        with an item placeholder, the placeholder. Droppable lists (the history) open every item with `sep`; `_fit`
+        gives the first kept item its opener.
         """
-        if not self.cf_history_size:
-            raise ValueError("this processor has cf_history_size=0: its prompts carry no cf_history")
-        flat_hist, hist_off = _ragged(histories)
-        return torch.from_numpy(latest_items(flat_hist, hist_off, self.cf_history_size))
+        n = len(items)
+        index = np.arange(n) - np.searchsorted(rows, rows)  # position within the row's list
+        first = self._piece("open_space" if spaced else "open")
+        segs = [
+            np.where((index == 0) & (not droppable), first, self._piece("sep")),
+            items,
+            self._piece("close"),
+        ]
+        marks = [0, items if marked and self.fusion.marks_titles else 0, 0]
+        if marked and self.fusion.item_placeholder:
+            segs.append(self._piece("item"))
+            marks.append(items)
+        k = len(segs)
+
+        def columns(values):  # (n * k,): the k parts of each item, item after item
+            return np.stack([np.broadcast_to(v, (n,)) for v in values], 1).reshape(-1)
+
+        return self._parts(
+            np.repeat(rows, k), pos, seg=columns(segs), sub=(index[:, None] * k + np.arange(k)).reshape(-1),
+            mark=columns(marks),
+            unit=np.repeat(np.arange(n) if droppable else np.full(n, -1), k),
+            opener=np.tile(np.arange(k) == 0, n),
+        )  # fmt: skip
+
+    def _slot_parts(self, slot, pos, spaced, rows, targets, history, similar) -> dict[str, np.ndarray]:
+        """The parts one slot emits in every row: adding a slot to the template is one branch here."""
+        if slot == "user":
+            return self._parts(rows, pos, self._piece("user"))
+        if slot == "target":
+            return self._item_list(targets, rows, pos, spaced, marked=self.fusion.uses_cf)
+        if slot == "history":
+            return self._item_list(*history, pos, spaced, marked=self.fusion.uses_cf, droppable=True)
+        if similar is None:
+            raise ValueError("the template has a {similar} slot: pass similar_item_ids=")
+        return self._item_list(*similar, pos, spaced, marked=False)  # plain-text titles, never fused
+
+    def _fit(self, parts: dict, n_rows: int) -> dict[str, np.ndarray]:
+        """
+        Drop each prompt's oldest history items whole until it fits `max_length` (the longest suffix of its history
+        that fits), give the first kept item its opener and an emptied history its `empty` rendering.
+        """
+        seg_len = self._seg_len
+        length = seg_len[parts["seg"]]
+        unit = parts["unit"]
+        fixed = np.bincount(parts["row"][unit < 0], weights=length[unit < 0], minlength=n_rows).astype(
+            np.int64
+        )
+        if "history" not in self._slots:
+            self._check_fits(fixed, fixed > self.max_length)
+            return parts
+        history = self._slots.index("history")
+        spaced = self._spaced[history]
+        first_open, empty = (self._piece(n + ("_space" if spaced else "")) for n in ("open", "empty"))
+        units = unit >= 0
+        cost = np.bincount(unit[units], weights=length[units]).astype(np.int64)
+        unit_row = np.zeros(len(cost), np.int64)
+        unit_row[unit[units]] = parts["row"][units]
+        cum = np.cumsum(cost)
+        row_end = np.zeros(n_rows, dtype=np.int64)
+        np.maximum.at(row_end, unit_row, cum)
+        suffix = row_end[unit_row] - cum + cost  # the cost of this item and every later one of its row
+        kept = fixed[unit_row] + suffix + seg_len[first_open] - seg_len[self._piece("sep")] <= self.max_length
+        n_kept = np.bincount(unit_row[kept], minlength=n_rows)
+        self._check_fits(fixed, (n_kept == 0) & (fixed + seg_len[empty] > self.max_length))
+        keep = ~units
+        keep[units] = kept[unit[units]]
+        parts = {k: v[keep] for k, v in parts.items()}
+        first_unit = np.full(n_rows, len(cost))
+        np.minimum.at(first_unit, unit_row[kept], np.flatnonzero(kept))
+        opens = parts["opener"] & (parts["unit"] >= 0) & (parts["unit"] == first_unit[parts["row"]])
+        parts["seg"] = np.where(opens, first_open, parts["seg"])
+        emptied = self._parts(np.flatnonzero(n_kept == 0), 2 * history + 1, empty)
+        return {k: np.concatenate([parts[k], emptied[k]]) for k in parts}
+
+    def _check_fits(self, fixed: np.ndarray, too_long: np.ndarray):
+        if too_long.any():
+            bad = np.flatnonzero(too_long)[:5]
+            raise ValueError(
+                f"rows {bad.tolist()} need {fixed[bad].tolist()} tokens without any history, more than "
+                f"max_length={self.max_length}; the user and target item are never dropped"
+            )
 
     def _translate(self, user_ids, histories, target_ids, similar=None):
         """
@@ -340,122 +420,44 @@ class CCFLlamaProcessor(ProcessorMixin):
         """
         if self.item_titles is None:
             raise ValueError("no item titles: pass item_titles= or call set_item_titles() first")
-        targets = _as_int_array(target_ids)
+        targets = as_int_array(target_ids)
         n_rows = len(targets)
         rows = np.arange(n_rows)
         self._check_items(targets, "target", rows)
-        mode = self.fusion_mode
-        marked, inject = mode != "text", mode == "inject"
-        extra = 1 if inject else 0  # the CF token after each title in inject mode
-        flat_hist, hist_off = _ragged(histories if histories is not None else [[]] * n_rows)
+        flat_hist, hist_off = to_ragged(histories if histories is not None else [[]] * n_rows)
         if len(hist_off) != n_rows + 1:
             raise ValueError(f"got {len(hist_off) - 1} histories for {n_rows} target items")
         cf_history = (
             latest_items(flat_hist, hist_off, self.cf_history_size)
-            if self.cf_history_size and marked
+            if self.cf_history_size and self.fusion.uses_cf
             else None
         )
-        # keep the last `history_size` items of each history
-        lengths = np.diff(hist_off)
-        starts = hist_off[1:] - np.minimum(lengths, self.history_size)
+        lengths = np.minimum(
+            np.diff(hist_off), self.history_size
+        )  # the last `history_size` items of each history
         hist_rows = np.repeat(rows, lengths)
-        keep = np.arange(len(flat_hist)) >= starts[hist_rows]
-        flat_hist, hist_rows = flat_hist[keep], hist_rows[keep]
+        flat_hist = flat_hist[slice_indices(hist_off[1:] - lengths, lengths)]
         self._check_items(flat_hist, "history", hist_rows)
-        seg_len = self._seg_len
-        p = self._piece
-        # length of everything but the history: literals, user token, target, similar items
-        literal_len = sum(seg_len[p(f"literal{i}")] for i in range(len(self._slots) + 1))
-        base = np.full(n_rows, literal_len, dtype=np.int64)
-        base += seg_len[p("open")] + seg_len[targets] + seg_len[p("close")] + extra
-        if "user" in self._slots:
-            base += 1
-        if "target" in self._slots and self._spaced[self._slots.index("target")]:
-            base += seg_len[p("open_space")] - seg_len[p("open")]
-        flat_sim = sim_rows = None
-        if "similar" in self._slots:
-            if similar is None:
-                raise ValueError("the template has a {similar} slot: pass similar_item_ids=")
-            flat_sim, sim_off = _ragged(similar)
-            sim_rows = np.repeat(rows, np.diff(sim_off))
-            self._check_items(flat_sim, "similar items", sim_rows)
-            sim_cost = seg_len[flat_sim] + seg_len[p("sep")] + seg_len[p("close")]
-            base += np.bincount(sim_rows, weights=sim_cost, minlength=n_rows).astype(np.int64)
-            # the first item opens with a quote, not with the separator
-            sim_open = seg_len[p("open_space" if self._spaced[self._slots.index("similar")] else "open")]
-            base -= (np.diff(sim_off) > 0) * (seg_len[p("sep")] - sim_open)
-        has_history = "history" in self._slots
-        if has_history:
-            spaced = self._spaced[self._slots.index("history")]
-            first_open = seg_len[p("open_space" if spaced else "open")]
-            empty_len = seg_len[p("empty_space" if spaced else "empty")]
-            # drop the oldest items whole until the prompt fits: keep the longest suffix that fits
-            cost = seg_len[flat_hist] + seg_len[p("sep")] + seg_len[p("close")] + extra
-            cum = np.cumsum(cost)
-            row_end = np.zeros(n_rows, dtype=np.int64)
-            np.maximum.at(row_end, hist_rows, cum)
-            suffix = row_end[hist_rows] - cum + cost
-            fits = base[hist_rows] + suffix - (seg_len[p("sep")] - first_open) <= self.max_length
-            flat_hist, hist_rows = flat_hist[fits], hist_rows[fits]
-            kept = np.bincount(hist_rows, minlength=n_rows)
-            too_long = (kept == 0) & (base + empty_len > self.max_length)
-        else:
-            too_long = base > self.max_length
-        if too_long.any():
-            bad = np.flatnonzero(too_long)[:5]
-            raise ValueError(
-                f"rows {bad.tolist()} need {base[bad].tolist()} tokens without any history, more than "
-                f"max_length={self.max_length}; the user and target item are never dropped"
-            )
-
-        # assemble parts (row, slot position, sub-order, segment, item mark), then sort them into prompt order
-        def single(part_rows, pos, piece):  # one unmarked piece per row, e.g. a literal or the user token
-            n = len(part_rows)
-            zeros = np.zeros(n, np.int64)
-            return part_rows, np.full(n, pos), zeros, np.full(n, p(piece)), zeros
-
-        blocks = [single(rows, 2 * i, f"literal{i}") for i in range(len(self._slots) + 1)]
-        for i, slot in enumerate(self._slots):
-            pos = 2 * i + 1
-            if slot == "user":
-                blocks.append(single(rows, pos, "user"))
-            elif slot == "target":
-                blocks.append(
-                    self._item_blocks(
-                        targets, rows, np.zeros(n_rows, np.int64), pos, self._spaced[i], marked, inject
-                    )
-                )
-            elif slot == "history":
-                index = np.arange(len(hist_rows)) - np.searchsorted(hist_rows, hist_rows)
-                blocks.append(
-                    self._item_blocks(flat_hist, hist_rows, index, pos, self._spaced[i], marked, inject)
-                )
-                blocks.append(
-                    single(np.flatnonzero(kept == 0), pos, "empty_space" if self._spaced[i] else "empty")
-                )
-            else:  # similar: plain-text titles, never fused
-                index = np.arange(len(sim_rows)) - np.searchsorted(sim_rows, sim_rows)
-                blocks.append(
-                    self._item_blocks(flat_sim, sim_rows, index, pos, self._spaced[i], False, False)
-                )
-        part_row, part_pos, part_sub, part_seg, part_mark = (
-            np.concatenate(c) for c in zip(*blocks, strict=True)
-        )
-        order = np.lexsort((part_sub, part_pos, part_row))
-        part_row, part_pos, part_seg, part_mark = (
-            part_row[order], part_pos[order], part_seg[order], part_mark[order]
-        )  # fmt: skip
-        part_len = seg_len[part_seg]
+        if similar is not None:
+            flat_sim, sim_off = to_ragged(similar)
+            similar = (flat_sim, np.repeat(rows, np.diff(sim_off)))
+            self._check_items(similar[0], "similar items", similar[1])
+        blocks = [self._parts(rows, 2 * i, self._piece(f"literal{i}")) for i in range(len(self._slots) + 1)]
+        blocks += [
+            self._slot_parts(slot, 2 * i + 1, self._spaced[i], rows, targets, (flat_hist, hist_rows), similar)
+            for i, slot in enumerate(self._slots)
+        ]
+        parts = self._fit({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}, n_rows)
+        order = np.lexsort((parts["sub"], parts["pos"], parts["row"]))
+        part_row, part_pos, part_seg, part_mark = (parts[k][order] for k in ("row", "pos", "seg", "mark"))
+        part_len = self._seg_len[part_seg]
         before_target = part_pos < 2 * self._slots.index("target") + 1
         prefix_len = np.bincount(part_row, weights=part_len * before_target, minlength=n_rows).astype(
             np.int64
         )
-        part_start = np.cumsum(part_len) - part_len
-        within = np.arange(int(part_len.sum())) - np.repeat(part_start, part_len)
-        tokens = self._store[np.repeat(self._seg_start[part_seg], part_len) + within]
-        item_ids = np.repeat(part_mark, part_len)
+        tokens = self._store[slice_indices(self._seg_start[part_seg], part_len)]
         row_len = np.bincount(part_row, weights=part_len, minlength=n_rows).astype(np.int64)
-        return tokens, item_ids, np.concatenate([[0], np.cumsum(row_len)]), cf_history, prefix_len
+        return tokens, np.repeat(part_mark, part_len), offsets_of(row_len), cf_history, prefix_len
 
     def __call__(
         self,
@@ -479,18 +481,17 @@ class CCFLlamaProcessor(ProcessorMixin):
             return_tensors: `"pt"` for padded tensors (with `attention_mask`), `None` for lists of lists.
             padding_side: `"left"` (default: the tokenizer's) or `"right"` for `"pt"`.
         """
-        tokens, item_ids, offsets, cf_history, _ = self._translate(
+        tokens, token_item_ids, offsets, cf_history, _ = self._translate(
             user_ids, histories, target_item_ids, similar_item_ids
         )
-        data = {}
+        uses_cf = self.fusion.uses_cf
         if return_tensors == "pt":
             side = padding_side or getattr(self.tokenizer, "padding_side", "left")
-            ids, mask = _pad(tokens, offsets, side, self.tokenizer.pad_token_id)
-            items, _ = _pad(item_ids, offsets, side, 0)
+            ids, mask = pad_ragged(tokens, offsets, side, self.tokenizer.pad_token_id)
             data = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-            if self.fusion_mode != "text":
-                data["item_ids"] = torch.from_numpy(items)
-                data["user_ids"] = torch.from_numpy(_as_int_array(user_ids))
+            if uses_cf:
+                data["token_item_ids"] = torch.from_numpy(pad_ragged(token_item_ids, offsets, side, 0)[0])
+                data["user_ids"] = torch.from_numpy(as_int_array(user_ids))
             if cf_history is not None:
                 data["cf_history"] = torch.from_numpy(cf_history)
             if labels is not None:
@@ -498,11 +499,10 @@ class CCFLlamaProcessor(ProcessorMixin):
             return BatchFeature(data)
         if return_tensors is not None:
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
-        split = np.split(tokens, offsets[1:-1])
-        data["input_ids"] = [a.tolist() for a in split]
-        if self.fusion_mode != "text":
-            data["item_ids"] = [a.tolist() for a in np.split(item_ids, offsets[1:-1])]
-            data["user_ids"] = _as_int_array(user_ids).tolist()
+        data = {"input_ids": [a.tolist() for a in np.split(tokens, offsets[1:-1])]}
+        if uses_cf:
+            data["token_item_ids"] = [a.tolist() for a in np.split(token_item_ids, offsets[1:-1])]
+            data["user_ids"] = as_int_array(user_ids).tolist()
         if cf_history is not None:
             data["cf_history"] = cf_history.tolist()
         if labels is not None:
@@ -526,44 +526,45 @@ class CCFLlamaProcessor(ProcessorMixin):
             similar_item_ids: per-user item lists for the pilot-study template's `{similar}` slot.
 
         Returns:
-            A `BatchFeature` with `prefix_input_ids` / `prefix_attention_mask` / `prefix_item_ids` `(prefixes, P)`
-            left-padded, `user_ids` / `cf_history` per prefix, and `input_ids` / `attention_mask` / `item_ids`
-            `(candidates, S)` right-padded, in the order of the flattened candidate lists, with `prefix_index`
-            `(candidates,)`: the prefix each candidate continues. `text` mode has no `item_ids` / `user_ids`.
+            A `BatchFeature` with `prefix_input_ids` / `prefix_attention_mask` / `prefix_token_item_ids`
+            `(prefixes, P)` left-padded, `user_ids` / `cf_history` per prefix, and `input_ids` / `attention_mask` /
+            `token_item_ids` `(candidates, S)` right-padded, in the order of the flattened candidate lists, with
+            `prefix_index` `(candidates,)`: the prefix each candidate continues. Modes without CF have no
+            `token_item_ids` / `user_ids`.
         """
-        flat_cand, cand_off = _ragged(candidate_item_ids)
+        flat_cand, cand_off = to_ragged(candidate_item_ids)
         n_users = len(cand_off) - 1
         owner = np.repeat(np.arange(n_users), np.diff(cand_off))
-        flat_hist, hist_off = _ragged(histories if histories is not None else [[]] * n_users)
+        flat_hist, hist_off = to_ragged(histories if histories is not None else [[]] * n_users)
         if len(hist_off) != n_users + 1:
             raise ValueError(f"got {len(hist_off) - 1} histories for {n_users} candidate lists")
-        uses_cf = self.fusion_mode != "text"
+        uses_cf = self.fusion.uses_cf
         users = None
         if uses_cf:
-            users = _as_int_array(user_ids)
+            users = as_int_array(user_ids)
             if len(users) != n_users:
                 raise ValueError(f"got {len(users)} user ids for {n_users} candidate lists")
             users = users[owner]
         similar = None
         if similar_item_ids is not None:
-            similar = pa.LargeListArray.from_arrays(
-                *reversed(_ragged_take(*_ragged(similar_item_ids), owner))
-            )
-        hist = pa.LargeListArray.from_arrays(*reversed(_ragged_take(flat_hist, hist_off, owner)))
-        tokens, item_ids, offsets, cf_history, prefix_len = self._translate(users, hist, flat_cand, similar)
+            similar = to_arrow(*take_rows(*to_ragged(similar_item_ids), owner))
+        hist = to_arrow(*take_rows(flat_hist, hist_off, owner))
+        tokens, token_item_ids, offsets, cf_history, prefix_len = self._translate(
+            users, hist, flat_cand, similar
+        )
         # one prefix per (user, prefix length): within a user, prefixes differ only by dropped history items
         _, first, prefix_index = np.unique(
             np.stack([owner, prefix_len], 1), axis=0, return_index=True, return_inverse=True
         )
         prefix_index = prefix_index.reshape(-1)
         starts, lengths = offsets[:-1], np.diff(offsets)
-        prefix_off = np.concatenate([[0], np.cumsum(prefix_len[first])])
-        prefix_at = _slices(starts[first], prefix_len[first])
-        suffix_off = np.concatenate([[0], np.cumsum(lengths - prefix_len)])
-        suffix_at = _slices(starts + prefix_len, lengths - prefix_len)
+        prefix_off = offsets_of(prefix_len[first])
+        prefix_at = slice_indices(starts[first], prefix_len[first])
+        suffix_off = offsets_of(lengths - prefix_len)
+        suffix_at = slice_indices(starts + prefix_len, lengths - prefix_len)
         pad_id = self.tokenizer.pad_token_id
-        prefix_ids, prefix_mask = _pad(tokens[prefix_at], prefix_off, "left", pad_id)
-        suffix_ids, suffix_mask = _pad(tokens[suffix_at], suffix_off, "right", pad_id)
+        prefix_ids, prefix_mask = pad_ragged(tokens[prefix_at], prefix_off, "left", pad_id)
+        suffix_ids, suffix_mask = pad_ragged(tokens[suffix_at], suffix_off, "right", pad_id)
         data = {
             "prefix_input_ids": prefix_ids,
             "prefix_attention_mask": prefix_mask,
@@ -572,8 +573,8 @@ class CCFLlamaProcessor(ProcessorMixin):
             "prefix_index": prefix_index,
         }
         if uses_cf:
-            data["prefix_item_ids"] = _pad(item_ids[prefix_at], prefix_off, "left", 0)[0]
-            data["item_ids"] = _pad(item_ids[suffix_at], suffix_off, "right", 0)[0]
+            data["prefix_token_item_ids"] = pad_ragged(token_item_ids[prefix_at], prefix_off, "left", 0)[0]
+            data["token_item_ids"] = pad_ragged(token_item_ids[suffix_at], suffix_off, "right", 0)[0]
             data["user_ids"] = users[first]
         if cf_history is not None:
             data["cf_history"] = cf_history[first]
@@ -582,8 +583,9 @@ class CCFLlamaProcessor(ProcessorMixin):
     def process_dataset(self, dataset, batch_size: int = 2048, **map_kwargs):
         """
         Translate a whole `datasets.Dataset` (columns `user_id`, `item_id`, `history`, optional `label` and
-        `similar`) with `Dataset.map(batched=True)`, adding `input_ids` (+ `item_ids`, `user_ids` outside `text`
-        mode) and `labels`. The original columns are kept (the Trainer drops them; UAUC needs `user_id`).
+        `similar`) with `Dataset.map(batched=True)`, adding `input_ids`, `user_ids` (in every mode: `CCFTrainer`
+        groups rows by user for UAUC), `token_item_ids` (modes with CF), `cf_history` (sequential CF sources) and
+        `labels`. The original columns are kept (the Trainer drops them).
         """
         columns = set(dataset.column_names)
         missing = {"user_id", "item_id", "history"} - columns
@@ -592,14 +594,16 @@ class CCFLlamaProcessor(ProcessorMixin):
 
         def translate(batch: pa.Table) -> pa.Table:
             similar = batch.column("similar") if "similar" in columns else None
-            tokens, item_ids, offsets, cf_history, _ = self._translate(
+            tokens, token_item_ids, offsets, cf_history, _ = self._translate(
                 batch.column("user_id"), batch.column("history"), batch.column("item_id"), similar
             )
             off = pa.array(offsets.astype(np.int32))
-            out = {"input_ids": pa.ListArray.from_arrays(off, pa.array(tokens.astype(np.int32)))}
-            if self.fusion_mode != "text":
-                out["item_ids"] = pa.ListArray.from_arrays(off, pa.array(item_ids.astype(np.int32)))
-                out["user_ids"] = batch.column("user_id")
+            out = {"input_ids": pa.ListArray.from_arrays(off, pa.array(tokens.astype(np.int32))),
+                   "user_ids": batch.column("user_id")}  # fmt: skip
+            if self.fusion.uses_cf:
+                out["token_item_ids"] = pa.ListArray.from_arrays(
+                    off, pa.array(token_item_ids.astype(np.int32))
+                )
             if cf_history is not None:
                 out["cf_history"] = pa.FixedSizeListArray.from_arrays(
                     pa.array(cf_history.reshape(-1)), cf_history.shape[1]
@@ -625,10 +629,9 @@ class CCFLlamaProcessor(ProcessorMixin):
 
 class CCFDataCollator:
     """
-    Pads translated rows into a batch: `input_ids` with the pad id, `item_ids` with 0, an `attention_mask`, and
-    stacks `user_ids`, `labels` and the fixed-width `cf_history`. Left padding by default, so the answer position
-    is always the last column. `user_id` (the raw column) is stacked too: `CCFTrainer` reads it as a label for UAUC
-    in every mode, `text` included. Other keys are dropped.
+    Pads translated rows into a batch: `input_ids` with the pad id, `token_item_ids` with 0, an `attention_mask`,
+    and stacks `user_ids`, `labels` and the fixed-width `cf_history`. Left padding by default, so the answer position
+    is always the last column. Other keys are dropped.
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "left", pad_to_multiple_of: int | None = None):
@@ -654,9 +657,9 @@ class CCFDataCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = {"input_ids": self._pad([f["input_ids"] for f in features], self.pad_token_id)}
         batch["attention_mask"] = self._pad([[1] * len(f["input_ids"]) for f in features], 0)
-        if "item_ids" in features[0]:
-            batch["item_ids"] = self._pad([f["item_ids"] for f in features], 0)
-        for key in ("user_ids", "labels", "cf_history", "user_id"):
+        if "token_item_ids" in features[0]:
+            batch["token_item_ids"] = self._pad([f["token_item_ids"] for f in features], 0)
+        for key in ("user_ids", "labels", "cf_history"):
             if key in features[0]:
                 batch[key] = torch.tensor([f[key] for f in features])
         return batch
@@ -668,5 +671,4 @@ __all__ = [
     "PAPER_TEMPLATE",
     "PILOT_TEMPLATE",
     "TEXT_TEMPLATE",
-    "latest_items",
 ]

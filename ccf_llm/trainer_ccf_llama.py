@@ -1,11 +1,13 @@
 # Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
 """Training CCF-LLM with the Hugging Face Trainer: Eq. 5 and the two-stage schedule of §3.4.
 
-* `CCFTrainingArguments` adds the stage (`lora` = Θ_1, `fusion` = Θ_2, `end_to_end`), the BPR weight k and the
-  LoRA settings to `TrainingArguments`.
+* `CCFTrainingArguments` adds the stage (`lora` = Θ_1, `fusion` = Θ_2, `end_to_end`), the schedule (stages in
+  order, e.g. `lora+fusion`), the BPR weight k, whether the CF encoder is tuned and the LoRA settings to
+  `TrainingArguments`: each is named here only.
 * `add_lora(model, args)` wraps a `CCFLlamaForCTR` with PEFT LoRA; ALG and GATE (and the CF encoder when it is
   tuned) are PEFT `modules_to_save`, so the adapter folder carries everything training changed.
-* `CCFTrainer` freezes all but the stage's parameters, optimizes the model's Eq. 5 loss, stops with a clear error
+* `CCFTrainer` freezes all but the stage's parameters, optimizes Eq. 5 (`compute_loss`: `ccf_ctr_loss` over the
+  model's log p_yes / log p_no with `args.bpr_weight`), stops with a clear error
   on a non-finite loss (the last saved checkpoint stays the last good one), and reports AUC / UAUC through the
   packaged `evaluate` metric. Two stages are two `CCFTrainer`s on the same model: stage 2 starts from stage 1's
   weights with a fresh optimizer (the optimizer only holds what is trainable when it is built).
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +32,17 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
+from .loss_ccf_llama import DEFAULT_BPR_WEIGHT, ccf_ctr_loss
 from .metrics import compute_ctr_metrics
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("lora", "fusion", "end_to_end")
-SCHEDULES = {"two_stage": ("lora", "fusion"), "stage1_only": ("lora",), "end_to_end": ("end_to_end",)}
-"""The training strategies of Table 4, as the stages each runs in order (§3.4: Θ_1 = LoRA, Θ_2 = ALG + GATE)."""
+"""What a stage trains (§3.4): `lora` Θ_1 (LoRA), `fusion` Θ_2 (ALG + GATE [+ the CF encoder]), `end_to_end` both."""
+SCHEDULES = ("lora+fusion", "lora", "end_to_end")
+"""The training strategies of Table 4, written as the stages each runs in order: the two-stage schedule of §3.4,
+stage 1 only, end to end. A schedule is any `+`-joined sequence of `STAGES`."""
+_LEGACY_SCHEDULES = {"two_stage": "lora+fusion", "stage1_only": "lora"}
 FUSION_MODULES = ("alignment", "gate")
 
 
@@ -49,7 +56,7 @@ class CCFTrainingArguments(TrainingArguments):
             "help": "lora (stage 1: LoRA only), fusion (stage 2: ALG + GATE [+ CF encoder]) or end_to_end"
         },
     )
-    bpr_weight: float = field(default=2.0, metadata={"help": "k of Eq. 5"})
+    bpr_weight: float = field(default=DEFAULT_BPR_WEIGHT, metadata={"help": "k of Eq. 5"})
     fusion_learning_rate: float | None = field(
         default=None, metadata={"help": "learning rate of the fusion stage (default: learning_rate)"}
     )
@@ -64,10 +71,10 @@ class CCFTrainingArguments(TrainingArguments):
         metadata={"help": "LLM modules that get LoRA (CoLLM: q, v)"},
     )
     schedule: str = field(
-        default="two_stage",
+        default="lora+fusion",
         metadata={
-            "help": "CCFTwoStageTrainer's stages: two_stage (§3.4: lora, then fusion), stage1_only or end_to_end "
-            "(Table 4); text mode has no fusion weights and runs its first stage only"
+            "help": "CCFTwoStageTrainer's stages in order, joined by '+': lora+fusion (§3.4), lora or end_to_end "
+            "(Table 4); a mode without CF has no fusion weights and runs its first stage only"
         },
     )
     early_stopping_patience: int | None = field(
@@ -98,6 +105,10 @@ class CCFTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.schedule in _LEGACY_SCHEDULES:
+            warnings.warn(f"schedule={self.schedule!r} is deprecated: write it as its stages, "
+                          f"{_LEGACY_SCHEDULES[self.schedule]!r}", FutureWarning, stacklevel=2)  # fmt: skip
+            self.schedule = _LEGACY_SCHEDULES[self.schedule]
         schedule_stages(self.schedule)  # an unknown schedule fails here, when the arguments are parsed
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -108,8 +119,8 @@ class CCFTrainingArguments(TrainingArguments):
                 self.fusion_learning_rate
             )  # ALG/GATE start untrained: they may want a larger step
         if self.label_names is None:
-            # `user_id` rides along as a label so UAUC can group rows by user in every fusion mode
-            self.label_names = ["labels", "user_id"]
+            # `user_ids` ride along as a label so UAUC can group rows by user in every fusion mode
+            self.label_names = ["labels", "user_ids"]
         super().__post_init__()
 
 
@@ -124,7 +135,9 @@ def add_lora(model, args: CCFTrainingArguments, peft_config=None):
     """
     from peft import LoraConfig, get_peft_model
 
-    modules = [m for m in FUSION_MODULES if hasattr(model, m)]
+    modules = [
+        m for m in FUSION_MODULES if hasattr(model, m)
+    ]  # the fusion mode's parameters (FUSION_MODE_TABLE)
     if args.train_cf_encoder and hasattr(model, "cf_encoder"):
         modules.append("cf_encoder")
     if peft_config is None:
@@ -182,7 +195,7 @@ def compile_decoder_layers(model, **compile_kwargs) -> int:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     compiled = 0
-    for layer in base.llm.get_decoder().layers:
+    for layer in base.language_model.layers:
         if getattr(layer, "_compiled_call_impl", None) is None:
             layer.compile(**{"dynamic": True, **compile_kwargs})
             compiled += 1
@@ -190,7 +203,10 @@ def compile_decoder_layers(model, **compile_kwargs) -> int:
 
 
 class CCFTrainer(Trainer):
-    """`Trainer` for `CCFLlamaForCTR` (usually PEFT-wrapped): stage freezing, Eq. 5, AUC/UAUC evaluation."""
+    """
+    `Trainer` for `CCFLlamaForCTR` (usually PEFT-wrapped): stage freezing, the training objective (Eq. 5 with
+    `args.bpr_weight`, in `compute_loss`), AUC/UAUC evaluation.
+    """
 
     def __init__(
         self, model=None, args: CCFTrainingArguments = None, compute_metrics=compute_ctr_metrics, **kwargs
@@ -198,7 +214,7 @@ class CCFTrainer(Trainer):
         if not isinstance(args, CCFTrainingArguments):
             raise ValueError("CCFTrainer needs CCFTrainingArguments (stage, bpr_weight, LoRA settings)")
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.config.bpr_weight = args.bpr_weight  # the config records the k the model was trained with
+        self._uses_cf = base.config.uses_cf
         self.trainable_parameters = apply_stage(model, args.stage, args.train_cf_encoder)
         if args.compile_layers:
             compile_decoder_layers(model)
@@ -214,23 +230,30 @@ class CCFTrainer(Trainer):
             self.accelerator.state.fsdp_plugin.auto_wrap_policy = None
 
     def _model_inputs(self, inputs: dict) -> dict:
-        return {k: v for k, v in inputs.items() if k != "user_id"}
+        """What the model reads: not the labels, nor `user_ids` where it takes no user (they serve UAUC)."""
+        return {k: v for k, v in inputs.items() if k != "labels" and (k != "user_ids" or self._uses_cf)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The training objective, Eq. 5 (`ccf_ctr_loss`), over the model's log p_yes / log p_no, k = `args.bpr_weight`."""
         outputs = model(**self._model_inputs(inputs))
-        loss = outputs.loss
+        loss = ccf_ctr_loss(outputs.log_p_yes, outputs.log_p_no, inputs["labels"], self.args.bpr_weight)
         if model.training and not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {self.state.global_step}: training stopped; the last "
                 f"checkpoint in {self.args.output_dir} is the last good one (lower the learning rate)"
             )
+        outputs.loss = loss
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             outputs = model(**self._model_inputs(inputs))
-        loss = outputs.loss.detach() if outputs.loss is not None else None
+        loss = None
+        if inputs.get("labels") is not None:
+            loss = ccf_ctr_loss(
+                outputs.log_p_yes, outputs.log_p_no, inputs["labels"], self.args.bpr_weight
+            ).detach()
         if prediction_loss_only:
             return loss, None, None
         labels = tuple(inputs.get(name) for name in self.label_names)
@@ -295,10 +318,16 @@ def save_adapter(model, folder, is_main_process: bool = True) -> None:
 
 
 def schedule_stages(schedule: str, uses_cf: bool = True) -> tuple[str, ...]:
-    """The stages `schedule` runs (`SCHEDULES`); without CF (text mode) there is nothing to fuse: its first stage only."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-    return SCHEDULES[schedule] if uses_cf else SCHEDULES[schedule][:1]
+    """
+    The stages `schedule` runs: its `+`-joined `STAGES` (e.g. `lora+fusion`, Table 4's `SCHEDULES`); without CF
+    (text mode) there is nothing to fuse: its first stage only.
+    """
+    stages = tuple(_LEGACY_SCHEDULES.get(schedule, schedule).split("+"))
+    if not all(stage in STAGES for stage in stages) or len(set(stages)) != len(stages):
+        raise ValueError(
+            f"schedule must be distinct stages of {STAGES} joined by '+', e.g. one of {SCHEDULES}; got {schedule!r}"
+        )
+    return stages if uses_cf else stages[:1]
 
 
 class DivergenceGuard(TrainerCallback):
@@ -415,7 +444,10 @@ class CCFTwoStageTrainer:
     def _load(self, folder) -> None:
         from peft import load_peft_weights, set_peft_model_state_dict
 
-        set_peft_model_state_dict(self.model, load_peft_weights(str(folder)))
+        mapping = getattr(
+            self.model.get_base_model(), "_checkpoint_conversion_mapping", None
+        )  # adapters of older versions
+        set_peft_model_state_dict(self.model, load_peft_weights(str(folder), key_mapping=mapping))
 
     def _trainable_state(self) -> dict:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}

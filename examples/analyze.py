@@ -29,7 +29,8 @@ from transformers import AutoModel
 
 from ccf_llm import CCFLlamaProcessor, load_ctr_model, score_rows
 from ccf_llm.data import item_titles, load_movielens_1m
-from ccf_llm.processing_ccf_llama import _ragged, latest_items
+from ccf_llm.modeling_ccf_llama import sum_cf_sources
+from ccf_llm.ragged import latest_items, to_ragged
 from ccf_llm.synthetic import make_demo_log
 
 
@@ -39,10 +40,10 @@ def item_embeddings(model, processor, item_ids: np.ndarray) -> dict[str, np.ndar
     marks = torch.as_tensor(item_ids)[:, None] * mask
     with torch.no_grad():
         semantic = model.get_input_embeddings()(ids).float()
-        fused = model.embed_hybrid_prompt(ids, item_ids=marks, attention_mask=mask).float()
-        aligned = (
-            torch.stack(model.alignment(model.cf_encoder(torch.as_tensor(item_ids), "item"))).sum(0).float()
-        )
+        fused = model.embed_hybrid_prompt(ids, token_item_ids=marks, attention_mask=mask).float()
+        aligned = sum_cf_sources(
+            model.model.get_cf_features(torch.as_tensor(item_ids), "item")
+        ).float()  # Eq. 2, 7
     weights = (mask / mask.sum(1, keepdim=True)).unsqueeze(-1)
     return {
         "aligned_cf": aligned.numpy(),
@@ -95,7 +96,7 @@ def case_study(splits, cf_model, text, gate, text_processor, gate_processor) -> 
     rows = np.flatnonzero(users == user)
     items = np.array(test["item_id"])[rows]
     histories = test.data.column("history").take(rows)
-    flat, offsets = _ragged(histories)
+    flat, offsets = to_ragged(histories)
     max_history = getattr(cf_model.config, "max_history", 0)
     with torch.no_grad():
         cf_scores = cf_model(
@@ -151,9 +152,9 @@ def main(argv=None):
     cf_model = AutoModel.from_pretrained(args.cf_model).eval()
     gate_processor = CCFLlamaProcessor.from_pretrained(args.gate_model)
     text_processor = CCFLlamaProcessor.from_pretrained(args.text_model)
-    if gate.config.fusion_mode == "text":
+    if not gate.config.fusion.marks_titles:
         raise SystemExit(
-            f"--gate_model {args.gate_model} is a text-mode model: it has no CF embeddings to fuse"
+            f"--gate_model {args.gate_model} is a {gate.config.fusion_mode!r} model: it fuses no CF into title tokens"
         )
     args.output_dir.mkdir(parents=True, exist_ok=True)
 

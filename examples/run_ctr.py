@@ -9,7 +9,7 @@ For each fusion mode in `--fusion_modes` (`gate`, `token_gate`, `add`, `inject`,
 from the backbone LLM (default SmolLM2-135M-Instruct, found offline as `ccf_llm.pretrained_llm` describes) and
 the CF backbone(s) (`--cf_checkpoints` from `examples/pretrain_cf.py`, several for Eq. 7; without one, a
 `--cf_backbone` is pretrained on the train split first), wrap it with LoRA, and run the schedule:
-`two_stage` (§3.4: LoRA, then ALG + GATE with a fresh optimizer), `stage1_only` or `end_to_end` (Table 4). `text`
+`lora+fusion` (§3.4: LoRA, then ALG + GATE with a fresh optimizer), `lora` or `end_to_end` (Table 4). `text`
 mode has no fusion weights, so its schedule is stage 1 alone. Validation and test AUC/UAUC (full prompts
 scored with the shared-prefix cache, `ccf_llm.score_rows`; `--score_test false` leaves the test set unread) are
 written to
@@ -35,6 +35,7 @@ from transformers import AutoModel, HfArgumentParser, TrainingArguments, set_see
 
 from ccf_llm import (
     DEFAULT_LLM,
+    FUSION_MODE_TABLE,
     FUSION_MODES,
     CCFDataCollator,
     CCFLlamaForCTR,
@@ -225,15 +226,15 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         model_args.llm, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     )
     set_seed(args.seed)  # ALG / GATE initialization
+    uses_cf = FUSION_MODE_TABLE[mode].uses_cf
     model = CCFLlamaForCTR.from_llm(
-        llm, tokenizer, num_users, num_items, cf_models=cf_models if mode != "text" else None,
+        llm, tokenizer, num_users, num_items, cf_models=cf_models if uses_cf else None,
         fusion_mode=mode, zero_init_gate=model_args.zero_init_gate, gate_init_alpha=model_args.gate_init_alpha,
         yes_token=model_args.yes_token, no_token=model_args.no_token,
     )  # fmt: skip
-    template = data_args.text_template if mode == "text" else data_args.template
-    processor = CCFLlamaProcessor(
-        tokenizer, titles, fusion_mode=mode, template=template, history_size=data_args.history_size,
-        max_length=data_args.max_length, cf_history_size=model.config.max_cf_history,
+    processor = CCFLlamaProcessor(  # the fusion mode and cf_history_size come from the model's config
+        tokenizer, titles, config=model.config, template=data_args.template if uses_cf else data_args.text_template,
+        history_size=data_args.history_size, max_length=data_args.max_length,
     )  # fmt: skip
     if (
         model_args.standardize_cf and model.config.uses_cf
@@ -344,7 +345,7 @@ def main():
     titles = item_titles(splits)
     num_users = max(max(splits[s]["user_id"]) for s in splits)
     num_items = max(max(splits[s]["item_id"]) for s in splits)
-    needs_cf = any(mode != "text" for mode in model_args.fusion_modes)
+    needs_cf = any(FUSION_MODE_TABLE[mode].uses_cf for mode in model_args.fusion_modes)
     cf_models = cf_models_for(model_args, splits, args, num_users, num_items) if needs_cf else None
     cf_results = {}
     cf_file = output_dir / f"cf_{model_args.cf_backbone}" / "all_results.json"
@@ -357,7 +358,7 @@ def main():
             mode, model_args, data_args, args, splits, titles, cf_models, num_users, num_items
         )
         card = render_model_card(by_mode[mode], model_args.llm, data_args.dataset, cf_results,
-                                 cf_names=[m.config.model_type for m in cf_models] if cf_models and mode != "text" else [])  # fmt: skip
+                                 cf_names=[m.config.model_type for m in cf_models] if cf_models and FUSION_MODE_TABLE[mode].uses_cf else [])  # fmt: skip
         if not args.should_save:
             continue
         card.save(output_dir / mode / "README.md")

@@ -252,7 +252,7 @@ def test_collm_movielens_prompts_for_every_row():
     assert len(ids) == 7_331 and max(map(len, ids)) <= 700
     assert all(row.count(user_token) == 1 for row in ids)
     row = test[int(np.argmax([len(h) for h in test["history"]]))]
-    marked = list(dict.fromkeys(i for i in row["item_ids"] if i))  # items in prompt order
+    marked = list(dict.fromkeys(i for i in row["token_item_ids"] if i))  # items in prompt order
     assert marked == row["history"][-10:] + [row["item_id"]] or marked[-1] == row["item_id"]
     assert all(len(processor.process_dataset(splits[s])) == len(splits[s]) for s in ("train", "validation"))
 

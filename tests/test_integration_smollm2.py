@@ -65,7 +65,7 @@ def test_real_backbone_forward_backward_every_mode(smollm2, mode):
     assert torch.isfinite(out.loss) and ((out.scores > 0) & (out.scores < 1)).all()
     # the instruct model puts real mass on the two answers after "#Answer:"
     assert (out.p_yes + out.p_no).min() > 1e-3
-    assert model.llm.model.layers[-1].self_attn.v_proj.weight.grad.abs().sum() > 0
+    assert model.language_model.layers[-1].self_attn.v_proj.weight.grad.abs().sum() > 0
     if mode != "text":
         assert model.alignment.projections[0].fc1.weight.grad.abs().sum() > 0
     if mode in ("gate", "token_gate"):
@@ -73,8 +73,10 @@ def test_real_backbone_forward_backward_every_mode(smollm2, mode):
     # fused and plain-text prompts differ exactly where the CF signal enters
     if mode in ("gate", "inject"):
         with torch.no_grad():
-            embeds = model.embed_hybrid_prompt(batch["input_ids"], batch["user_ids"], batch["item_ids"], mask)
+            embeds = model.embed_hybrid_prompt(
+                batch["input_ids"], batch["user_ids"], batch["token_item_ids"], mask
+            )
             plain = model.get_input_embeddings()(batch["input_ids"])
         changed = (embeds != plain).any(-1)
-        expected = (batch["item_ids"] > 0) | (batch["input_ids"] == model.config.user_token_id)
+        expected = (batch["token_item_ids"] > 0) | (batch["input_ids"] == model.config.user_token_id)
         assert torch.equal(changed, expected)

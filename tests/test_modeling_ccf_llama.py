@@ -5,13 +5,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, LlamaConfig
 
-from ccf_llm import FUSION_MODES, CCFLlamaConfig, CCFLlamaForCTR, ccf_ctr_loss, load_llm
+from ccf_llm import FUSION_MODES, CCFLlamaConfig, CCFLlamaForCTR, CCFLlamaModel, ccf_ctr_loss
 
 from .conftest import tiny_llm, tiny_tokenizer
 
@@ -78,7 +79,7 @@ class CCFLlamaModelTester:
         }
         if self.fusion_mode != "text":
             batch["user_ids"] = torch.tensor([1, 4])
-            batch["item_ids"] = torch.tensor(item_ids)
+            batch["token_item_ids"] = torch.tensor(item_ids)
         return batch
 
     def model(self, seed=0):
@@ -99,16 +100,16 @@ def test_fusion_matches_hand_computation_of_eq_2_to_4_and_7(mode):
     batch = tester.batch()
     with torch.no_grad():
         embeds = model.embed_hybrid_prompt(
-            batch["input_ids"], batch["user_ids"], batch["item_ids"], batch["attention_mask"]
+            batch["input_ids"], batch["user_ids"], batch["token_item_ids"], batch["attention_mask"]
         )
-        table = model.llm.get_input_embeddings().weight
+        table = model.get_input_embeddings().weight
         enc, alg = model.cf_encoder, model.alignment.projections
         # user placeholder of row 0 -> sum_s ALG_s(x_u^{CF_s})   (Eq. 2)
         pos_user = (batch["input_ids"][0] == USER).nonzero().item()
         expected_user = sum(_mlp(alg[s], enc.user_encoders[s].weight[1]) for s in range(2))
         torch.testing.assert_close(embeds[0, pos_user], expected_user)
         # every title token of item 5 in row 0 -> x_SM[t] + sum_s alpha_s * ALG_s(x_i^{CF_s})   (Eq. 3, 4, 7)
-        for pos in (batch["item_ids"][0] == 5).nonzero().flatten().tolist():
+        for pos in (batch["token_item_ids"][0] == 5).nonzero().flatten().tolist():
             x_sm = table[batch["input_ids"][0, pos]]
             expected = x_sm.clone()
             for s in range(2):
@@ -121,7 +122,7 @@ def test_fusion_matches_hand_computation_of_eq_2_to_4_and_7(mode):
                 expected = expected + alpha * x_cf
             torch.testing.assert_close(embeds[0, pos], expected)
         # natural-language tokens and padding are the LLM's plain embeddings
-        plain = batch["item_ids"].eq(0) & batch["input_ids"].ne(USER)
+        plain = batch["token_item_ids"].eq(0) & batch["input_ids"].ne(USER)
         torch.testing.assert_close(embeds[plain], table[batch["input_ids"][plain]])
 
 
@@ -131,7 +132,7 @@ def test_inject_mode_replaces_item_placeholders_and_keeps_titles_as_text():
     batch = tester.batch()
     with torch.no_grad():
         embeds = model.embed_hybrid_prompt(
-            batch["input_ids"], batch["user_ids"], batch["item_ids"], batch["attention_mask"]
+            batch["input_ids"], batch["user_ids"], batch["token_item_ids"], batch["attention_mask"]
         )
         row = batch["input_ids"][1]
         pos = (row == ITEM).nonzero().item()
@@ -141,7 +142,7 @@ def test_inject_mode_replaces_item_placeholders_and_keeps_titles_as_text():
         )
         torch.testing.assert_close(embeds[1, pos], expected)
         title = (row == 25).nonzero().item()
-        torch.testing.assert_close(embeds[1, title], model.llm.get_input_embeddings().weight[25])
+        torch.testing.assert_close(embeds[1, title], model.get_input_embeddings().weight[25])
 
 
 def test_zero_initialized_gate_starts_from_pure_text():
@@ -152,31 +153,13 @@ def test_zero_initialized_gate_starts_from_pure_text():
     batch = tester.batch()
     with torch.no_grad():
         embeds = model.embed_hybrid_prompt(
-            batch["input_ids"], batch["user_ids"], batch["item_ids"], batch["attention_mask"]
+            batch["input_ids"], batch["user_ids"], batch["token_item_ids"], batch["attention_mask"]
         )
-    titles = batch["item_ids"] > 0
+    titles = batch["token_item_ids"] > 0
     torch.testing.assert_close(
         embeds[titles], model.get_input_embeddings().weight[batch["input_ids"][titles]]
     )
     assert float(model.alignment.projections[0].fc2.weight.detach().abs().sum()) > 0
-
-
-def test_eq5_loss_matches_hand_computation_and_is_stable():
-    p_yes = torch.tensor([0.7, 0.2, 0.05, 0.5])
-    p_no = torch.tensor([0.1, 0.6, 0.9, 0.3])
-    y = torch.tensor([1, 0, 1, 0])
-    expected = (
-        F.binary_cross_entropy(p_yes, y.float(), reduction="none")
-        + F.binary_cross_entropy(p_no, 1 - y.float(), reduction="none")
-        + 2.0 * -torch.log(torch.sigmoid((2 * y - 1) * (p_yes.log() - p_no.log())))
-    ).mean()
-    loss = ccf_ctr_loss(p_yes.log(), p_no.log(), y, bpr_weight=2.0)
-    torch.testing.assert_close(loss, expected)
-    # saturated probabilities stay finite (BCELoss's clamp at -100) and keep gradients finite
-    logs = torch.tensor([0.0, -1e4], requires_grad=True)
-    extreme = ccf_ctr_loss(logs, logs.flip(0), torch.tensor([0, 1]))
-    extreme.backward()
-    assert torch.isfinite(extreme) and extreme > 100 and torch.isfinite(logs.grad).all()
 
 
 def test_scores_come_from_the_last_position_of_the_full_vocabulary_softmax():
@@ -185,7 +168,8 @@ def test_scores_come_from_the_last_position_of_the_full_vocabulary_softmax():
     batch = tester.batch()
     with torch.no_grad():
         out = model(**batch)
-        full = model.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, -1]
+        hidden = model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        full = model.lm_head(hidden.last_hidden_state[:, -1])  # the plain causal LM's last-position logits
     log_probs = full.log_softmax(-1)
     torch.testing.assert_close(out.p_yes, log_probs[:, YES].exp(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.p_no, log_probs[:, NO].exp(), atol=1e-5, rtol=1e-4)
@@ -203,22 +187,24 @@ def test_forward_backward_every_mode(mode):
     assert ((out.scores > 0) & (out.scores < 1)).all()
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-    assert grads["llm.model.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
+    assert grads["model.language_model.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
     if mode == "text":
         assert not hasattr(model, "cf_encoder") and not hasattr(model, "alignment")
         return
-    assert grads["alignment.projections.1.fc1.weight"].abs().sum() > 0
+    assert grads["model.alignment.projections.1.fc1.weight"].abs().sum() > 0
     # the CF encoder (Θ_E) is frozen by default
-    assert not any(n.startswith("cf_encoder") for n in grads)
+    assert not any(n.startswith("model.cf_encoder") for n in grads)
     if mode in ("gate", "token_gate"):
-        assert grads["gate.cf_gates.0.fc2.weight"].abs().sum() > 0
-        assert grads["gate.semantic_gates.1.fc2.weight"].abs().sum() > 0
+        assert grads["model.gate.cf_gates.0.fc2.weight"].abs().sum() > 0
+        assert grads["model.gate.semantic_gates.1.fc2.weight"].abs().sum() > 0
 
 
 def test_cf_embeddings_trainable_on_request():
     # zero_init_gate=False: with α = 0 at init (the default) item tables get their first gradient one step later
-    tester = CCFLlamaModelTester("gate", train_cf_embeddings=True, zero_init_gate=False)
+    tester = CCFLlamaModelTester("gate", zero_init_gate=False)
     model = tester.model().train()
+    assert not any(p.requires_grad for p in model.cf_encoder.parameters())  # Θ_E is built frozen
+    model.cf_encoder.requires_grad_(True)  # what CCFTrainingArguments(train_cf_encoder=True) does to its copy
     model(**tester.batch()).loss.backward()
     grad = model.cf_encoder.item_embeddings[0].weight.grad
     assert grad is not None and grad[5].abs().sum() > 0 and grad[3].abs().sum() == 0
@@ -231,11 +217,11 @@ def test_padding_invariance(mode, attention):
     tester = CCFLlamaModelTester(mode, zero_init_gate=False)
     model = tester.model()
     left, right = tester.batch("left"), tester.batch("right")
-    assert model.llm.config._attn_implementation == "sdpa"  # transformers' default
+    assert model.language_model.config._attn_implementation == "sdpa"  # transformers' default
     with torch.no_grad():
         sdpa = model(**left).scores
-        model.llm.set_attn_implementation(attention)
-        assert model.llm.config._attn_implementation == attention
+        model.language_model.set_attn_implementation(attention)
+        assert model.language_model.config._attn_implementation == attention
         batched = model(**left).scores
         torch.testing.assert_close(batched, sdpa, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(model(**right).scores, batched, atol=1e-6, rtol=1e-5)
@@ -305,7 +291,7 @@ def test_peft_lora_with_modules_to_save_round_trip(tmp_path):
     )
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("gate.modules_to_save" in n for n in trainable)
-    assert not any(".llm." in n and "lora_" not in n for n in trainable)
+    assert not any(".language_model." in n and "lora_" not in n for n in trainable)
     optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
     batch = tester.batch()
     for _ in range(3):
@@ -324,33 +310,6 @@ def test_peft_lora_with_modules_to_save_round_trip(tmp_path):
         plain = AutoModel.from_pretrained(tmp_path / "base").eval()(**batch).scores
     assert torch.equal(got, expected)
     assert not torch.allclose(plain, expected)  # training changed the model, so the adapter carries it
-
-
-def test_load_llm_reads_a_local_folder_with_the_attention_asked_for(tmp_path):
-    tokenizer = tiny_tokenizer("A user likes Yes No".split())
-    llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
-    llm.save_pretrained(tmp_path), tokenizer.save_pretrained(tmp_path)
-    loaded = {
-        attention: load_llm(str(tmp_path), dtype="float32", attn_implementation=attention)
-        for attention in (None, "eager")
-    }
-    assert loaded[None][0].config._attn_implementation == "sdpa"  # transformers' default
-    assert loaded["eager"][0].config._attn_implementation == "eager"
-    assert torch.equal(loaded["eager"][0].model.norm.weight, llm.model.norm.weight)
-    assert loaded["eager"][1].convert_tokens_to_ids("likes") == tokenizer.convert_tokens_to_ids("likes")
-    # from_llm keeps the attention implementation the LLM was loaded with
-    models = {
-        attention: CCFLlamaForCTR.from_llm(
-            loaded_llm, loaded_tokenizer, 3, 4, yes_token="Yes", no_token="No", fusion_mode="text"
-        ).eval()
-        for attention, (loaded_llm, loaded_tokenizer) in loaded.items()
-    }
-    assert models[None].llm.config._attn_implementation == "sdpa"
-    assert models["eager"].llm.config._attn_implementation == "eager"
-    ids = loaded["eager"][1](["A user likes", "user likes Yes"], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        scores = {attention: model(**ids).scores for attention, model in models.items()}
-    torch.testing.assert_close(scores["eager"], scores[None], atol=1e-6, rtol=1e-5)
 
 
 def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():
@@ -374,8 +333,10 @@ def test_from_llm_adds_placeholders_resizes_and_reads_answer_ids():
     assert (cfg.yes_token_id, cfg.no_token_id) == tuple(tokenizer.convert_tokens_to_ids(["Yes", "No"]))
     assert cfg.cf_embedding_dims == [8, 6] and cfg.text_config.vocab_size == 11
     assert torch.equal(model.cf_encoder.item_embeddings[1].weight, item_tables[1])
-    assert torch.equal(model.llm.model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
-    assert model.llm.lm_head.weight.data_ptr() == model.llm.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(
+        model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight
+    )
+    assert model.lm_head.weight.data_ptr() == model.language_model.embed_tokens.weight.data_ptr()
 
 
 def test_standardize_cf_gives_alg_the_same_inputs_whatever_the_cf_table_scale_and_offset(tmp_path):
@@ -485,13 +446,13 @@ def test_bad_cf_inputs_raise_clear_errors():
     two_users[0, -1] = USER
     _error(model, {**good, "input_ids": two_users}, r"exactly one user placeholder.*rows \[0\] have \[2\]")
     _error(model, {k: v for k, v in good.items() if k != "user_ids"}, "no user_ids were given")
-    bad_items = good["item_ids"].clone()
+    bad_items = good["token_item_ids"].clone()
     bad_items[0, -1] = 8
-    _error(model, {**good, "item_ids": bad_items}, r"item ids out of range 1\.\.7.*\[8\]")
-    _error(model, {**good, "item_ids": good["item_ids"][:, 1:]}, "must be aligned with input_ids")
-    on_pad = good["item_ids"].clone()
+    _error(model, {**good, "token_item_ids": bad_items}, r"item ids out of range 1\.\.7.*\[8\]")
+    _error(model, {**good, "token_item_ids": good["token_item_ids"][:, 1:]}, "must be aligned with input_ids")
+    on_pad = good["token_item_ids"].clone()
     on_pad[1, 0] = 3
-    _error(model, {**good, "item_ids": on_pad}, "padding positions")
+    _error(model, {**good, "token_item_ids": on_pad}, "padding positions")
     stray = good["input_ids"].clone()
     stray[0, 0] = ITEM
     _error(model, {**good, "input_ids": stray}, "only 'inject' mode uses them")
@@ -501,14 +462,14 @@ def test_inject_placeholder_without_item_id_raises():
     tester = CCFLlamaModelTester("inject")
     model = tester.model()
     good = tester.batch()
-    missing = good["item_ids"].clone()
+    missing = good["token_item_ids"].clone()
     missing[0][missing[0] == 5] = 0
     _error(
         model,
-        {**good, "item_ids": missing},
+        {**good, "token_item_ids": missing},
         r"3 placeholders but 2 positions with item ids, 1 placeholders without an id",
     )
-    _error(model, {k: v for k, v in good.items() if k != "item_ids"}, "no item_ids were given")
+    _error(model, {k: v for k, v in good.items() if k != "token_item_ids"}, "no token_item_ids were given")
 
 
 def test_text_mode_rejects_cf_inputs():
@@ -521,11 +482,7 @@ def test_text_mode_rejects_cf_inputs():
     _error(model, {**good, "input_ids": with_placeholder}, "contains user placeholder tokens")
 
 
-def test_config_and_construction_errors():
-    with pytest.raises(ValueError, match="fusion_mode must be one of"):
-        CCFLlamaConfig(fusion_mode="concat")
-    with pytest.raises(ValueError, match="cf_source_names has 1 names for 2 CF sources"):
-        CCFLlamaConfig(cf_embedding_dims=[8, 8], cf_source_names=["mf"])
+def test_construction_errors():
     from transformers import T5Config
 
     with pytest.raises(ValueError, match="model_type 't5' cannot be built as a causal LM"):
@@ -553,10 +510,10 @@ def test_tokenizer_without_answer_tokens_raises():
 def test_gate_init_alpha_starts_the_fusion_at_a_constant(mode):
     """α = gate_init_alpha at init: 0 gives pure text titles, 1 exactly the `add` ablation's fused titles."""
     batch = CCFLlamaModelTester(mode).batch()
-    inputs = {k: batch[k] for k in ("input_ids", "user_ids", "item_ids", "attention_mask")}
+    inputs = {k: batch[k] for k in ("input_ids", "user_ids", "token_item_ids", "attention_mask")}
     add = CCFLlamaModelTester("add").model()
     plain = add.get_input_embeddings()(batch["input_ids"])
-    titles = batch["item_ids"] > 0
+    titles = batch["token_item_ids"] > 0
     for alpha in (0.0, 1.0, 0.5):
         torch.manual_seed(0)
         model = CCFLlamaForCTR(CCFLlamaModelTester(mode, gate_init_alpha=alpha).config).eval()
@@ -578,7 +535,7 @@ def test_lora_and_fusion_weights_train_in_fp32_beside_a_bf16_llm():
     apply_stage(peft_model, "end_to_end")
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and {p.dtype for p in trainable.values()} == {torch.float32}
-    assert peft_model.get_base_model().llm.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert peft_model.get_base_model().language_model.embed_tokens.weight.dtype == torch.bfloat16
     before = {n: p.detach().clone() for n, p in trainable.items()}
     optimizer = torch.optim.AdamW(trainable.values(), lr=1e-4)
     out = peft_model(**CCFLlamaModelTester("gate").batch())
@@ -607,3 +564,70 @@ def test_non_finite_cf_tables_and_labels_outside_0_1_are_refused():
         with pytest.raises(ValueError, match="labels must be 0 or 1"):
             model(**{**batch, "labels": torch.tensor(labels)})
     assert torch.isfinite(model(**batch).loss)  # 0/1 labels pass
+
+
+# --------------------------------------------------------------------------------------- the LLaVA-style split
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_ccf_llama_d500b08"
+
+
+def _legacy_batch():
+    expected = json.loads((LEGACY / "expected.json").read_text())
+    batch = {k: torch.tensor(v) for k, v in expected["batch"].items()}
+    batch["token_item_ids"] = batch.pop("item_ids")
+    return batch, expected
+
+
+def test_a_checkpoint_and_adapter_saved_before_the_split_load_and_score_as_before(tmp_path):
+    """The fixture was written by the single-class model of commit d500b08 (tests/fixtures/README.md)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    batch, expected = _legacy_batch()
+    model = AutoModel.from_pretrained(LEGACY / "base").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(**batch).scores, torch.tensor(expected["base_scores"]), rtol=0, atol=1e-6
+        )
+        adapted = PeftModel.from_pretrained(model, LEGACY / "adapter").eval()
+        torch.testing.assert_close(
+            adapted(**batch).scores, torch.tensor(expected["adapter_scores"]), rtol=0, atol=1e-6
+        )
+    assert (
+        expected["adapter_scores"] != expected["base_scores"]
+    )  # the adapter (LoRA + ALG/GATE) moves the scores
+    # saving keeps the old key layout, so older code still reads new checkpoints
+    AutoModel.from_pretrained(LEGACY / "base").save_pretrained(tmp_path)
+    assert set(load_file(tmp_path / "model.safetensors")) == set(
+        load_file(LEGACY / "base" / "model.safetensors")
+    )
+
+
+def test_the_base_model_returns_hidden_states_and_the_ctr_model_reads_the_last_one():
+    tester = CCFLlamaModelTester("gate", zero_init_gate=False)
+    model = tester.model()
+    batch = tester.batch()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        hidden = model.model(**inputs).last_hidden_state
+        out = model(**batch)
+    assert isinstance(model.model, CCFLlamaModel) and hidden.shape == (2, batch["input_ids"].shape[1], 32)
+    torch.testing.assert_close(
+        out.scores, model.answer(hidden[:, -1]).scores
+    )  # left padding: the answer is last
+    torch.testing.assert_close(out.p_yes, out.log_p_yes.exp())
+    torch.testing.assert_close(
+        out.loss, ccf_ctr_loss(out.log_p_yes, out.log_p_no, batch["labels"], bpr_weight=2.0)
+    )
+
+
+def test_the_former_item_ids_keyword_still_works_with_a_warning():
+    tester = CCFLlamaModelTester("inject")
+    model = tester.model()
+    batch = tester.batch()
+    old = {("item_ids" if k == "token_item_ids" else k): v for k, v in batch.items()}
+    with torch.no_grad(), pytest.warns(FutureWarning, match="item_ids= is deprecated: pass token_item_ids="):
+        scores = model(**old).scores
+    with torch.no_grad():
+        torch.testing.assert_close(scores, model(**batch).scores, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pass token_item_ids= only"):
+        model(**batch, item_ids=batch["token_item_ids"])

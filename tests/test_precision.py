@@ -1,16 +1,12 @@
 """ccf_llm.precision: dtype="auto" follows the CPU features torch reports; explicit dtypes win; bf16 warnings."""
 
-import json
 import logging
-import warnings
 
 import pytest
 import torch
 
-from ccf_llm import DEFAULT_LLM, load_llm, precision
+from ccf_llm import precision
 from ccf_llm.precision import device_precision, resolve_dtype
-
-from .conftest import tiny_llm, tiny_tokenizer
 
 # (AMX tiles, AVX512-BF16, vector ISA torch reports) -> the kind and dtype "auto" must give
 CPU_KINDS = {
@@ -94,32 +90,3 @@ def test_cuda_uses_bf16_where_the_device_supports_it(monkeypatch):
 def test_measured_matmul_speed_is_positive_and_finite():
     speed = precision.matmul_gflops(torch.float32, size=32, seconds=0.01)
     assert 0 < speed < 1e5
-
-
-@pytest.mark.parametrize("kind", ["AVX2", "AMX"])
-def test_load_llm_loads_in_the_auto_dtype_and_names_its_local_folder(kind, tmp_path, monkeypatch):
-    """
-    load_llm's default dtype is auto. A Hub id resolved from the converted-model cache names the cache folder, so
-    the adapter's base resolves offline and PEFT never looks the id up on the Hub (which printed network errors).
-    """
-    from peft import LoraConfig, get_peft_model
-
-    features, expected = CPU_KINDS[kind]
-    fake_cpu(monkeypatch, *features)
-    monkeypatch.setenv("CCF_LLM_CACHE", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / DEFAULT_LLM.replace("/", "--")
-    tokenizer = tiny_tokenizer("A user likes Yes No".split())
-    tiny_llm(tokenizer).save_pretrained(cached)
-    tokenizer.save_pretrained(cached)
-    llm, _ = load_llm(DEFAULT_LLM)
-    assert llm.dtype == expected
-    assert llm.name_or_path == str(cached)
-    peft_model = get_peft_model(llm, LoraConfig(r=2, target_modules=["q_proj"]))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        peft_model.save_pretrained(tmp_path / "adapter")
-    assert [
-        str(w.message) for w in caught if "config file" in str(w.message) or "remote" in str(w.message)
-    ] == []
-    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == str(cached)

@@ -34,7 +34,7 @@ def test_gate_mode_marks_every_title_token_with_its_item(tokenizer):
     words = _words(tokenizer, out["input_ids"][0], mask[0])
     assert words == ["Q:", "likes", '"', "red", "apple", '"', ",", '"', "green", "pear", "pie", '"', ".", "user",
                      "<|user_cf|>", ".", "item", '"', "blue", "plum", '"', "?", "A:"]  # fmt: skip
-    marks = out["item_ids"][0][mask[0].bool()].tolist()
+    marks = out["token_item_ids"][0][mask[0].bool()].tolist()
     assert [m for m, w in zip(marks, words, strict=True) if m] == [1, 1, 2, 2, 2, 3, 3]
     assert [w for m, w in zip(marks, words, strict=True) if m] == [
         "red",
@@ -52,7 +52,7 @@ def test_inject_mode_adds_a_cf_token_after_each_title_and_text_mode_has_no_cf_fi
     inject = CCFLlamaProcessor(tokenizer, TITLES, fusion_mode="inject", template=TEMPLATE)
     out = inject([5], [[1, 2]], [3])
     words = _words(tokenizer, out["input_ids"][0])
-    marks = out["item_ids"][0].tolist()
+    marks = out["token_item_ids"][0].tolist()
     assert [(w, m) for w, m in zip(words, marks, strict=True) if m] == [
         ("<|item_cf|>", 1),
         ("<|item_cf|>", 2),
@@ -71,7 +71,15 @@ def test_inject_mode_adds_a_cf_token_after_each_title_and_text_mode_has_no_cf_fi
 def test_history_keeps_the_last_k_oldest_first_and_renders_empty_history(tokenizer):
     proc = CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE, history_size=2)
     out = proc([1, 1], [[3, 1, 2], []], [1, 2], return_tensors=None)
-    assert [m for m in out["item_ids"][0] if m] == [1, 1, 2, 2, 2, 1, 1]  # history [1, 2] (last 2), target 1
+    assert [m for m in out["token_item_ids"][0] if m] == [
+        1,
+        1,
+        2,
+        2,
+        2,
+        1,
+        1,
+    ]  # history [1, 2] (last 2), target 1
     assert tokenizer.convert_ids_to_tokens(out["input_ids"][1])[:3] == ["Q:", "likes", "none"]
 
 
@@ -87,7 +95,7 @@ def test_max_length_drops_oldest_history_items_whole(tokenizer):
         proc = CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE, max_length=max_length)
         out = proc([1], [[1, 2, 3]], [1], return_tensors=None)
         assert len(out["input_ids"][0]) <= max_length
-        history_marks = out["item_ids"][0][
+        history_marks = out["token_item_ids"][0][
             : out["input_ids"][0].index(tokenizer.convert_tokens_to_ids("user"))
         ]
         assert list(dict.fromkeys(m for m in history_marks if m)) == kept
@@ -100,7 +108,7 @@ def test_titles_with_placeholder_strings_stay_text(tokenizer):
     out = proc([4], [[7]], [1])
     user_id = tokenizer.convert_tokens_to_ids("<|user_cf|>")
     assert int((out["input_ids"] == user_id).sum()) == 1  # only the real [User_u] slot
-    marked = out["input_ids"][out["item_ids"] == 7]
+    marked = out["input_ids"][out["token_item_ids"] == 7]
     # the word-level vocabulary reads the literal "<|user_cf|>" as an unknown word, never as the placeholder
     assert marked.tolist() == [tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("trick")]
 
@@ -148,10 +156,10 @@ def test_dataset_map_matches_direct_call_and_collator_pads_left(tokenizer):
     }
     proc = CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE)
     mapped = proc.process_dataset(datasets.Dataset.from_dict(rows), batch_size=2)
-    assert {"input_ids", "item_ids", "user_ids", "labels", "history"} <= set(mapped.column_names)
+    assert {"input_ids", "token_item_ids", "user_ids", "labels", "history"} <= set(mapped.column_names)
     direct = proc(rows["user_id"], rows["history"], rows["item_id"], labels=rows["label"])
     batch = CCFDataCollator(tokenizer.pad_token_id)([mapped[i] for i in range(3)])
-    for key in ("input_ids", "attention_mask", "item_ids", "user_ids", "labels"):
+    for key in ("input_ids", "attention_mask", "token_item_ids", "user_ids", "labels"):
         assert torch.equal(batch[key], direct[key]), key
 
 
@@ -161,7 +169,9 @@ def test_processor_save_and_load_round_trip(tokenizer, tmp_path):
     loaded = CCFLlamaProcessor.from_pretrained(tmp_path)
     assert loaded.fusion_mode == "inject" and loaded.history_size == 3 and loaded.item_titles[7] == TITLES[7]
     a, b = proc([1], [[1, 2]], [3]), loaded([1], [[1, 2]], [3])
-    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["item_ids"], b["item_ids"])
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(
+        a["token_item_ids"], b["token_item_ids"]
+    )
 
 
 def test_title_token_ids_are_the_cached_prompt_tokens(tokenizer):
@@ -171,3 +181,37 @@ def test_title_token_ids_are_the_cached_prompt_tokens(tokenizer):
     assert _words(tokenizer, ids[1], mask[1]) == ["red", "apple"] and mask[1].tolist() == [1, 1, 0]
     with pytest.raises(ValueError, match=r"unknown item ids .* item list .*\[9\]"):
         proc.title_token_ids([9])
+
+
+def test_the_mode_comes_from_the_models_config_and_a_mismatch_fails_at_construction(tokenizer, tmp_path):
+    from transformers import LlamaConfig
+
+    from ccf_llm import CCFLlamaConfig
+
+    user, item = tokenizer.convert_tokens_to_ids(["<|user_cf|>", "<|item_cf|>"])
+    config = CCFLlamaConfig(text_config=LlamaConfig(vocab_size=len(tokenizer)), fusion_mode="inject",
+                            user_token_id=user, item_token_id=item)  # fmt: skip
+    proc = CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE, config=config)
+    assert proc.fusion_mode == "inject" and proc.fusion.item_placeholder
+    with pytest.raises(
+        ValueError, match="fusion_mode='gate' but the model's config has fusion_mode='inject'"
+    ):
+        CCFLlamaProcessor(tokenizer, TITLES, fusion_mode="gate", template=TEMPLATE, config=config)
+    with pytest.raises(ValueError, match="cf_history_size=3 but the model's sequential CF sources read 0"):
+        CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE, cf_history_size=3, config=config)
+    config.user_token_id = item
+    with pytest.raises(
+        ValueError, match=r"user placeholder '<\|user_cf\|>' has id \d+, but the model's config says"
+    ):
+        CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE, config=config)
+    # a processor saved beside a model's config.json is checked against it when loaded
+    config.user_token_id = user
+    config.save_pretrained(tmp_path)
+    CCFLlamaProcessor(tokenizer, TITLES, fusion_mode="inject", template=TEMPLATE).save_pretrained(tmp_path)
+    assert CCFLlamaProcessor.from_pretrained(tmp_path).fusion_mode == "inject"
+    config.fusion_mode = "gate"
+    config.save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match="fusion_mode='inject' but the model's config has fusion_mode='gate'"
+    ):
+        CCFLlamaProcessor.from_pretrained(tmp_path)

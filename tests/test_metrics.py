@@ -1,10 +1,11 @@
-"""ccf_llm.metrics.user_bootstrap: intervals and paired tests from a bootstrap over users."""
+"""ccf_llm.metrics: AUC / UAUC (the packaged evaluate metric), RelaImpr, and user_bootstrap's intervals and paired
+tests from a bootstrap over users."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ccf_llm.metrics import rela_impr, uauc, user_bootstrap
+from ccf_llm.metrics import load_ctr_metric, rela_impr, uauc, user_bootstrap
 from ccf_llm.metrics.intervals import _user_counts
 
 
@@ -67,3 +68,23 @@ def test_mismatched_scores_are_refused():
     user, label, signal, _ = ctr_rows(users=10)
     with pytest.raises(ValueError, match="scores of 'm' have shape"):
         user_bootstrap({"m": signal[:-1]}, label, user)
+
+
+def test_uauc_skips_single_row_and_single_class_users_and_matches_sklearn():
+    scores = np.array([0.9, 0.1, 0.4, 0.8, 0.3, 0.5, 0.7, 0.2])
+    labels = np.array([1, 0, 1, 0, 1, 1, 0, 1])
+    users = np.array([1, 1, 2, 2, 2, 3, 4, 4])  # user 3: one row; user 4: both labels
+    per_user = [roc_auc_score(labels[users == u], scores[users == u]) for u in (1, 2, 4)]
+    assert uauc(scores, labels, users) == pytest.approx(np.mean(per_user))
+    single_class = np.array([1, 1, 2, 2, 2, 3, 5, 5])  # user 5: two rows, same label 0/1? labels 0, 1 -> keep
+    labels_sc = labels.copy()
+    labels_sc[6:] = 1  # user 5 only positives: skipped
+    expected = np.mean(
+        [roc_auc_score(labels_sc[single_class == u], scores[single_class == u]) for u in (1, 2)]
+    )
+    assert uauc(scores, labels_sc, single_class) == pytest.approx(expected)
+    metric = load_ctr_metric()
+    result = metric.compute(predictions=scores, references=labels, users=users)
+    assert result["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert result["uauc"] == pytest.approx(np.mean(per_user))
+    assert rela_impr(0.7427, 0.5959) == pytest.approx(153.08, abs=0.01)  # Table 3, CCF-LLM (LightGCN)

@@ -240,24 +240,24 @@ def test_pipeline_never_merges_an_adapter_twice_or_one_that_is_not_the_models(tm
 
     processor = _folder_with_adapter(tmp_path / "run")
     merged = load_ctr_model(tmp_path / "run", dtype=torch.float32)
-    q_proj = merged.llm.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    q_proj = merged.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
     scorer = pipeline("ctr-scoring", model=merged, processor=processor)  # already merged: nothing more
-    assert torch.equal(scorer.model.llm.model.layers[0].self_attn.q_proj.weight, q_proj)
+    assert torch.equal(scorer.model.language_model.layers[0].self_attn.q_proj.weight, q_proj)
     by_path = pipeline("ctr-scoring", model=str(tmp_path / "run"), dtype=torch.float32)
     query = {"user_id": 2, "history": [1, 3], "candidates": [6, 4, 5]}
     np.testing.assert_allclose(scorer(query)["scores"], by_path(query)["scores"], atol=1e-6)
     plain = AutoModel.from_pretrained(tmp_path / "run", dtype=torch.float32)
     assert not torch.equal(
-        plain.llm.model.layers[0].self_attn.q_proj.weight, q_proj
+        plain.language_model.layers[0].self_attn.q_proj.weight, q_proj
     )  # the adapter did change it
 
     # an in-memory model (no folder of its own) next to somebody's adapter/ in the working directory
     fresh, _ = build("gate")
     fresh.name_or_path = ""
-    before = fresh.llm.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    before = fresh.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
     monkeypatch.chdir(tmp_path / "run")
     scorer = pipeline("ctr-scoring", model=fresh, processor=processor)
-    assert torch.equal(scorer.model.llm.model.layers[0].self_attn.q_proj.weight, before)
+    assert torch.equal(scorer.model.language_model.layers[0].self_attn.q_proj.weight, before)
 
     # an adapter trained on another local base model
     _folder_with_adapter(tmp_path / "other", base_name=tmp_path / "run")
