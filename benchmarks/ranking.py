@@ -14,8 +14,9 @@ Model: SmolLM2-135M-Instruct as CCF-LLM in `gate` mode with the paper's template
 * `test_set`: `ccf_llm.score_rows` over the ML-1M test split (all 7,331 rows, or the first `--test_rows`) in the
   chosen dtype (`--dtype`, default `auto`: bf16 where native, fp32 elsewhere), rows per second for each strategy
   (`prefix_cache`: rows sharing a prefix grouped, `score_candidates`; `full`: whole prompts in batches of similar
-  length), then `full` again with the decoder layers compiled (`compile_decoder_layers`, after one warm-up call
-  whose seconds are recorded). `--rounds` interleaved rounds, every sample kept; `--history_size` items in the
+  length; `auto`: per block, whichever runs fewer tokens), then `auto` again with the decoder layers compiled
+  (`compile_decoder_layers`, after one warm-up call whose seconds are recorded); `--template_from CONFIG` takes the
+  prompt template of a run_ctr.py config (e.g. the reproduction's). `--rounds` interleaved rounds, every sample kept; `--history_size` items in the
   prompt (10: the paper's; 2: the reproduction's budget).
 
 Writes this CPU kind's entry of `benchmarks/results/ranking.json` and `.md` (`report.save_results`: the other
@@ -23,10 +24,11 @@ kinds' figures stay), with the run's `provenance`.
 """
 
 import argparse
-import inspect
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ from ccf_llm.trainer_ccf_llama import compile_decoder_layers
 TITLE = "Prefix-cached ranking vs full prompts (SmolLM2-135M, `gate`, paper template)"
 
 
-def build(dtype, num_users, num_items, titles, attn_implementation=None, history_size=10):
+def build(dtype, num_users, num_items, titles, attn_implementation=None, history_size=10, template=None):
     llm, tokenizer = load_llm(dtype=dtype, attn_implementation=attn_implementation)
     generator = torch.Generator().manual_seed(0)
     model = CCFLlamaForCTR.from_llm(
@@ -49,7 +51,10 @@ def build(dtype, num_users, num_items, titles, attn_implementation=None, history
         item_embeddings=torch.randn(num_items + 1, 64, generator=generator) * 0.1,
         fusion_mode="gate", zero_init_gate=False,
     ).eval()  # fmt: skip
-    return model, CCFLlamaProcessor(tokenizer, titles, config=model.config, history_size=history_size)
+    processor = CCFLlamaProcessor(
+        tokenizer, titles, config=model.config, history_size=history_size, template=template
+    )
+    return model, processor
 
 
 def timed(fn):
@@ -87,7 +92,7 @@ def render(out: dict) -> list[str]:
         "",
         f"ML-1M test set, first {test_set['rows']} rows ({test_set['dtype']}, `score_rows`, "
         f"{test_set['history_size']}-item history, batches of {settings['batch_size']}, {test_set['rows_per_prefix']} "
-        f"rows per distinct prompt prefix; `auto` picks `{test_set['auto_picks']}`), rows/s per round:",
+        f"rows per distinct prompt prefix; template: {test_set.get('template', 'paper')}), rows/s per round:",
         "",
         "| strategy | rows/s (each round) | median | vs prefix_cache |",
         "|---|---|---|---|",
@@ -116,6 +121,10 @@ def main():
     parser.add_argument("--test_rows", type=int, default=None, help="score only the first rows")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the test-set strategies")
     parser.add_argument("--history_size", type=int, default=10, help="history items in the test-set prompts")
+    parser.add_argument(
+        "--template_from", type=Path, default=None,
+        help="a run_ctr.py config whose `template` the test-set prompts use (default: the paper's)",
+    )  # fmt: skip
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -175,14 +184,17 @@ def main():
         print(dtype, ranking[dtype_name(dtype)], flush=True)
 
     # the test set, in the chosen dtype
-    model, processor = build(test_dtype, num_users, num_items, titles, history_size=args.history_size)
+    template = json.loads(args.template_from.read_text())["template"] if args.template_from else None
+    model, processor = build(
+        test_dtype, num_users, num_items, titles, history_size=args.history_size, template=template
+    )
     users_t, items_t = np.array(test["user_id"]), np.array(test["item_id"])
     histories_t = test.data.column("history")
 
     def run(strategy):
         return score_rows(model, processor, users_t, histories_t, items_t, args.batch_size, strategy=strategy)
 
-    rows_per_s, scores = {"prefix_cache": [], "full": []}, {}
+    rows_per_s, scores = {"prefix_cache": [], "full": [], "auto": []}, {}
     for _ in range(args.rounds):
         for strategy in rows_per_s:
             seconds, scores[strategy] = timed(lambda strategy=strategy: run(strategy))
@@ -191,21 +203,20 @@ def main():
     compile_decoder_layers(model)
     warmup, _ = timed(lambda: score_rows(model, processor, users_t[: args.batch_size],
                                          histories_t.slice(0, args.batch_size), items_t[: args.batch_size],
-                                         args.batch_size, strategy="full"))  # fmt: skip
-    rows_per_s["full, compiled layers"] = []
+                                         args.batch_size))  # fmt: skip
+    rows_per_s["auto, compiled layers"] = []
     for _ in range(args.rounds):
-        seconds, scores["compiled"] = timed(lambda: run("full"))
-        rows_per_s["full, compiled layers"].append(round(len(items_t) / seconds, 1))
-        print("full compiled", rows_per_s["full, compiled layers"][-1], "rows/s", flush=True)
+        seconds, scores["compiled"] = timed(lambda: run("auto"))
+        rows_per_s["auto, compiled layers"].append(round(len(items_t) / seconds, 1))
+        print("auto compiled", rows_per_s["auto, compiled layers"][-1], "rows/s", flush=True)
     latest = [tuple(h[-args.history_size :]) for h in histories_t.to_pylist()]
     prefixes = len(set(zip(users_t.tolist(), latest, strict=True)))
-    threshold = inspect.signature(score_rows).parameters["min_rows_per_prefix"].default
     test_set = {
         "dtype": dtype_name(test_dtype),
         "rows": len(items_t),
         "history_size": args.history_size,
+        "template": template or "paper",
         "rows_per_prefix": round(len(items_t) / prefixes, 2),
-        "auto_picks": "prefix_cache" if len(items_t) >= threshold * prefixes else "full",
         "rows_per_s": rows_per_s,
         "compile_warmup_seconds": round(warmup, 1),
         "max_abs_diff": float(max(np.abs(scores[k] - scores["prefix_cache"]).max() for k in scores)),

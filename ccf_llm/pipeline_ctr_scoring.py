@@ -21,8 +21,7 @@ from transformers.utils import logging
 
 from .modeling_ccf_llama import CCFLlamaForCTR
 from .precision import device_precision
-from .ragged import latest_items
-from .ragged import to_ragged as _ragged
+from .ragged import latest_items, offsets_of, to_ragged
 
 logger = logging.get_logger(__name__)
 
@@ -158,6 +157,8 @@ class CTRScoringPipeline(Pipeline):
 
 
 SCORING_STRATEGIES = ("auto", "prefix_cache", "full")
+_PER_PREFIX = ("prefix_input_ids", "prefix_attention_mask", "prefix_token_item_ids", "user_ids", "cf_history")
+_PER_ROW = ("input_ids", "attention_mask", "token_item_ids")
 
 
 def score_rows(
@@ -169,7 +170,6 @@ def score_rows(
     batch_size: int = 64,
     progress: bool = False,
     strategy: str = "auto",
-    min_rows_per_prefix: float = 4.0,
 ) -> np.ndarray:
     """
     Click scores of a table of rows `(user_ids[r], histories[r], item_ids[r])`, in row order.
@@ -177,14 +177,13 @@ def score_rows(
     Two ways to run the LLM, with the same scores (up to floating-point reassociation):
 
     * `"prefix_cache"`: rows whose prompts share a prefix (same user and same latest history items) are grouped;
-      groups, in order of prefix length, are packed into calls of about `batch_size` rows to
-      `model.score_candidates`, each encoding its prefixes once. Pays off when many rows share a prefix (ranking
-      many candidates per user).
-    * `"full"`: every row's whole prompt through `model(...)`, in batches of `batch_size` rows of similar length
-      (almost no padding). Faster when few rows share a prefix, as in CTR tables (about 1.8 rows per prefix on
-      ML-1M's validation and test splits): there the cache saves few tokens and costs padding and a second pass.
-    * `"auto"` (default): `"prefix_cache"` when the table has at least `min_rows_per_prefix` rows per distinct
-      prefix, else `"full"`.
+      prefixes, in order of length, are packed into calls of about `batch_size` rows to `model.score_candidates`,
+      each encoding its prefixes once. Pays off when many rows share a prefix (ranking many candidates per user).
+    * `"full"`: every row's whole prompt through `model(...)`, in batches of `batch_size` rows of similar length.
+      Better when few rows share a prefix and the part after the target is long (CTR tables: about 1.8 rows per
+      prefix on ML-1M's validation and test splits), where the cache saves fewer tokens than its padding costs.
+    * `"auto"` (default): per block of `64 * batch_size` rows, the strategy that runs fewer tokens, padding
+      included (both are counted exactly from the block's tokenized prompts before anything runs).
 
     Args:
         model: a `CCFLlamaForCTR` (or a PEFT model around one).
@@ -193,13 +192,12 @@ def score_rows(
         batch_size: rows per LLM call.
         progress: show a tqdm progress bar over rows.
         strategy: `"auto"`, `"prefix_cache"` or `"full"`.
-        min_rows_per_prefix: the `"auto"` threshold.
     """
     if strategy not in SCORING_STRATEGIES:
         raise ValueError(f"strategy must be one of {SCORING_STRATEGIES}, got {strategy!r}")
     users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
     items = np.asarray(item_ids, dtype=np.int64).reshape(-1)
-    flat_hist, hist_off = _ragged(histories)
+    flat_hist, hist_off = to_ragged(histories)
     if not len(users) == len(items) == len(hist_off) - 1:
         raise ValueError(
             f"got {len(users)} user ids, {len(hist_off) - 1} histories and {len(items)} item ids: one of each per row"
@@ -212,70 +210,108 @@ def score_rows(
     # only the latest items enter the prompt (and the sequential CF encoder): rows agreeing on them share a prefix
     latest = latest_items(flat_hist, hist_off, max(processor.history_size, processor.cf_history_size, 1))
     keys, group = np.unique(np.column_stack([users, latest]), axis=0, return_inverse=True)
-    if strategy == "auto":
-        strategy = "prefix_cache" if len(items) >= min_rows_per_prefix * len(keys) else "full"
+    group = group.reshape(-1)
+    order = np.argsort(group, kind="stable")  # rows, grouped by prefix key
+    sizes = np.bincount(group, minlength=len(keys))
+    group_start = np.cumsum(sizes) - sizes
+    block_of_group = group_start // (64 * batch_size)  # blocks of whole groups, tokenized at once
+    block_bounds = np.append(np.searchsorted(block_of_group, np.unique(block_of_group)), len(keys))
+    history_table = pa.LargeListArray.from_arrays(hist_off, flat_hist)
+    scores = np.empty(len(items), dtype=np.float32)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(items), disable=not progress, unit="row", desc="scoring") as bar:
-        if strategy == "full":
-            return _score_full_prompts(model, processor, users, flat_hist, hist_off, items, batch_size, bar)
-        return _score_with_prefix_cache(model, processor, items, keys, group.reshape(-1), batch_size, bar)
-
-
-def _score_full_prompts(model, processor, users, flat_hist, hist_off, items, batch_size, bar) -> np.ndarray:
-    """`score_rows(strategy="full")`: whole prompts, blocks of rows tokenized at once, batches sorted by length."""
-    histories = pa.LargeListArray.from_arrays(hist_off, flat_hist)
-    scores = np.empty(len(items), dtype=np.float32)
-    block = 64 * batch_size  # rows tokenized together: bounds the padded id matrix
-    for lo in range(0, len(items), block):
-        rows = np.arange(lo, min(lo + block, len(items)))
-        batch = processor(users[rows], histories.slice(lo, len(rows)), items[rows], padding_side="left")
-        order = torch.argsort(batch["attention_mask"].sum(-1), stable=True)
-        for start in range(0, len(rows), batch_size):
-            pick = order[start : start + batch_size]
-            keep = batch["attention_mask"][pick].any(0)  # drop the columns that are padding in every row
-            inputs = {
-                key: value[pick][:, keep]
-                if key in ("input_ids", "attention_mask", "token_item_ids")
-                else value[pick]
-                for key, value in batch.items()
-            }
-            with torch.inference_mode():
-                scores[rows[pick.numpy()]] = model(**inputs).scores.float().cpu().numpy()
-            bar.update(len(pick))
+        for lo, hi in zip(block_bounds[:-1], block_bounds[1:], strict=True):
+            rows = order[group_start[lo] : group_start[hi - 1] + sizes[hi - 1]]
+            present = keys[lo:hi, 1:] > 0  # latest items, left-padded with 0
+            features = processor.ranking_inputs(
+                keys[lo:hi, 0],
+                pa.LargeListArray.from_arrays(offsets_of(present.sum(1)), keys[lo:hi, 1:][present]),
+                pa.LargeListArray.from_arrays(offsets_of(sizes[lo:hi]), items[rows]),
+            )
+            plan = _PrefixCachePlan(features, batch_size)
+            use_cache = strategy == "prefix_cache" or (
+                strategy == "auto" and plan.tokens <= _full_prompt_tokens(plan, batch_size)
+            )
+            if use_cache:
+                scores[rows] = plan.run(model, features, batch_size, bar)
+            else:
+                block = history_table.take(pa.array(rows))
+                scores[rows] = _score_full_prompts(
+                    model, processor, users[rows], block, items[rows], batch_size, bar
+                )
     return scores
 
 
-def _score_with_prefix_cache(model, processor, items, keys, group, batch_size, bar) -> np.ndarray:
-    """`score_rows(strategy="prefix_cache")`: groups sharing a prefix, in order of prefix length, per call."""
-    sizes = np.bincount(group, minlength=len(keys))
-    present = keys[:, 1:] > 0
-    # groups ordered by prefix length (title tokens of the history items shown): calls pad their prefixes little
-    shown, position = np.unique(keys[:, 1:][present], return_inverse=True)
-    title_tokens = processor.title_token_ids(shown)[1].sum(-1).numpy() if len(shown) else np.zeros(0)
-    prefix_tokens = np.bincount(np.nonzero(present)[0], weights=title_tokens[position], minlength=len(keys))
-    by_length = np.lexsort((keys[:, 0], prefix_tokens))
-    rank = np.empty_like(by_length)
-    rank[by_length] = np.arange(len(by_length))
-    keys, present, sizes = keys[by_length], present[by_length], sizes[by_length]
-    group = rank[group]
-    order = np.argsort(group, kind="stable")
-    group_start = np.cumsum(sizes) - sizes
-    chunk_of_group = group_start // batch_size  # groups starting in the same window of batch_size rows
-    chunk_bounds = np.searchsorted(chunk_of_group, np.unique(chunk_of_group))
-    chunk_bounds = np.append(chunk_bounds, len(keys))
+class _PrefixCachePlan:
+    """
+    How `score_rows` runs a block with the prefix cache: prefixes in order of length, packed into calls of about
+    `batch_size` candidates; `tokens` is what the calls run, padding included.
+    """
+
+    def __init__(self, features, batch_size: int):
+        self.prefix_len = features["prefix_attention_mask"].sum(1).numpy()
+        self.suffix_len = features["attention_mask"].sum(1).numpy()
+        self.prefix_index = features["prefix_index"].numpy()
+        self.by_length = np.argsort(self.prefix_len, kind="stable")
+        rank = np.empty_like(self.by_length)
+        rank[self.by_length] = np.arange(len(rank))
+        self.rank = rank
+        self.candidates = np.argsort(
+            rank[self.prefix_index], kind="stable"
+        )  # grouped by prefix, in that order
+        count = np.bincount(self.prefix_index, minlength=len(rank))[self.by_length]
+        self.start, self.count = np.cumsum(count) - count, count
+        chunk = self.start // batch_size
+        self.bounds = np.append(np.searchsorted(chunk, np.unique(chunk)), len(rank))
+        self.tokens = 0
+        for lo, hi in self.chunks():
+            cand = self.suffix_len[self.candidates[self.start[lo] : self.start[hi - 1] + self.count[hi - 1]]]
+            self.tokens += (hi - lo) * int(self.prefix_len[self.by_length[lo:hi]].max())
+            self.tokens += sum(
+                len(b) * int(b.max()) for b in np.split(cand, range(batch_size, len(cand), batch_size))
+            )
+
+    def chunks(self):
+        return zip(self.bounds[:-1], self.bounds[1:], strict=True)
+
+    def run(self, model, features, batch_size, bar) -> np.ndarray:
+        scores = np.empty(len(self.suffix_len), dtype=np.float32)
+        for lo, hi in self.chunks():
+            prefixes = torch.from_numpy(self.by_length[lo:hi])
+            cand = self.candidates[self.start[lo] : self.start[hi - 1] + self.count[hi - 1]]
+            width = int(self.prefix_len[self.by_length[lo:hi]].max())  # prefixes are left-padded
+            call = {key: features[key][prefixes] for key in _PER_PREFIX if key in features}
+            call.update({key: call[key][:, -width:] for key in _PER_PREFIX[:3] if key in call})
+            call.update({key: features[key][torch.from_numpy(cand)] for key in _PER_ROW if key in features})
+            call["prefix_index"] = torch.from_numpy(self.rank[self.prefix_index[cand]] - lo)
+            scores[cand] = model.score_candidates(**call, batch_size=batch_size).scores.float().cpu().numpy()
+            bar.update(len(cand))
+        return scores
+
+
+def _full_prompt_tokens(plan: _PrefixCachePlan, batch_size: int) -> int:
+    """Tokens `score_rows(strategy="full")` runs for a block, padding included: its rows sorted by length."""
+    lengths = np.sort(plan.prefix_len[plan.prefix_index] + plan.suffix_len)
+    return int(
+        sum(len(b) * int(b[-1]) for b in np.split(lengths, range(batch_size, len(lengths), batch_size)))
+    )
+
+
+def _score_full_prompts(model, processor, users, histories, items, batch_size, bar) -> np.ndarray:
+    """`score_rows(strategy="full")` on a block: whole prompts, tokenized at once, in batches sorted by length."""
+    batch = processor(users, histories, items, padding_side="left")
+    order = torch.argsort(batch["attention_mask"].sum(-1), stable=True)
     scores = np.empty(len(items), dtype=np.float32)
-    for lo, hi in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
-        rows = order[group_start[lo] : group_start[hi - 1] + sizes[hi - 1]]
-        chunk_hist = keys[lo:hi, 1:]  # latest items, left-padded with 0
-        hist = pa.LargeListArray.from_arrays(
-            np.concatenate([[0], np.cumsum(present[lo:hi].sum(1))]), chunk_hist[present[lo:hi]]
-        )
-        cand = pa.LargeListArray.from_arrays(np.concatenate([[0], np.cumsum(sizes[lo:hi])]), items[rows])
-        features = processor.ranking_inputs(keys[lo:hi, 0], hist, cand)
-        output = model.score_candidates(**features, batch_size=batch_size)
-        scores[rows] = output.scores.float().cpu().numpy()
-        bar.update(len(rows))
+    for start in range(0, len(items), batch_size):
+        pick = order[start : start + batch_size]
+        keep = batch["attention_mask"][pick].any(0)  # drop the columns that are padding in every row
+        inputs = {
+            key: value[pick][:, keep] if key in _PER_ROW else value[pick] for key, value in batch.items()
+        }
+        with torch.inference_mode():
+            scores[pick.numpy()] = model(**inputs).scores.float().cpu().numpy()
+        bar.update(len(pick))
     return scores
 
 

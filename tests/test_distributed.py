@@ -20,8 +20,8 @@ from ccf_llm import CCFLlamaProcessor, load_ctr_model, score_rows, score_rows_di
 from ccf_llm.data import seeded_subsample
 from ccf_llm.synthetic import make_demo_log
 
-from .test_pipeline_ctr_scoring import build
 from .test_examples_run_ctr import _tiny_llm_folder
+from .test_pipeline_ctr_scoring import build
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "examples" / "configs"

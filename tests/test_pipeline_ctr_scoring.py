@@ -156,26 +156,38 @@ def test_score_rows_matches_full_prompts_in_row_order_and_score_script(tmp_path,
     histories = [list(rng.integers(1, 7, rng.integers(0, 3))) for _ in range(n)]
     items = rng.integers(1, 7, n)
     full = full_prompt_scores(model, processor, users, histories, items).numpy()
-    cached_calls = []
+    calls = []  # the prefix masks of the score_candidates calls
     score_candidates = model.score_candidates
     monkeypatch.setattr(
-        model, "score_candidates", lambda **kw: cached_calls.append(1) or score_candidates(**kw)
+        model,
+        "score_candidates",
+        lambda **kw: calls.append(kw["prefix_attention_mask"]) or score_candidates(**kw),
     )
-    for strategy, threshold, uses_cache in (
-        ("prefix_cache", 4.0, True), ("full", 4.0, False), ("auto", 1.0, True), ("auto", 4.0, False),
-    ):  # fmt: skip
-        cached_calls.clear()
-        scores = score_rows(
-            model, processor, users, histories, items, batch_size=7, strategy=strategy, min_rows_per_prefix=threshold
-        )  # fmt: skip
+    for strategy in ("prefix_cache", "full", "auto"):
+        calls.clear()
+        scores = score_rows(model, processor, users, histories, items, batch_size=7, strategy=strategy)
         np.testing.assert_allclose(scores, full, atol=1e-5, err_msg=strategy)
-        assert bool(cached_calls) == uses_cache, (strategy, threshold)
-    prefixes = {(u, tuple(h[-3:])) for u, h in zip(users, histories, strict=True)}
-    assert 1.0 < n / len(prefixes) < 4.0  # why auto chose as it did
-    # batches of 1 row; the full prompts are tokenized in blocks of 64 rows: two blocks
+        if strategy != "auto":  # auto's choice is checked below
+            assert bool(calls) == (strategy == "prefix_cache")
+        assert all(mask[:, 0].any() for mask in calls)  # no prefix column is padding in every row of a call
+    # batches of 1 row; blocks of 64 rows tokenized at once: two blocks
     np.testing.assert_allclose(
         score_rows(model, processor, users, histories, items, batch_size=1), full, atol=1e-5
     )
+    # auto: one prefix shared by 30 candidates runs the cache; 30 prompts with 30 different prefixes do not
+    ranking = np.arange(30) % 6 + 1
+    for rows_users, rows_histories, uses_cache in (
+        ([2] * 30, [[1, 3, 5]] * 30, True),
+        (np.arange(30) % 3 + 1, [[1 + i % 6, 1 + i // 6 % 6, 1 + i // 36] for i in range(30)], False),
+    ):
+        calls.clear()
+        scores = score_rows(model, processor, rows_users, rows_histories, ranking, batch_size=8)
+        np.testing.assert_allclose(
+            scores,
+            full_prompt_scores(model, processor, rows_users, rows_histories, ranking).numpy(),
+            atol=1e-5,
+        )
+        assert bool(calls) == uses_cache
     with pytest.raises(ValueError, match="strategy must be one of"):
         score_rows(model, processor, users, histories, items, strategy="fast")
     monkeypatch.undo()
