@@ -511,10 +511,14 @@ class CCFTwoStageTrainer:
             record |= _best_checkpoints(trainer.state)
             save_adapter(self.model, final, stage_args.should_save)
             if stage_args.should_save:
-                curve = [{k: r[k] for k in ("step", "loss", "grad_norm") if k in r} for r in trainer.state.log_history
-                         if "loss" in r]  # fmt: skip
+                history = trainer.state.log_history
+                curve = [
+                    {k: r[k] for k in ("step", "loss", "grad_norm") if k in r} for r in history if "loss" in r
+                ]
+                evals = [{k: r[k] for k in ("step", "eval_auc", "eval_uauc", "eval_loss") if k in r} for r in history
+                         if "eval_auc" in r]  # fmt: skip
                 (folder / "stage_log.json").write_text(
-                    json.dumps({**record, "train_log": curve}, indent=2) + "\n"
+                    json.dumps({**record, "train_log": curve, "eval_log": evals}, indent=2) + "\n"
                 )
             self.stage_log.append(record)
             previous_metrics = end_metrics
