@@ -229,6 +229,15 @@ class CCFTrainer(Trainer):
             # look for `LlamaDecoderLayer` and find only `FSDPLlamaDecoderLayer`)
             self.accelerator.state.fsdp_plugin.auto_wrap_policy = None
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # resuming a stage: adapters of checkpoints written before the model split load too (renamed keys)
+        if not load_adapter_weights(self.model if model is None else model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if not load_adapter_weights(self.model, self.state.best_model_checkpoint):
+            super()._load_best_model()
+
     def _model_inputs(self, inputs: dict) -> dict:
         """What the model reads: not the labels, nor `user_ids` where it takes no user (they serve UAUC)."""
         return {k: v for k, v in inputs.items() if k != "labels" and (k != "user_ids" or self._uses_cf)}
@@ -294,6 +303,25 @@ def is_fsdp_sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
+
+
+def load_adapter_weights(model, folder) -> bool:
+    """
+    Load the adapter saved in `folder` (LoRA and ALG/GATE) into the PEFT-wrapped `model`, renaming the keys of
+    adapters saved before the model split (`CCFLlamaForCTR._checkpoint_conversion_mapping`). Returns False, loading
+    nothing, where this does not apply: no adapter file there, a model without PEFT, or one FSDP has sharded.
+    """
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    if not hasattr(model, "get_base_model") or is_fsdp_sharded(model):
+        return False
+    if not any(
+        (Path(folder) / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")
+    ):
+        return False
+    mapping = getattr(model.get_base_model(), "_checkpoint_conversion_mapping", None)
+    set_peft_model_state_dict(model, load_peft_weights(str(folder), key_mapping=mapping))
+    return True
 
 
 def save_adapter(model, folder, is_main_process: bool = True) -> None:
@@ -442,12 +470,8 @@ class CCFTwoStageTrainer:
         return data[stage] if isinstance(data, dict) else data
 
     def _load(self, folder) -> None:
-        from peft import load_peft_weights, set_peft_model_state_dict
-
-        mapping = getattr(
-            self.model.get_base_model(), "_checkpoint_conversion_mapping", None
-        )  # adapters of older versions
-        set_peft_model_state_dict(self.model, load_peft_weights(str(folder), key_mapping=mapping))
+        if not load_adapter_weights(self.model, folder):
+            raise ValueError(f"{folder} holds no adapter to load into this PEFT model")
 
     def _trainable_state(self) -> dict:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -545,6 +569,7 @@ __all__ = [
     "CCFTrainingArguments",
     "STAGES",
     "add_lora",
+    "load_adapter_weights",
     "schedule_stages",
     "apply_stage",
     "compile_decoder_layers",

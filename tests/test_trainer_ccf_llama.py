@@ -348,3 +348,31 @@ def test_early_stopping_keeps_the_best_auc_checkpoint(tmp_path):
         (record,) = CCFTwoStageTrainer(model, strict, train_dataset=data, eval_dataset=data,
                                        data_collator=CCFDataCollator(tokenizer.pad_token_id)).train()  # fmt: skip
         assert record["steps"] >= at_least and (min_epochs or record["steps"] < 24)
+
+
+def test_a_stage_resumes_from_and_keeps_the_best_of_checkpoints_saved_before_the_model_split(tmp_path):
+    """Checkpoints of a stage interrupted under the pre-split code (adapter keys `...llm.model...`) resume."""
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from .test_modeling_ccf_llama import LEGACY, _legacy_batch
+
+    batch, expected = _legacy_batch()
+    model = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(LEGACY / "base"), LEGACY / "adapter", is_trainable=True
+    )
+    args = CCFTrainingArguments(output_dir=str(tmp_path), stage="fusion", report_to="none", use_cpu=True)
+    trainer = CCFTrainer(model, args)
+    trainer.state.best_model_checkpoint = str(LEGACY / "adapter")
+    for load in (lambda: trainer._load_from_checkpoint(str(LEGACY / "adapter")), trainer._load_best_model):
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_" in name or "modules_to_save" in name:
+                    parameter.zero_()
+            assert model.eval()(**batch).scores.tolist() != pytest.approx(
+                expected["adapter_scores"], abs=1e-6
+            )
+            load()
+            torch.testing.assert_close(
+                model(**batch).scores, torch.tensor(expected["adapter_scores"]), rtol=0, atol=1e-6
+            )
