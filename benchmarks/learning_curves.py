@@ -37,8 +37,9 @@ def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
 def stage_evaluations(folder: Path) -> tuple[list[dict], str] | None:
     """`(evaluations, state)` of one stage folder, state `finished` or `training`; None when it has none yet."""
     log = folder / "stage_log.json"
-    if log.is_file() and "eval_log" in (record := json.loads(log.read_text())):
-        start = [{"step": 0, "eval_auc": record["start_eval_auc"]}] if "start_eval_auc" in record else []
+    record = json.loads(log.read_text()) if log.is_file() else {}
+    start = [{"step": 0, "eval_auc": record["start_eval_auc"]}] if "start_eval_auc" in record else []
+    if "eval_log" in record:
         return start + record["eval_log"], "finished"
     checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if not checkpoints:
@@ -47,7 +48,7 @@ def stage_evaluations(folder: Path) -> tuple[list[dict], str] | None:
     evals = [
         {k: r[k] for k in ("step", "eval_auc", "eval_uauc") if k in r} for r in history if "eval_auc" in r
     ]
-    return evals, "finished" if log.is_file() else "training"
+    return start + evals, "finished" if record else "training"
 
 
 def collect(output_dir: Path, rows_per_step: int) -> dict:
