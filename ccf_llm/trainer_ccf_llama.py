@@ -305,13 +305,15 @@ def is_fsdp_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def load_adapter_weights(model, folder) -> bool:
+def load_adapter_weights(model, folder, keep_missing_fusion: bool = False) -> bool:
     """
     Load the adapter saved in `folder` (LoRA and ALG/GATE) into the PEFT-wrapped `model`, renaming the keys of
     adapters saved before the model split (`CCFLlamaForCTR._checkpoint_conversion_mapping`). Returns False, loading
     nothing, where this does not apply: no adapter file there, a model without PEFT, or one FSDP has sharded.
+    With `keep_missing_fusion`, fusion weights (ALG/GATE) the file lacks keep their current values: a shared stage 1
+    from a `text` run has LoRA only (CoLLM's inject rows start from the TALLRec LoRA); anything else missing raises.
     """
-    from peft import load_peft_weights, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
     if not hasattr(model, "get_base_model") or is_fsdp_sharded(model):
         return False
@@ -320,7 +322,16 @@ def load_adapter_weights(model, folder) -> bool:
     ):
         return False
     mapping = getattr(model.get_base_model(), "_checkpoint_conversion_mapping", None)
-    set_peft_model_state_dict(model, load_peft_weights(str(folder), key_mapping=mapping))
+    loaded = load_peft_weights(str(folder), key_mapping=mapping)
+    current = get_peft_model_state_dict(model)
+    missing = sorted(current.keys() - loaded.keys())
+    if missing and not (keep_missing_fusion and all("lora_" not in key for key in missing)):
+        raise ValueError(
+            f"{folder} lacks {len(missing)} adapter weights of this model (first: {missing[:3]})"
+        )
+    if missing:
+        logger.info("%s has no fusion weights: %d keep their initialization", folder, len(missing))
+    set_peft_model_state_dict(model, {**{key: current[key] for key in missing}, **loaded})
     return True
 
 
@@ -470,7 +481,7 @@ class CCFTwoStageTrainer:
         return data[stage] if isinstance(data, dict) else data
 
     def _load(self, folder) -> None:
-        if not load_adapter_weights(self.model, folder):
+        if not load_adapter_weights(self.model, folder, keep_missing_fusion=True):
             raise ValueError(f"{folder} holds no adapter to load into this PEFT model")
 
     def _trainable_state(self) -> dict:

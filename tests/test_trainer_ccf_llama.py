@@ -23,6 +23,7 @@ from ccf_llm.trainer_ccf_llama import (
     add_lora,
     apply_stage,
     compile_decoder_layers,
+    load_adapter_weights,
     schedule_stages,
 )
 
@@ -376,3 +377,25 @@ def test_a_stage_resumes_from_and_keeps_the_best_of_checkpoints_saved_before_the
             torch.testing.assert_close(
                 model(**batch).scores, torch.tensor(expected["adapter_scores"]), rtol=0, atol=1e-6
             )
+
+
+def test_an_inject_run_starts_from_a_text_runs_lora_with_its_fusion_weights_at_init(tmp_path):
+    """CoLLM's inject rows start from the TALLRec (text) LoRA, whose adapter has no ALG weights to load."""
+    text_model, tokenizer, text_data = tiny_setup("text")
+    collator = CCFDataCollator(tokenizer.pad_token_id)
+    first = CCFTwoStageTrainer(text_model, two_stage_args(tmp_path, schedule="lora"), train_dataset=text_data,
+                               data_collator=collator)  # fmt: skip
+    first.train()
+    shared = tmp_path / "run" / "stage_1_lora" / "final"
+    lora = {n: p.detach().clone() for n, p in first.model.named_parameters() if "lora_" in n}
+    model, _, data = tiny_setup("inject", seed=1)
+    second = CCFTwoStageTrainer(model, two_stage_args(tmp_path, output_dir=str(tmp_path / "second")),
+                                train_dataset=data, data_collator=collator, shared_stages={"lora": shared})  # fmt: skip
+    log = second.train()
+    assert log[0]["shared_from"] == str(shared) and log[1]["stage"] == "fusion" and log[1]["steps"] == 6
+    now = dict(second.model.named_parameters())
+    assert lora and all(
+        torch.equal(now[n], p) for n, p in lora.items()
+    )  # the text run's LoRA, frozen in stage 2
+    with pytest.raises(ValueError, match="lacks"):  # a resumed checkpoint must hold every weight
+        load_adapter_weights(second.model, shared)
