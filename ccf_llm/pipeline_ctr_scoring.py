@@ -157,7 +157,8 @@ class CTRScoringPipeline(Pipeline):
 
 
 SCORING_STRATEGIES = ("auto", "prefix_cache", "full")
-_PER_PREFIX = ("prefix_input_ids", "prefix_attention_mask", "prefix_token_item_ids", "user_ids", "cf_history")
+_PREFIX_TOKENS = ("prefix_input_ids", "prefix_attention_mask", "prefix_token_item_ids")  # left-padded
+_PER_PREFIX = (*_PREFIX_TOKENS, "user_ids", "cf_history")
 _PER_ROW = ("input_ids", "attention_mask", "token_item_ids")
 
 
@@ -223,23 +224,21 @@ def score_rows(
     with tqdm(total=len(items), disable=not progress, unit="row", desc="scoring") as bar:
         for lo, hi in zip(block_bounds[:-1], block_bounds[1:], strict=True):
             rows = order[group_start[lo] : group_start[hi - 1] + sizes[hi - 1]]
-            present = keys[lo:hi, 1:] > 0  # latest items, left-padded with 0
-            features = processor.ranking_inputs(
-                keys[lo:hi, 0],
-                pa.LargeListArray.from_arrays(offsets_of(present.sum(1)), keys[lo:hi, 1:][present]),
-                pa.LargeListArray.from_arrays(offsets_of(sizes[lo:hi]), items[rows]),
-            )
-            plan = _PrefixCachePlan(features, batch_size)
-            use_cache = strategy == "prefix_cache" or (
-                strategy == "auto" and plan.tokens <= _full_prompt_tokens(plan, batch_size)
-            )
-            if use_cache:
-                scores[rows] = plan.run(model, features, batch_size, bar)
-            else:
-                block = history_table.take(pa.array(rows))
-                scores[rows] = _score_full_prompts(
-                    model, processor, users[rows], block, items[rows], batch_size, bar
+            if strategy != "full":  # the prefix-cache inputs: run, or counted against full prompts (auto)
+                present = keys[lo:hi, 1:] > 0  # latest items, left-padded with 0
+                features = processor.ranking_inputs(
+                    keys[lo:hi, 0],
+                    pa.LargeListArray.from_arrays(offsets_of(present.sum(1)), keys[lo:hi, 1:][present]),
+                    pa.LargeListArray.from_arrays(offsets_of(sizes[lo:hi]), items[rows]),
                 )
+                plan = _PrefixCachePlan(features, batch_size)
+                if strategy == "prefix_cache" or plan.tokens <= _full_prompt_tokens(plan, batch_size):
+                    scores[rows] = plan.run(model, features, batch_size, bar)
+                    continue
+            block = history_table.take(pa.array(rows))
+            scores[rows] = _score_full_prompts(
+                model, processor, users[rows], block, items[rows], batch_size, bar
+            )
     return scores
 
 
@@ -282,7 +281,7 @@ class _PrefixCachePlan:
             cand = self.candidates[self.start[lo] : self.start[hi - 1] + self.count[hi - 1]]
             width = int(self.prefix_len[self.by_length[lo:hi]].max())  # prefixes are left-padded
             call = {key: features[key][prefixes] for key in _PER_PREFIX if key in features}
-            call.update({key: call[key][:, -width:] for key in _PER_PREFIX[:3] if key in call})
+            call.update({key: call[key][:, -width:] for key in _PREFIX_TOKENS if key in call})
             call.update({key: features[key][torch.from_numpy(cand)] for key in _PER_ROW if key in features})
             call["prefix_index"] = torch.from_numpy(self.rank[self.prefix_index[cand]] - lo)
             scores[cand] = model.score_candidates(**call, batch_size=batch_size).scores.float().cpu().numpy()
