@@ -1,0 +1,261 @@
+"""What the demo would need: validation AUC of `text` and `gate` against training rows, beside the CF model's.
+
+    python benchmarks/demo_curves.py [CONFIG] [--train_rows 4000] [--eval_steps 50] [--dtype auto]
+
+Runs `examples/run_ctr.py CONFIG` (default the README's demo) in a fresh process with more training rows per stage
+than the demo spends (`--train_rows`; the demo's log has 8,400) and an evaluation every `--eval_steps` optimizer
+steps on all validation rows, the rows the CF model's validation AUC is computed on. Then reads each stage's
+`stage_log.json` (`learning_curves.stage_evaluations`) and records in `benchmarks/results/demo_curves.{json,md,png}`
+(this CPU kind's entry): the curves, the CF line, the rows at which `gate` first reaches `text` and the CF model,
+and the final test AUC of every mode. The demo itself is unchanged: this measures what a longer budget buys.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from learning_curves import hanley_mcneil_se, stage_evaluations
+from report import RESULTS, provenance, save_results
+
+from ccf_llm.precision import device_precision, resolve_dtype
+
+TITLE = "The demo with a longer budget: validation AUC against training rows (synthetic log, SmolLM2-135M)"
+
+
+def collect(output_dir: Path, modes: list[str], rows_per_step: int) -> tuple[dict, dict]:
+    """(mode -> points over both stages, training rows counted from the start of stage 1; mode -> stage -> its
+    record: seconds, validation AUC at its start and end, whether the trainer rolled it back)."""
+    curves, stages = {}, {}
+    for mode in modes:
+        offset, points = 0, []
+        for folder in sorted((output_dir / mode).glob("stage_*")):
+            found = stage_evaluations(folder)
+            if not found:
+                continue
+            record = json.loads((folder / "stage_log.json").read_text())
+            stages.setdefault(mode, {})[folder.name] = {
+                k: record.get(k) for k in ("seconds", "start_eval_auc", "end_eval_auc", "rolled_back")
+            }
+            evals = list(
+                {e["step"]: e for e in found[0]}.values()
+            )  # the end-of-stage evaluation repeats the last
+            stage = folder.name.split("_", 2)[2]
+            points += [
+                {**e, "stage": stage, "training_rows": offset + e["step"] * rows_per_step} for e in evals
+            ]
+            offset = points[-1]["training_rows"]
+        curves[mode] = points
+    return curves, stages
+
+
+def test_comparison(output_dir: Path, modes: list[str], cf_folder: Path) -> dict:
+    """Test AUC with 95% intervals (bootstrap over users) of the CF model and every mode, `gate` paired against
+    `text` and the CF model, on all test rows and on its item-warm / item-cold rows (items absent from train)."""
+    import numpy as np
+    import pandas as pd
+
+    from ccf_llm.metrics import user_bootstrap
+    from ccf_llm.synthetic import make_demo_log
+
+    frames = {"cf": pd.read_parquet(cf_folder / "scores_test.parquet")}
+    frames |= {mode: pd.read_parquet(output_dir / mode / "scores_test.parquet") for mode in modes}
+    keys = frames["cf"][["user_id", "item_id", "label"]].to_numpy()
+    for name, frame in frames.items():
+        if not (frame[["user_id", "item_id", "label"]].to_numpy() == keys).all():
+            raise ValueError(f"{name}'s test scores are not over the CF model's test rows")
+    train_items = set(make_demo_log()["train"]["item_id"])
+    cold = ~np.isin(keys[:, 1], list(train_items))
+    pairs = [(a, b) for a, b in (("gate", "text"), ("gate", "cf")) if a in frames and b in frames]
+    out = {}
+    for subset, rows in (("all", np.ones(len(keys), bool)), ("item-warm", ~cold), ("item-cold", cold)):
+        boot = user_bootstrap({name: f["score"].to_numpy()[rows] for name, f in frames.items()}, keys[rows, 2],
+                              keys[rows, 0], pairs=pairs)  # fmt: skip
+        out[subset] = {"rows": int(rows.sum()), "models": boot["models"], "pairs": boot["pairs"]}
+    return out
+
+
+def first_at_or_above(points: list[dict], level: float) -> dict | None:
+    return next((p for p in points if p["eval_auc"] >= level), None)
+
+
+def render(entry: dict) -> list[str]:
+    pos, neg = entry["class_counts"]
+    half = lambda auc: 1.96 * hanley_mcneil_se(auc, pos, neg)  # noqa: E731
+    cf = entry["cf"]
+    lines = [
+        f"It ran `{entry['run_ctr_command']}`: {entry['train_rows']} training rows per stage ({entry['rows_per_step']} per step), "
+        f"validation AUC on all {pos + neg} validation rows every {entry['eval_steps']} steps; 95% half-widths "
+        f"from Hanley & McNeil's standard error; one seed; {entry['wall_seconds'] / 60:.1f} min wall. The README's "
+        f"demo spends {entry['demo_train_rows']} rows per stage. `gate`'s stage 2 runs at the config's fusion learning "
+        f"rate ({entry['fusion_learning_rate']:g}) and, from the same stage-1 adapter, at the other rates named. Curves: [demo_curves.png](demo_curves.png).",
+        "",
+        f"CF model ({cf['backbone']}) validation AUC **{cf['eval_auc']:.4f}** ± {half(cf['eval_auc']):.3f}, "
+        f"test AUC {cf['test_auc']:.4f}.",
+        "",
+        "| mode | training rows (stage) | validation AUC |",
+        "|---|---|---|",
+    ]
+    for mode, points in entry["curves"].items():
+        lines += [
+            f"| `{mode}` | {p['training_rows']} ({p['stage']}) | {p['eval_auc']:.4f} ± {half(p['eval_auc']):.3f} |"
+            for p in points
+        ]
+    lines += ["", "Test AUC at the end, 95% intervals from 1000 bootstrap resamples of users; item-cold rows: test items "
+              "absent from the train split (the CF model never trained their embeddings):", "",
+              "| rows | " + " | ".join(f"`{m}`" for m in entry["test"]["all"]["models"]) + " | " +
+              " | ".join(f"`{p}` [95% CI], p" for p in entry["test"]["all"]["pairs"]) + " |",
+              "|---|" + "---|" * (len(entry["test"]["all"]["models"]) + len(entry["test"]["all"]["pairs"]))]  # fmt: skip
+    for subset, found in entry["test"].items():
+        cells = [
+            f"{m['auc']:.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}]" for m in found["models"].values()
+        ]
+        cells += [f"{p['auc_diff']:+.3f} [{p['auc_diff_ci'][0]:+.3f}, {p['auc_diff_ci'][1]:+.3f}], p={p['auc_p']:.3f}"
+                  for p in found["pairs"].values()]  # fmt: skip
+        lines.append(f"| {subset} ({found['rows']}) | " + " | ".join(cells) + " |")
+    lines += ["", "Where `gate` first reaches:"]
+    lines += [
+        f"- {name}: " + (f"at {found} training rows" if isinstance(found, int) else found)
+        for name, found in entry["gate_reaches"].items()
+    ]
+    lines += ["", "| mode | stage | seconds (evaluations included) | validation AUC at start → end | rolled back |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for mode, stages in entry["stages"].items():
+        lines += [
+            f"| `{mode}` | {stage} | {r['seconds']:.0f} | {r['start_eval_auc']:.4f} → {r['end_eval_auc']:.4f} | "
+            f"{'**yes**: the stage ended below its start, its weights were restored' if r['rolled_back'] else 'no'} |"
+            for stage, r in stages.items()
+        ]
+    return lines
+
+
+def plot(entry: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pos, neg = entry["class_counts"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode, points in entry["curves"].items():
+        xs = [p["training_rows"] / 1000 for p in points]
+        ys = [p["eval_auc"] for p in points]
+        errs = [1.96 * hanley_mcneil_se(y, pos, neg) for y in ys]
+        label = f"`{mode}`" + (f", fusion lr {entry['fusion_learning_rate']:g}" if mode == "gate" else "")
+        ax.errorbar(xs, ys, yerr=errs, marker="o", ms=3, capsize=2, label=label)
+    ax.axhline(
+        entry["cf"]["eval_auc"], color="black", ls="--", lw=1, label=f"CF alone ({entry['cf']['backbone']})"
+    )
+    ax.axvline(
+        entry["demo_train_rows"] / 1000, color="grey", ls=":", lw=1, label="the demo's budget (stage 1)"
+    )
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="training rows, stages in sequence (thousands)", ylabel="validation AUC",
+           title="Demo log: validation AUC against training rows")  # fmt: skip
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", nargs="?", default="examples/configs/demo.json")
+    parser.add_argument("--train_rows", type=int, default=4000)
+    parser.add_argument("--eval_steps", type=int, default=50)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo_curves"))
+    parser.add_argument("--report_only", action="store_true", help="tabulate a finished run, train nothing")
+    parser.add_argument(
+        "--fusion_learning_rates", type=float, nargs="*", default=[0.001],
+        help="also run gate's stage 2 from the same stage-1 adapter at these fusion learning rates "
+        "(into OUTPUT_DIR_fusion_lr<rate>)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    config = json.loads(Path(args.config).read_text())
+    rows_per_step = config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)
+    overrides = ["--train_rows_per_stage", str(args.train_rows), "--eval_strategy", "steps",
+                 "--eval_steps", str(args.eval_steps), "--early_stopping_rows", "1000000", "--eval_rows", "1000000",
+                 "--overwrite_output_dir", "true"] + (["--dtype", args.dtype] if args.dtype != "auto" else [])  # fmt: skip
+    command = ["python", "examples/run_ctr.py", args.config, *overrides, "--output_dir", str(args.output_dir)]
+    variants = {rate: Path(f"{args.output_dir}_fusion_lr{rate:g}") for rate in args.fusion_learning_rates}
+    if args.report_only:  # the recorded run's command, date and wall time
+        kind = device_precision().kind
+        stored = json.loads((RESULTS / "demo_curves.json").read_text())["by_cpu_kind"][kind]
+        wall, command, recorded = (
+            stored["wall_seconds"],
+            stored["run_ctr_command"].split(),
+            stored["provenance"],
+        )
+    else:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *command[1:]], check=True)
+        for (
+            rate,
+            folder,
+        ) in variants.items():  # stage 2 only: the main run's CF model and gate stage-1 adapter
+            subprocess.run([sys.executable, *command[1:-2], "--output_dir", str(folder), "--fusion_modes", "gate",
+                            "--cf_checkpoints", str(next(args.output_dir.glob("cf_*"))), "--fusion_learning_rate",
+                            str(rate), "--shared_stage1", str(args.output_dir / "gate" / "stage_1_lora" / "final")],
+                           check=True)  # fmt: skip
+        wall = time.perf_counter() - start
+        recorded = provenance(" ".join(["python", *sys.argv]), resolve_dtype(args.dtype))
+    summary = json.loads((args.output_dir / "all_results.json").read_text())
+    cf = json.loads(next(args.output_dir.glob("cf_*/all_results.json")).read_text())
+    curves, stages = collect(args.output_dir, list(summary["by_mode"]), rows_per_step)
+    for rate, folder in variants.items():
+        name = f"gate, fusion lr {rate:g}"
+        variant, variant_stages = collect(folder, ["gate"], rows_per_step)
+        curves[name] = [{**p, "training_rows": p["training_rows"] + args.train_rows} for p in variant["gate"]]
+        stages[name] = variant_stages["gate"]
+    from ccf_llm.synthetic import make_demo_log
+
+    labels = make_demo_log()["validation"]["label"]  # run_ctr.py builds the demo log with its defaults
+    gate = curves.get("gate", [])
+    entry = {
+        "provenance": recorded,
+        "run_ctr_command": " ".join(command),
+        "train_rows": args.train_rows,
+        "demo_train_rows": config["train_rows_per_stage"],
+        "rows_per_step": rows_per_step,
+        "eval_steps": args.eval_steps,
+        "fusion_learning_rate": config.get("fusion_learning_rate"),
+        "wall_seconds": round(wall, 1),
+        "class_counts": [int(sum(labels)), len(labels) - int(sum(labels))],
+        "cf": {k: cf[k] for k in ("backbone", "eval_auc", "test_auc", "test_uauc")},
+        "curves": curves,
+        "test": test_comparison(
+            args.output_dir, list(summary["by_mode"]), next(args.output_dir.glob("cf_*"))
+        ),
+        "stages": stages,
+        "final": {
+            mode: {k: r[k] for k in ("eval_auc", "test_auc", "test_uauc")}
+            for mode, r in summary["by_mode"].items()
+        },
+        "gate_reaches": {
+            f"`text`'s best ({max(p['eval_auc'] for p in curves['text']):.4f})": (
+                found["training_rows"]
+                if gate
+                and "text" in curves
+                and (found := first_at_or_above(gate, max(p["eval_auc"] for p in curves["text"])))
+                else "not reached"
+            ),
+            f"the CF model ({cf['eval_auc']:.4f})": (
+                found["training_rows"]
+                if (found := first_at_or_above(gate, cf["eval_auc"]))
+                else "not reached"
+            ),
+        }
+        if "text" in curves
+        else {},
+    }
+    plot(entry, RESULTS / "demo_curves.png")
+    print("\n".join(save_results("demo_curves", entry, render, TITLE)))
+
+
+if __name__ == "__main__":
+    main()
