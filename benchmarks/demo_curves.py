@@ -77,6 +77,38 @@ def test_comparison(output_dir: Path, modes: list[str], cf_folder: Path) -> dict
     return out
 
 
+def true_probability_auc() -> float:
+    """
+    The AUC of the demo log's true click probabilities (`make_demo_log`'s defaults): the best any model can reach on
+    rows of users and items whose genre and cluster it knows. Exact: over the four match cases (genre, cluster),
+    each with probability 1 / (num_genres or num_clusters) of matching, P(score of a click > score of a non-click)
+    plus half the ties.
+    """
+    import inspect
+    import itertools
+
+    import numpy as np
+
+    from ccf_llm.synthetic import make_demo_log
+
+    d = {k: v.default for k, v in inspect.signature(make_demo_log).parameters.items()}
+    cases = [
+        ((1 / d["num_genres"]) if g else 1 - 1 / d["num_genres"])
+        * ((1 / d["num_clusters"]) if c else 1 - 1 / d["num_clusters"])
+        for g, c in itertools.product((0, 1), repeat=2)
+    ]
+    probs = [
+        1 / (1 + np.exp(-(d["base"] + d["genre_weight"] * g + d["cluster_weight"] * c)))
+        for g, c in itertools.product((0, 1), repeat=2)
+    ]
+    pos = np.array([w * p for w, p in zip(cases, probs, strict=True)])
+    neg = np.array([w * (1 - p) for w, p in zip(cases, probs, strict=True)])
+    pos, neg = pos / pos.sum(), neg / neg.sum()
+    wins = sum(pos[i] * neg[j] * (1.0 if probs[i] > probs[j] else 0.5 if i == j else 0.0)
+               for i in range(4) for j in range(4))  # fmt: skip
+    return float(wins)
+
+
 def first_at_or_above(points: list[dict], level: float) -> dict | None:
     return next((p for p in points if p["eval_auc"] >= level), None)
 
@@ -115,6 +147,8 @@ def render(entry: dict) -> list[str]:
         cells += [f"{p['auc_diff']:+.3f} [{p['auc_diff_ci'][0]:+.3f}, {p['auc_diff_ci'][1]:+.3f}], p={p['auc_p']:.3f}"
                   for p in found["pairs"].values()]  # fmt: skip
         lines.append(f"| {subset} ({found['rows']}) | " + " | ".join(cells) + " |")
+    lines += ["", f"The log's true click probabilities reach AUC {entry['true_probability_auc']:.4f} (the best any model "
+              "can do on rows whose genre and cluster it knows: `true_probability_auc`)."]  # fmt: skip
     lines += ["", "Where `gate` first reaches:"]
     lines += [
         f"- {name}: " + (f"at {found} training rows" if isinstance(found, int) else found)
@@ -227,6 +261,7 @@ def main():
         "wall_seconds": round(wall, 1),
         "class_counts": [int(sum(labels)), len(labels) - int(sum(labels))],
         "cf": {k: cf[k] for k in ("backbone", "eval_auc", "test_auc", "test_uauc")},
+        "true_probability_auc": round(true_probability_auc(), 4),
         "curves": curves,
         "test": test_comparison(
             args.output_dir, list(summary["by_mode"]), next(args.output_dir.glob("cf_*"))

@@ -10,7 +10,8 @@ concatenated frame sorted stably by (user, timestamp).
 * `load_amazon_book(data_dir)`: CoLLM's Amazon-Book recipe on `Books_5.json.gz` + `meta_Books.json.gz`.
 * `load_interactions(...)`: any CSV/parquet log with user, item, rating, timestamp plus an item-title table, with
   your own time boundaries and rating threshold.
-* `item_titles(splits)`: the item table (id → title); `warm_cold_subsets(split, train)`: CoLLM's warm/cold rows.
+* `item_titles(splits)`: the item table (id → title); `warm_cold_subsets(split, train)`, `warm_cold_masks`:
+  CoLLM's warm/cold rows.
 
 Nothing is silently changed on the way in: a value that is not what its column means (a fractional id or time, a
 non-finite rating, an empty id or title, a line cut at a character that is not a line end) raises a ValueError
@@ -285,22 +286,33 @@ def item_titles(splits: datasets.DatasetDict) -> dict[int, str]:
     return dict(zip(table["item_id"].tolist(), table["title"].tolist(), strict=True))
 
 
-def warm_cold_subsets(
-    split: datasets.Dataset, train: datasets.Dataset, min_rows: int = 3
-) -> datasets.DatasetDict:
+COLD_RULES = ("user_and_item", "item")
+
+
+def warm_cold_masks(users, items, train: datasets.Dataset, min_rows: int = 3, cold: str = "user_and_item"):
     """
-    CoLLM's warm and cold subsets of a validation/test split: warm = user and item each have more than
-    `min_rows` train rows; cold = neither the user nor the item appears in train.
+    `(warm, cold)` boolean masks over rows given by their `users` and `items` ids. Warm (CoLLM): the user and the
+    item each have more than `min_rows` train rows. Cold: `cold="user_and_item"` (CoLLM), neither the user nor the
+    item appears in train; `cold="item"`, the item does not appear in train, whoever the user (a log whose users
+    all have train rows, like the demo's, has no CoLLM-cold rows).
     """
+    if cold not in COLD_RULES:
+        raise ValueError(f"cold must be one of {COLD_RULES}, got {cold!r}")
     train_frame = train.select_columns(["user_id", "item_id"]).to_pandas()
-    user_rows = train_frame["user_id"].value_counts()
-    item_rows = train_frame["item_id"].value_counts()
-    frame = split.select_columns(["user_id", "item_id"]).to_pandas()
-    users = frame["user_id"].map(user_rows).fillna(0).to_numpy()
-    items = frame["item_id"].map(item_rows).fillna(0).to_numpy()
-    warm = np.flatnonzero((users > min_rows) & (items > min_rows))
-    cold = np.flatnonzero((users == 0) & (items == 0))
-    return datasets.DatasetDict({"warm": split.select(warm), "cold": split.select(cold)})
+    user_rows = pd.Series(np.asarray(users)).map(train_frame["user_id"].value_counts()).fillna(0).to_numpy()
+    item_rows = pd.Series(np.asarray(items)).map(train_frame["item_id"].value_counts()).fillna(0).to_numpy()
+    warm = (user_rows > min_rows) & (item_rows > min_rows)
+    return warm, (item_rows == 0) & ((user_rows == 0) | (cold == "item"))
+
+
+def warm_cold_subsets(
+    split: datasets.Dataset, train: datasets.Dataset, min_rows: int = 3, cold: str = "user_and_item"
+) -> datasets.DatasetDict:
+    """The rows of a validation/test split in `warm_cold_masks`' warm and cold subsets."""
+    warm, is_cold = warm_cold_masks(split["user_id"], split["item_id"], train, min_rows, cold)
+    return datasets.DatasetDict(
+        {"warm": split.select(np.flatnonzero(warm)), "cold": split.select(np.flatnonzero(is_cold))}
+    )
 
 
 # ------------------------------------------------------------------------------------------------- MovieLens-1M
@@ -691,10 +703,18 @@ def seeded_subsample(split: datasets.Dataset, rows: int | None, seed: int) -> da
     None or at least its length. The same seed gives the same rows in every run and mode."""
     if rows is None or rows >= len(split):
         return split
-    return split.select(np.sort(np.random.default_rng(seed).choice(len(split), rows, replace=False)))
+    return split.select(seeded_indices(len(split), rows, seed))
+
+
+def seeded_indices(length: int, rows: int | None, seed: int) -> np.ndarray:
+    """The sorted row indices `seeded_subsample` keeps of a split of `length` rows."""
+    if rows is None or rows >= length:
+        return np.arange(length)
+    return np.sort(np.random.default_rng(seed).choice(length, rows, replace=False))
 
 
 __all__ = [
+    "COLD_RULES",
     "SPLITS",
     "CTRRows",
     "identity_collator",
@@ -705,6 +725,8 @@ __all__ = [
     "load_movielens_1m",
     "read_delimited",
     "read_table",
+    "seeded_indices",
     "seeded_subsample",
+    "warm_cold_masks",
     "warm_cold_subsets",
 ]

@@ -44,7 +44,15 @@ from ccf_llm import (
     score_rows,
     score_rows_distributed,
 )
-from ccf_llm.data import item_titles, load_amazon_book, load_interactions, load_movielens_1m, seeded_subsample
+from ccf_llm.data import (
+    item_titles,
+    load_amazon_book,
+    load_interactions,
+    load_movielens_1m,
+    seeded_indices,
+    seeded_subsample,
+    warm_cold_masks,
+)
 from ccf_llm.metrics import load_ctr_metric, rela_impr
 from ccf_llm.model_card import render_model_card
 from ccf_llm.synthetic import make_demo_log
@@ -156,6 +164,15 @@ class DataArguments:
     score_test: bool = field(
         default=True, metadata={"help": "score the test split; false while choosing settings on validation"}
     )
+    table_note: str | None = field(
+        default=None,
+        metadata={"help": "a line printed under the results table (what the table does not show)"},
+    )
+    cold_rule: str = field(
+        default="user_and_item",
+        metadata={"help": "test rows the table's cold column counts (ccf_llm.data.warm_cold_masks): user_and_item "
+                  "(CoLLM: neither in train) or item (the item not in train)"},
+    )  # fmt: skip
 
 
 def load_splits(data: DataArguments):
@@ -380,18 +397,72 @@ def main():
         summary["cf_test_auc"] = cf_results.get("test_auc")
         for res in by_mode.values():
             res["test_rela_impr_vs_cf"] = round(rela_impr(res["test_auc"], cf_results["test_auc"]), 2)
-    (output_dir / "all_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{'mode':<11} {'valid AUC':>9} {'test AUC':>9} {'test UAUC':>9} {'train s':>8}")
-    if cf_results:
-        print(
-            f"{'CF (' + model_args.cf_backbone + ')':<11} {cf_results['eval_auc']:>9.4f} {cf_results['test_auc']:>9.4f} {cf_results['test_uauc']:>9.4f}"
+    split_rows = {}
+    if data_args.score_test:  # test AUC on the warm and cold rows, where each modality is expected to win
+        folders = {mode: output_dir / mode for mode in by_mode} | (
+            {"cf": cf_file.parent} if cf_results else {}
         )
-    for mode, res in by_mode.items():
+        # the LLM modes scored a seeded subsample of the test split, the CF model all of it
+        llm_rows = seeded_indices(len(splits["test"]), data_args.eval_rows, args.seed + 1)
+        split_aucs, split_rows = warm_cold_aucs(
+            folders, splits["train"], data_args.cold_rule, llm_rows, len(splits["test"])
+        )
+        for name, aucs in split_aucs.items():
+            (cf_results if name == "cf" else by_mode[name]).update(aucs)
+        summary |= {"cold_rule": data_args.cold_rule, "warm_cold_rows": split_rows}
+        summary |= {f"cf_{k}": v for k, v in split_aucs.get("cf", {}).items()}
+    (output_dir / "all_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    warm, cold = (f"{k} ({split_rows.get(k, 0)})" for k in ("warm", "cold"))
+    print(
+        f"\n{'mode':<11} {'valid AUC':>9} {'test AUC':>9} {'test UAUC':>9} {warm:>12} {cold:>12} {'train s':>8}"
+    )
+    rows = ([("CF (" + model_args.cf_backbone + ")", cf_results)] if cf_results else []) + list(
+        by_mode.items()
+    )
+    for name, res in rows:
         seconds = sum(v for k, v in res.items() if k.startswith("stage_") and k.endswith("_seconds"))
         print(
-            f"{mode:<11} {res['eval_auc']:>9.4f} {res.get('test_auc', np.nan):>9.4f} "
-            f"{res.get('test_uauc', np.nan):>9.4f} {seconds:>8.0f}"
+            f"{name:<11} {res['eval_auc']:>9.4f} {res.get('test_auc_llm_rows', res.get('test_auc', np.nan)):>9.4f} "
+            f"{res.get('test_uauc', np.nan):>9.4f} {res.get('test_auc_warm', np.nan):>12.4f} "
+            f"{res.get('test_auc_cold', np.nan):>12.4f} {seconds:>8.0f}"
         )
+    if data_args.table_note:
+        print(f"\n{data_args.table_note}")
+
+
+def warm_cold_aucs(
+    folders: dict, train, cold_rule: str, llm_rows: np.ndarray, test_length: int
+) -> tuple[dict, dict]:
+    """
+    Test AUC of every model on the warm and cold rows (`ccf_llm.data.warm_cold_masks`) of the test rows the LLM
+    modes scored (`llm_rows`: their indices in the test split of `test_length` rows), from the per-row scores each wrote
+    (`folder/scores_test.parquet`; the CF model's cover the whole split, so its overall test AUC is recomputed on
+    those rows as `test_auc_llm_rows`): `({name: {"test_auc_warm", "test_auc_cold"}}, {"warm": n, "cold": n})`.
+    A subset with one label only gets NaN.
+    """
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    aucs, rows = {}, {}
+    for name, folder in folders.items():
+        frame = pd.read_parquet(folder / "scores_test.parquet")
+        if name == "cf":
+            if len(frame) != test_length:
+                raise ValueError(
+                    f"{folder}/scores_test.parquet has {len(frame)} rows, the test split {test_length}"
+                )
+            frame = frame.iloc[llm_rows].reset_index(drop=True)
+            aucs[name] = {"test_auc_llm_rows": float(roc_auc_score(frame["label"], frame["score"]))}
+        masks = dict(
+            zip(("warm", "cold"), warm_cold_masks(frame["user_id"], frame["item_id"], train, cold=cold_rule))
+        )
+        rows = {k: int(m.sum()) for k, m in masks.items()}
+        aucs.setdefault(name, {}).update({
+            f"test_auc_{k}": float(roc_auc_score(frame["label"][m], frame["score"][m]))
+            if frame["label"][m].nunique() == 2 else float("nan")
+            for k, m in masks.items()
+        })  # fmt: skip
+    return aucs, rows
 
 
 def _stored_token():

@@ -16,6 +16,7 @@ from ccf_llm.data import (
     load_amazon_book,
     load_interactions,
     load_movielens_1m,
+    warm_cold_masks,
     warm_cold_subsets,
 )
 
@@ -93,6 +94,15 @@ def test_warm_and_cold_subsets(tmp_path):
     # warm: user 1 (4 train rows) on movie 10 (4 train rows); cold: new user 9 on new movie 50
     assert subsets["warm"]["raw_item_id"] == [10] and subsets["warm"]["raw_user_id"] == [1]
     assert subsets["cold"]["raw_user_id"] == [9] and subsets["cold"]["raw_item_id"] == [50]
+    # cold="item": the new movie 50 is cold whoever watches it, the known user 1 included
+    warm, cold = warm_cold_masks(
+        splits["test"]["user_id"], splits["test"]["item_id"], splits["train"], cold="item"
+    )
+    test = splits["test"].to_pandas()
+    assert sorted(test["raw_user_id"][cold]) == [1, 9] and set(test["raw_item_id"][cold]) == {50}
+    assert test["raw_user_id"][warm].tolist() == [1] and test["raw_item_id"][warm].tolist() == [10]
+    with pytest.raises(ValueError, match="cold must be one of"):
+        warm_cold_masks([1], [10], splits["train"], cold="user")
 
 
 def test_malformed_lines_name_file_and_line(tmp_path):

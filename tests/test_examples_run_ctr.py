@@ -57,7 +57,7 @@ def demo_run(tmp_path_factory):
         "cf_epochs": 3, "cf_batch_size": 512, "history_size": 3, "train_rows_per_stage": 32, "eval_rows": 48,
         "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
         "learning_rate": 0.001, "num_train_epochs": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True,
-        "disable_tqdm": True, "yes_token": "Yes", "no_token": "No", "standardize_cf": True,
+        "disable_tqdm": True, "yes_token": "Yes", "no_token": "No", "standardize_cf": True, "cold_rule": "item",
         "dtype": "float32",  # the scores below are compared at fp32 tolerances on every kind of CPU
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -81,6 +81,33 @@ def test_run_ctr_reports_every_mode_with_the_auc_of_its_saved_scores(demo_run):
         assert results["test_auc"] == pytest.approx(roc_auc_score(scores["label"], scores["score"]), abs=1e-9)
     cf = json.loads((out / "cf_mf" / "all_results.json").read_text())
     assert summary["cf_test_auc"] == cf["test_auc"]
+
+
+def test_run_ctr_reports_warm_and_cold_test_auc_on_the_rows_the_llm_scored(demo_run):
+    from ccf_llm.data import seeded_indices, warm_cold_masks
+    from ccf_llm.synthetic import make_demo_log
+
+    out, summary = demo_run
+    splits = make_demo_log()
+    cf = pd.read_parquet(out / "cf_mf" / "scores_test.parquet")
+    assert len(cf) == len(splits["test"]) > 48  # the CF model scored the whole split, the LLM modes 48 rows
+    cf = cf.iloc[seeded_indices(len(cf), 48, 3 + 1)].reset_index(drop=True)
+    assert summary["cf_test_auc_llm_rows"] == pytest.approx(roc_auc_score(cf["label"], cf["score"]), abs=1e-9)
+    frames = {"cf": cf} | {
+        mode: pd.read_parquet(out / mode / "scores_test.parquet") for mode in ("text", "gate")
+    }
+    for name, frame in frames.items():
+        assert (frame[["user_id", "item_id"]].to_numpy() == cf[["user_id", "item_id"]].to_numpy()).all()
+        warm, cold = warm_cold_masks(frame["user_id"], frame["item_id"], splits["train"], cold="item")
+        # the demo's cold items (absent from train) appear in test; every demo user has train rows
+        assert cold.sum() > 0 and not (warm & cold).any()
+        assert set(frame["item_id"][cold]).isdisjoint(splits["train"]["item_id"])
+        results = {k.removeprefix("cf_"): v for k, v in summary.items() if k.startswith("cf_")}
+        results = results if name == "cf" else summary["by_mode"][name]
+        for subset, mask in (("warm", warm), ("cold", cold)):
+            expected = roc_auc_score(frame["label"][mask], frame["score"][mask])
+            assert results[f"test_auc_{subset}"] == pytest.approx(expected, abs=1e-9), (name, subset)
+    assert summary["warm_cold_rows"] == {"warm": int(warm.sum()), "cold": int(cold.sum())}
 
 
 def test_run_ctr_adapters_name_the_saved_base_folder_and_the_card_the_results(demo_run):
