@@ -23,6 +23,14 @@ from ccf_llm.precision import device_precision, resolve_dtype
 TITLE = "The README's main job: offline demo on the synthetic log, SmolLM2-135M-Instruct"
 
 
+COLD_WORDS = {"item": "the item is absent from train", "user_and_item": "neither user nor item is in train"}
+
+
+def split(results: dict, subset: str) -> str:
+    value = results.get(f"test_auc_{subset}")
+    return "" if value is None else f"{value:.4f}"
+
+
 def render(entry: dict) -> list[str]:
     lines = []
     for dtype, run in entry["runs"].items():
@@ -30,16 +38,28 @@ def render(entry: dict) -> list[str]:
             f"**{dtype}**: `{run['command']}`, {run['date']}: **{run['wall_seconds'] / 60:.1f} min** wall, imports "
             "included.",
             "",
-            "| model | valid AUC | test AUC | test UAUC | training (s) |",
-            "|---|---|---|---|---|",
-            f"| CF only ({run['cf']['backbone']}) | {run['cf']['eval_auc']:.4f} | {run['cf']['test_auc']:.4f} | "
-            f"{run['cf']['test_uauc']:.4f} | |",
+            "| model | valid AUC | test AUC | test UAUC | warm test AUC | cold test AUC | training (s) |",
+            "|---|---|---|---|---|---|---|",
+            f"| CF only ({run['cf']['backbone']}) | {run['cf']['eval_auc']:.4f} | "
+            f"{run['cf'].get('test_auc_llm_rows', run['cf']['test_auc']):.4f} | {run['cf']['test_uauc']:.4f} | "
+            f"{split(run['cf'], 'warm')} | {split(run['cf'], 'cold')} | |",
         ]
         for mode, r in run["modes"].items():
             seconds = sum(v for k, v in r.items() if k.startswith("stage_") and v is not None)
             lines.append(
-                f"| `{mode}` | {r['eval_auc']:.4f} | {r['test_auc']:.4f} | {r['test_uauc']:.4f} | {seconds:.0f} |"
+                f"| `{mode}` | {r['eval_auc']:.4f} | {r['test_auc']:.4f} | {r['test_uauc']:.4f} | {split(r, 'warm')} | "
+                f"{split(r, 'cold')} | {seconds:.0f} |"
             )
+        if "warm_cold_rows" in run:
+            rows = run["warm_cold_rows"]
+            lines += [
+                "",
+                f"Warm: {rows['warm']} test rows whose user and item have more than 3 train rows; cold: {rows['cold']} "
+                f"test rows ({run['cold_rule']} rule: {COLD_WORDS[run['cold_rule']]}). The CF model's test AUC is "
+                "on the test rows the LLM modes scored. Under the table the demo prints:",
+                "",
+                f"> {run['table_note']}" if run.get("table_note") else "> (no note)",
+            ]
         lines.append("")
     return lines
 
@@ -65,7 +85,13 @@ def main():
         "command": " ".join(command),
         "date": provenance("", dtype)["date"],
         "wall_seconds": round(wall, 1),
-        "cf": {k: cf[k] for k in ("backbone", "eval_auc", "test_auc", "test_uauc")},
+        "cf": {
+            "backbone": cf["backbone"],
+            **{k[3:]: v for k, v in summary.items() if k.startswith("cf_test_auc_")},
+            **{k: cf[k] for k in ("eval_auc", "test_auc", "test_uauc")},
+        },  # fmt: skip
+        **{k: summary[k] for k in ("warm_cold_rows", "cold_rule") if k in summary},
+        "table_note": json.loads(Path(args.config).read_text()).get("table_note"),
         "modes": {
             mode: {
                 k: v
