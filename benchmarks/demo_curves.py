@@ -205,7 +205,7 @@ def main():
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo_curves"))
     parser.add_argument("--report_only", action="store_true", help="tabulate a finished run, train nothing")
     parser.add_argument(
-        "--fusion_learning_rates", type=float, nargs="*", default=[0.001],
+        "--fusion_learning_rates", type=float, nargs="*", default=[0.001, 0.0001],
         help="also run gate's stage 2 from the same stage-1 adapter at these fusion learning rates "
         "(into OUTPUT_DIR_fusion_lr<rate>)",
     )  # fmt: skip
