@@ -71,7 +71,8 @@ def main():
     parser.add_argument("config", nargs="?", default="examples/configs/demo.json")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
-    output_dir = Path(json.loads(Path(args.config).read_text())["output_dir"])
+    config = json.loads(Path(args.config).read_text())
+    output_dir = Path(config["output_dir"])
     command = ["python", "examples/run_ctr.py", args.config] + (
         ["--dtype", args.dtype] if args.dtype != "auto" else []
     )
@@ -91,7 +92,7 @@ def main():
             **{k: cf[k] for k in ("eval_auc", "test_auc", "test_uauc")},
         },  # fmt: skip
         **{k: summary[k] for k in ("warm_cold_rows", "cold_rule") if k in summary},
-        "table_note": json.loads(Path(args.config).read_text()).get("table_note"),
+        "table_note": config.get("table_note"),
         "modes": {
             mode: {
                 k: v

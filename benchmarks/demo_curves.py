@@ -53,10 +53,12 @@ def collect(output_dir: Path, modes: list[str], rows_per_step: int) -> tuple[dic
 
 def test_comparison(output_dir: Path, modes: list[str], cf_folder: Path) -> dict:
     """Test AUC with 95% intervals (bootstrap over users) of the CF model and every mode, `gate` paired against
-    `text` and the CF model, on all test rows and on its item-warm / item-cold rows (items absent from train)."""
+    `text` and the CF model, on all test rows and on the warm and item-cold rows of `run_ctr.py`'s table
+    (`ccf_llm.data.warm_cold_masks` with `cold="item"`: items absent from train)."""
     import numpy as np
     import pandas as pd
 
+    from ccf_llm.data import warm_cold_masks
     from ccf_llm.metrics import user_bootstrap
     from ccf_llm.synthetic import make_demo_log
 
@@ -66,11 +68,10 @@ def test_comparison(output_dir: Path, modes: list[str], cf_folder: Path) -> dict
     for name, frame in frames.items():
         if not (frame[["user_id", "item_id", "label"]].to_numpy() == keys).all():
             raise ValueError(f"{name}'s test scores are not over the CF model's test rows")
-    train_items = set(make_demo_log()["train"]["item_id"])
-    cold = ~np.isin(keys[:, 1], list(train_items))
+    warm, cold = warm_cold_masks(keys[:, 0], keys[:, 1], make_demo_log()["train"], cold="item")
     pairs = [(a, b) for a, b in (("gate", "text"), ("gate", "cf")) if a in frames and b in frames]
     out = {}
-    for subset, rows in (("all", np.ones(len(keys), bool)), ("item-warm", ~cold), ("item-cold", cold)):
+    for subset, rows in (("all", np.ones(len(keys), bool)), ("warm", warm), ("item-cold", cold)):
         boot = user_bootstrap({name: f["score"].to_numpy()[rows] for name, f in frames.items()}, keys[rows, 2],
                               keys[rows, 0], pairs=pairs)  # fmt: skip
         out[subset] = {"rows": int(rows.sum()), "models": boot["models"], "pairs": boot["pairs"]}
@@ -135,8 +136,9 @@ def render(entry: dict) -> list[str]:
             f"| `{mode}` | {p['training_rows']} ({p['stage']}) | {p['eval_auc']:.4f} ± {half(p['eval_auc']):.3f} |"
             for p in points
         ]
-    lines += ["", "Test AUC at the end, 95% intervals from 1000 bootstrap resamples of users; item-cold rows: test items "
-              "absent from the train split (the CF model never trained their embeddings):", "",
+    lines += ["", "Test AUC at the end, 95% intervals from 1000 bootstrap resamples of users; warm rows: user and item "
+              "with more than 3 train rows; item-cold rows: items absent from train (the CF model never trained their "
+              "embeddings), as in `run_ctr.py`'s table:", "",
               "| rows | " + " | ".join(f"`{m}`" for m in entry["test"]["all"]["models"]) + " | " +
               " | ".join(f"`{p}` [95% CI], p" for p in entry["test"]["all"]["pairs"]) + " |",
               "|---|" + "---|" * (len(entry["test"]["all"]["models"]) + len(entry["test"]["all"]["pairs"]))]  # fmt: skip
@@ -215,7 +217,8 @@ def main():
     overrides = ["--train_rows_per_stage", str(args.train_rows), "--eval_strategy", "steps",
                  "--eval_steps", str(args.eval_steps), "--early_stopping_rows", "1000000", "--eval_rows", "1000000",
                  "--overwrite_output_dir", "true"] + (["--dtype", args.dtype] if args.dtype != "auto" else [])  # fmt: skip
-    command = ["python", "examples/run_ctr.py", args.config, *overrides, "--output_dir", str(args.output_dir)]
+    base = ["python", "examples/run_ctr.py", args.config, *overrides]
+    command = [*base, "--output_dir", str(args.output_dir)]
     variants = {rate: Path(f"{args.output_dir}_fusion_lr{rate:g}") for rate in args.fusion_learning_rates}
     if args.report_only:  # the recorded run's command, date and wall time
         kind = device_precision().kind
@@ -228,11 +231,8 @@ def main():
     else:
         start = time.perf_counter()
         subprocess.run([sys.executable, *command[1:]], check=True)
-        for (
-            rate,
-            folder,
-        ) in variants.items():  # stage 2 only: the main run's CF model and gate stage-1 adapter
-            subprocess.run([sys.executable, *command[1:-2], "--output_dir", str(folder), "--fusion_modes", "gate",
+        for rate, folder in variants.items():  # stage 2 only, from the main run's CF model and gate stage 1
+            subprocess.run([sys.executable, *base[1:], "--output_dir", str(folder), "--fusion_modes", "gate",
                             "--cf_checkpoints", str(next(args.output_dir.glob("cf_*"))), "--fusion_learning_rate",
                             str(rate), "--shared_stage1", str(args.output_dir / "gate" / "stage_1_lora" / "final")],
                            check=True)  # fmt: skip
@@ -249,7 +249,16 @@ def main():
     from ccf_llm.synthetic import make_demo_log
 
     labels = make_demo_log()["validation"]["label"]  # run_ctr.py builds the demo log with its defaults
-    gate = curves.get("gate", [])
+    if not {"text", "gate"} <= set(curves):
+        raise ValueError(
+            f"{args.config} must train both `text` and `gate` (fusion_modes), not {sorted(curves)}"
+        )
+    text_best = max(p["eval_auc"] for p in curves["text"])
+
+    def reached(level: float) -> int | str:
+        found = first_at_or_above(curves["gate"], level)
+        return found["training_rows"] if found else "not reached"
+
     entry = {
         "provenance": recorded,
         "run_ctr_command": " ".join(command),
@@ -272,21 +281,9 @@ def main():
             for mode, r in summary["by_mode"].items()
         },
         "gate_reaches": {
-            f"`text`'s best ({max(p['eval_auc'] for p in curves['text']):.4f})": (
-                found["training_rows"]
-                if gate
-                and "text" in curves
-                and (found := first_at_or_above(gate, max(p["eval_auc"] for p in curves["text"])))
-                else "not reached"
-            ),
-            f"the CF model ({cf['eval_auc']:.4f})": (
-                found["training_rows"]
-                if (found := first_at_or_above(gate, cf["eval_auc"]))
-                else "not reached"
-            ),
-        }
-        if "text" in curves
-        else {},
+            f"`text`'s best ({text_best:.4f})": reached(text_best),
+            f"the CF model ({cf['eval_auc']:.4f})": reached(cf["eval_auc"]),
+        },
     }
     plot(entry, RESULTS / "demo_curves.png")
     print("\n".join(save_results("demo_curves", entry, render, TITLE)))

@@ -435,34 +435,43 @@ def warm_cold_aucs(
 ) -> tuple[dict, dict]:
     """
     Test AUC of every model on the warm and cold rows (`ccf_llm.data.warm_cold_masks`) of the test rows the LLM
-    modes scored (`llm_rows`: their indices in the test split of `test_length` rows), from the per-row scores each wrote
-    (`folder/scores_test.parquet`; the CF model's cover the whole split, so its overall test AUC is recomputed on
-    those rows as `test_auc_llm_rows`): `({name: {"test_auc_warm", "test_auc_cold"}}, {"warm": n, "cold": n})`.
+    modes scored (`llm_rows`: their indices in the test split of `test_length` rows), from the per-row scores each
+    wrote (`folder/scores_test.parquet`; the CF model's cover the whole split, so its overall test AUC is recomputed
+    on those rows as `test_auc_llm_rows`): `({name: {"test_auc_warm", "test_auc_cold"}}, {"warm": n, "cold": n})`.
     A subset with one label only gets NaN.
     """
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    aucs, rows = {}, {}
-    for name, folder in folders.items():
-        frame = pd.read_parquet(folder / "scores_test.parquet")
-        if name == "cf":
-            if len(frame) != test_length:
-                raise ValueError(
-                    f"{folder}/scores_test.parquet has {len(frame)} rows, the test split {test_length}"
-                )
-            frame = frame.iloc[llm_rows].reset_index(drop=True)
-            aucs[name] = {"test_auc_llm_rows": float(roc_auc_score(frame["label"], frame["score"]))}
-        masks = dict(
-            zip(("warm", "cold"), warm_cold_masks(frame["user_id"], frame["item_id"], train, cold=cold_rule))
+    def auc(frame) -> float:
+        return (
+            float(roc_auc_score(frame["label"], frame["score"]))
+            if frame["label"].nunique() == 2
+            else float("nan")
         )
-        rows = {k: int(m.sum()) for k, m in masks.items()}
-        aucs.setdefault(name, {}).update({
-            f"test_auc_{k}": float(roc_auc_score(frame["label"][m], frame["score"][m]))
-            if frame["label"][m].nunique() == 2 else float("nan")
-            for k, m in masks.items()
-        })  # fmt: skip
-    return aucs, rows
+
+    frames = {name: pd.read_parquet(folder / "scores_test.parquet") for name, folder in folders.items()}
+    if "cf" in frames:
+        if len(frames["cf"]) != test_length:
+            raise ValueError(
+                f"{folders['cf']}/scores_test.parquet has {len(frames['cf'])} rows, the test split {test_length}"
+            )
+        frames["cf"] = frames["cf"].iloc[llm_rows].reset_index(drop=True)
+    keys = next(iter(frames.values()))[["user_id", "item_id", "label"]].to_numpy()
+    for name, frame in frames.items():
+        if not (frame[["user_id", "item_id", "label"]].to_numpy() == keys).all():
+            raise ValueError(
+                f"{folders[name]}/scores_test.parquet is not over the same test rows as the others"
+            )
+    masks = dict(
+        zip(("warm", "cold"), warm_cold_masks(keys[:, 0], keys[:, 1], train, cold=cold_rule), strict=True)
+    )
+    aucs = {
+        name: {f"test_auc_{k}": auc(frame[m]) for k, m in masks.items()} for name, frame in frames.items()
+    }
+    if "cf" in frames:
+        aucs["cf"]["test_auc_llm_rows"] = auc(frames["cf"])
+    return aucs, {k: int(m.sum()) for k, m in masks.items()}
 
 
 def _stored_token():

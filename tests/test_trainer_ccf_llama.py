@@ -264,17 +264,26 @@ def test_two_stage_trainer_runs_the_schedule_and_saves_each_stage(tmp_path):
         two_stage_args(tmp_path, schedule="three_stage")
 
 
-def test_a_shared_stage_is_loaded_not_trained(tmp_path):
-    model, tokenizer, data = tiny_setup("gate")
+def shared_stage_run(tmp_path, first_mode: str, second_mode: str):
+    """A stage-1-only run in `first_mode`, then a two-stage run in `second_mode` (other seed) sharing its LoRA:
+    `(second trainer, the shared folder, the first run's LoRA weights)`; the second is not trained yet."""
+    model, tokenizer, data = tiny_setup(first_mode)
     collator = CCFDataCollator(tokenizer.pad_token_id)
     first = CCFTwoStageTrainer(model, two_stage_args(tmp_path, schedule="lora"), train_dataset=data,
                                data_collator=collator)  # fmt: skip
     first.train()
     shared = tmp_path / "run" / "stage_1_lora" / "final"
-    other, _, _ = tiny_setup("gate", seed=1)  # different random LoRA/ALG init
+    lora = {n: p.detach().clone() for n, p in first.model.named_parameters() if "lora_" in n}
+    other, _, other_data = tiny_setup(second_mode, seed=1)  # different random LoRA/ALG init
     second = CCFTwoStageTrainer(other, two_stage_args(tmp_path, output_dir=str(tmp_path / "second")),
-                                train_dataset=data, data_collator=collator, shared_stages={"lora": shared})  # fmt: skip
-    lora_after_stage_1 = {n: p.detach().clone() for n, p in first.model.named_parameters() if "lora_" in n}
+                                train_dataset=other_data, data_collator=collator,
+                                shared_stages={"lora": shared})  # fmt: skip
+    return second, shared, lora
+
+
+def test_a_shared_stage_is_loaded_not_trained(tmp_path):
+    second, shared, lora_after_stage_1 = shared_stage_run(tmp_path, "gate", "gate")
+    other, data = second.model, second.train_dataset
     log = second.train()
     assert log[0] == {"stage": "lora", "output_dir": str(tmp_path / "second" / "stage_1_lora"),
                       "rolled_back": False, "shared_from": str(shared)}  # fmt: skip
@@ -381,16 +390,7 @@ def test_a_stage_resumes_from_and_keeps_the_best_of_checkpoints_saved_before_the
 
 def test_an_inject_run_starts_from_a_text_runs_lora_with_its_fusion_weights_at_init(tmp_path):
     """CoLLM's inject rows start from the TALLRec (text) LoRA, whose adapter has no ALG weights to load."""
-    text_model, tokenizer, text_data = tiny_setup("text")
-    collator = CCFDataCollator(tokenizer.pad_token_id)
-    first = CCFTwoStageTrainer(text_model, two_stage_args(tmp_path, schedule="lora"), train_dataset=text_data,
-                               data_collator=collator)  # fmt: skip
-    first.train()
-    shared = tmp_path / "run" / "stage_1_lora" / "final"
-    lora = {n: p.detach().clone() for n, p in first.model.named_parameters() if "lora_" in n}
-    model, _, data = tiny_setup("inject", seed=1)
-    second = CCFTwoStageTrainer(model, two_stage_args(tmp_path, output_dir=str(tmp_path / "second")),
-                                train_dataset=data, data_collator=collator, shared_stages={"lora": shared})  # fmt: skip
+    second, shared, lora = shared_stage_run(tmp_path, "text", "inject")
     log = second.train()
     assert log[0]["shared_from"] == str(shared) and log[1]["stage"] == "fusion" and log[1]["steps"] == 6
     now = dict(second.model.named_parameters())
