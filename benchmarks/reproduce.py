@@ -237,8 +237,16 @@ def row_scores(row: str, args, split: str = "test"):
     return pd.read_parquet(path) if path.is_file() else None
 
 
+SLICES = {"warm": "users and items with more than 3 train rows (CoLLM's warm rule)",
+          "new users": "users absent from train (`warm_cold_masks(cold=\"user\")`)"}  # fmt: skip
+
+
 def intervals(results: dict, args) -> dict:
-    """95% intervals (bootstrap over test users) of every row with scores; paired tests gate vs inject and vs CF."""
+    """
+    95% intervals (bootstrap over test users) of every row with scores; paired tests gate vs inject and vs CF. The
+    same on each of `SLICES` of the test rows (`"slices"`: name -> rows, models, pairs).
+    """
+    from ccf_llm.data import load_movielens_1m, warm_cold_masks
     from ccf_llm.metrics import user_bootstrap
 
     frames = {row: row_scores(row, args) for row in results}
@@ -258,8 +266,17 @@ def intervals(results: dict, args) -> dict:
         (f"gate_{cf}", f"inject_{cf}") for cf in CF_ARGS if {f"gate_{cf}", f"inject_{cf}"} <= set(frames)
     ]
     pairs += [(f"gate_{cf}", "text") for cf in CF_ARGS if {f"gate_{cf}", "text"} <= set(frames)]
-    return user_bootstrap({row: f["score"].to_numpy() for row, f in frames.items()}, first["label"],
-                          first["user_id"], pairs=pairs, base_auc=base, seed=0)  # fmt: skip
+    scores = {row: f["score"].to_numpy() for row, f in frames.items()}
+    labels, users = first["label"].to_numpy(), first["user_id"].to_numpy()
+    out = user_bootstrap(scores, labels, users, pairs=pairs, base_auc=base, seed=0)
+    train = load_movielens_1m(args.data_dir)["train"]
+    masks = dict(zip(SLICES, warm_cold_masks(users, first["item_id"], train, cold="user"), strict=True))
+    out["slices"] = {
+        name: {"rows": int(rows.sum()), **user_bootstrap({row: x[rows] for row, x in scores.items()}, labels[rows],
+                                                         users[rows], pairs=pairs, seed=0)}
+        for name, rows in masks.items()
+    }  # fmt: skip
+    return out
 
 
 def plot(table: list[dict], path: Path) -> None:
@@ -320,6 +337,23 @@ def render(out: dict) -> list[str]:
                 f"| {name} | {d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
                 f"{d['uauc_diff']:+.4f}{signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |"
             )
+    if out.get("slices"):
+        names = list(out["slices"])
+        lines += ["", "Test AUC [95% CI] on slices of the test rows: " + "; ".join(f"{n}: {SLICES[n]}" for n in names)
+                  + ". A CF model with a user table scores every new user alike (AUC 0.5 there); SASRec encodes "
+                  "them from their history.", "",
+                  "| row | " + " | ".join(f"{n} ({out['slices'][n]['rows']} rows)" for n in names) + " |",
+                  "|---|" + "---|" * len(names)]  # fmt: skip
+        for row in out["slices"][names[0]]["test_auc"]:
+            cells = [out["slices"][n]["test_auc"][row] for n in names]
+            lines.append(f"| {row} | " + " | ".join(f"{c['auc']:.4f}{ci(c['auc_ci'])}" for c in cells) + " |")
+        pairs = list(out["slices"][names[0]]["paired"])
+        lines += [] if not pairs else ["", "| a − b | " + " | ".join(f"{n}: AUC diff [95% CI], p" for n in names) + " |",
+                  "|---|" + "---|" * len(names)]  # fmt: skip
+        for pair in pairs:
+            cells = [out["slices"][n]["paired"][pair] for n in names]
+            lines.append(f"| {pair} | " + " | ".join(
+                f"{d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])}, {d['auc_p']:.3f}" for d in cells) + " |")  # fmt: skip
     if out.get("shared_stage1"):
         lines += ["", "Stage 1 shared (run_ctr.py --shared_stage1): "
                   + ", ".join(f"{row} from {src}" for row, src in out["shared_stage1"].items()) + "."]  # fmt: skip
@@ -410,6 +444,10 @@ def write_table(results: dict, args, name: str, start: float) -> None:
         "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in results.values()), 1),
         "rows": table,
         "paired": boot.get("pairs", {}),
+        "slices": {
+            name: {"rows": found["rows"], "test_auc": found["models"], "paired": found["pairs"]}
+            for name, found in boot.get("slices", {}).items()
+        },  # fmt: skip
         "bootstrap_resamples": boot.get("n_resamples"),
         "shared_stage1": {row: src for row in results if (src := shared_stage1_source(row, args))},
         "rows_not_run": [row for row in ROWS if row not in results],

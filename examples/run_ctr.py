@@ -171,7 +171,7 @@ class DataArguments:
     cold_rule: str = field(
         default="user_and_item",
         metadata={"help": "test rows the table's cold column counts (ccf_llm.data.warm_cold_masks): user_and_item "
-                  "(CoLLM: neither in train) or item (the item not in train)"},
+                  "(CoLLM: neither in train), item (the item not in train) or user (the user not in train)"},
     )  # fmt: skip
 
 
