@@ -243,8 +243,8 @@ SLICES = {"warm": "users and items with more than 3 train rows (CoLLM's warm rul
 
 def intervals(results: dict, args) -> dict:
     """
-    95% intervals (bootstrap over test users) of every row with scores; paired tests gate vs inject and vs CF. The
-    same on each of `SLICES` of the test rows (`"slices"`: name -> rows, models, pairs).
+    95% intervals (bootstrap over test users) of every row with scores; paired tests gate vs inject, gate and
+    inject vs CF and text. The same on each of `SLICES` of the test rows (`"slices"`: name -> rows, models, pairs).
     """
     from ccf_llm.data import load_movielens_1m, warm_cold_masks
     from ccf_llm.metrics import user_bootstrap
@@ -261,11 +261,12 @@ def intervals(results: dict, args) -> dict:
             raise ValueError(f"{row}'s test scores are not over the same rows as the others'")
     base = {row: LLM_ROWS[row][1][0] for row in frames if row in LLM_ROWS and LLM_ROWS[row][1]}
     base = {row: cf for row, cf in base.items() if cf in frames}
-    pairs = [(row, cf) for row, cf in base.items() if row.startswith("gate_")]
+    pairs = [(row, cf) for row, cf in base.items() if row.startswith(("gate_", "inject_"))]
     pairs += [
         (f"gate_{cf}", f"inject_{cf}") for cf in CF_ARGS if {f"gate_{cf}", f"inject_{cf}"} <= set(frames)
     ]
-    pairs += [(f"gate_{cf}", "text") for cf in CF_ARGS if {f"gate_{cf}", "text"} <= set(frames)]
+    pairs += [(f"{mode}_{cf}", "text") for mode in ("gate", "inject") for cf in CF_ARGS
+              if {f"{mode}_{cf}", "text"} <= set(frames)]  # fmt: skip
     scores = {row: f["score"].to_numpy() for row, f in frames.items()}
     labels, users = first["label"].to_numpy(), first["user_id"].to_numpy()
     out = user_bootstrap(scores, labels, users, pairs=pairs, base_auc=base, seed=0)
