@@ -18,12 +18,10 @@ from pathlib import Path
 
 from report import RESULTS, dtype_name, provenance, save_results
 
+from ccf_llm.data import COLD_RULES
 from ccf_llm.precision import device_precision, resolve_dtype
 
 TITLE = "The README's main job: offline demo on the synthetic log, SmolLM2-135M-Instruct"
-
-
-COLD_WORDS = {"item": "the item is absent from train", "user_and_item": "neither user nor item is in train"}
 
 
 def split(results: dict, subset: str) -> str:
@@ -55,7 +53,7 @@ def render(entry: dict) -> list[str]:
             lines += [
                 "",
                 f"Warm: {rows['warm']} test rows whose user and item have more than 3 train rows; cold: {rows['cold']} "
-                f"test rows ({run['cold_rule']} rule: {COLD_WORDS[run['cold_rule']]}). The CF model's test AUC is "
+                f"test rows ({run['cold_rule']} rule: {COLD_RULES[run['cold_rule']]}). The CF model's test AUC is "
                 "on the test rows the LLM modes scored. Under the table the demo prints:",
                 "",
                 f"> {run['table_note']}" if run.get("table_note") else "> (no note)",

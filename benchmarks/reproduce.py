@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from ccf_llm.data import COLD_RULES
 from ccf_llm.metrics import rela_impr
 
 CF_ARGS = {  # extra pretrain_cf.py arguments: CoLLM's patience 100, except SASRec (~23 s/epoch here)
@@ -238,7 +239,7 @@ def row_scores(row: str, args, split: str = "test"):
 
 
 SLICES = {"warm": "users and items with more than 3 train rows (CoLLM's warm rule)",
-          "new users": "users absent from train (`warm_cold_masks(cold=\"user\")`)"}  # fmt: skip
+          "new users": COLD_RULES["user"] + ' (`warm_cold_masks(cold="user")`)'}  # fmt: skip
 
 
 def intervals(results: dict, args) -> dict:

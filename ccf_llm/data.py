@@ -286,7 +286,12 @@ def item_titles(splits: datasets.DatasetDict) -> dict[int, str]:
     return dict(zip(table["item_id"].tolist(), table["title"].tolist(), strict=True))
 
 
-COLD_RULES = ("user_and_item", "item", "user")
+COLD_RULES = {
+    "user_and_item": "neither the user nor the item is in train",
+    "item": "the item is absent from train",
+    "user": "the user is absent from train",
+}
+"""`warm_cold_masks`' cold rules, each with what it means."""
 
 
 def warm_cold_masks(users, items, train: datasets.Dataset, min_rows: int = 3, cold: str = "user_and_item"):
@@ -299,7 +304,7 @@ def warm_cold_masks(users, items, train: datasets.Dataset, min_rows: int = 3, co
     period, whom a user-table CF model scores all alike).
     """
     if cold not in COLD_RULES:
-        raise ValueError(f"cold must be one of {COLD_RULES}, got {cold!r}")
+        raise ValueError(f"cold must be one of {tuple(COLD_RULES)}, got {cold!r}")
     train_frame = train.select_columns(["user_id", "item_id"]).to_pandas()
     user_rows = pd.Series(np.asarray(users)).map(train_frame["user_id"].value_counts()).fillna(0).to_numpy()
     item_rows = pd.Series(np.asarray(items)).map(train_frame["item_id"].value_counts()).fillna(0).to_numpy()

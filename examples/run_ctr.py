@@ -45,6 +45,7 @@ from ccf_llm import (
     score_rows_distributed,
 )
 from ccf_llm.data import (
+    COLD_RULES,
     item_titles,
     load_amazon_book,
     load_interactions,
@@ -170,8 +171,8 @@ class DataArguments:
     )
     cold_rule: str = field(
         default="user_and_item",
-        metadata={"help": "test rows the table's cold column counts (ccf_llm.data.warm_cold_masks): user_and_item "
-                  "(CoLLM: neither in train), item (the item not in train) or user (the user not in train)"},
+        metadata={"help": "test rows the table's cold column counts (ccf_llm.data.warm_cold_masks): "
+                  + "; ".join(f"{rule}: {meaning}" for rule, meaning in COLD_RULES.items())},
     )  # fmt: skip
 
 

@@ -102,7 +102,9 @@ def test_warm_and_cold_subsets(tmp_path):
     assert sorted(test["raw_user_id"][cold]) == [1, 9] and set(test["raw_item_id"][cold]) == {50}
     assert test["raw_user_id"][warm].tolist() == [1] and test["raw_item_id"][warm].tolist() == [10]
     # cold="user": the new user 9 is cold whatever the movie, the known movie 10 included
-    _, cold = warm_cold_masks(splits["test"]["user_id"], splits["test"]["item_id"], splits["train"], cold="user")
+    _, cold = warm_cold_masks(
+        splits["test"]["user_id"], splits["test"]["item_id"], splits["train"], cold="user"
+    )
     assert set(test["raw_user_id"][cold]) == {9} and sorted(test["raw_item_id"][cold]) == [10, 50]
     with pytest.raises(ValueError, match="cold must be one of"):
         warm_cold_masks([1], [10], splits["train"], cold="users")
