@@ -1,0 +1,192 @@
+"""How robust is the demo's table? The README's demo over several seeds and both dtypes.
+
+    python benchmarks/demo_seeds.py [CONFIG] [--seeds 0 1 2] [--dtypes auto float32] [--report_only]
+
+For every dtype and seed, runs `examples/run_ctr.py CONFIG --seed S [--dtype D]` (default the README's demo) in a
+fresh process into `OUTPUT_DIR/<dtype>_seed<S>`; a run whose `all_results.json` exists is kept, so a rerun resumes.
+The seed draws the CF model's initialization, the training rows, their order, the LoRA/ALG/GATE initialization and
+the seeded validation/test subsamples. Each run's CF model, `text` and `gate` are compared on that run's test rows
+(`demo_curves.test_comparison`: 95% intervals from a bootstrap over users, paired `gate - text` and `gate - cf`, on
+all, warm and item-cold rows). Records `benchmarks/results/demo_seeds.{json,md,png}` (this CPU kind's entry): every
+run, and per comparison how many runs have their interval above 0, below 0, or across it.
+`auto` and the dtype it resolves to are one dtype: on an AVX2-only CPU (`auto` = float32) only fp32 runs.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from demo_curves import test_comparison
+from report import RESULTS, dtype_name, provenance, save_results
+
+from ccf_llm.data import seeded_indices
+from ccf_llm.precision import device_precision, resolve_dtype
+
+TITLE = "The README's demo over seeds and dtypes: is `gate` above `text`, and where does it stand against CF?"
+SUBSETS = ("all", "warm", "item-cold")
+PAIRS = ("gate - text", "gate - cf")
+
+
+def verdict(ci: list[float]) -> str:
+    """Where a 95% interval of a difference lies: `"above 0"`, `"below 0"` or `"across 0"`."""
+    return "above 0" if ci[0] > 0 else "below 0" if ci[1] < 0 else "across 0"
+
+
+def summarize(runs: dict) -> dict:
+    """Per subset and pair: the differences of every run, their mean and range, and the count of each verdict."""
+    out = {}
+    for subset in SUBSETS:
+        for pair in PAIRS:
+            found = [
+                r["test"][subset]["pairs"][pair] for r in runs.values() if pair in r["test"][subset]["pairs"]
+            ]
+            diffs = [p["auc_diff"] for p in found]
+            counts = {
+                v: sum(verdict(p["auc_diff_ci"]) == v for p in found)
+                for v in ("above 0", "below 0", "across 0")
+            }
+            out[f"{subset}: {pair}"] = {"runs": len(found), "mean": sum(diffs) / len(diffs), "min": min(diffs),
+                                        "max": max(diffs), **counts}  # fmt: skip
+    return out
+
+
+def cell(model: dict) -> str:
+    return f"{model['auc']:.3f} [{model['auc_ci'][0]:.3f}, {model['auc_ci'][1]:.3f}]"
+
+
+def diff_cell(pair: dict) -> str:
+    lo, hi = pair["auc_diff_ci"]
+    return f"{pair['auc_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def render(entry: dict) -> list[str]:
+    lines = [
+        f"Each run: `{entry['run_ctr_command']} --seed S [--dtype D]`, {entry['train_rows']} training rows per stage. "
+        "Test AUC with 95% intervals from 1000 bootstrap resamples of the run's test users; differences paired on "
+        "the same resamples. Warm: user and item with more than 3 train rows; item-cold: items absent from train "
+        "(the CF model scores them all alike). The seed also draws the validation/test subsample, so runs are "
+        f"scored on different test rows. Figure: [{entry['figure']}]({entry['figure']}).",
+        "",
+        "| dtype | seed | rows | CF | `text` | `gate` | `gate - text` | `gate - cf` | warm `gate - cf` | item-cold "
+        "`gate - cf` | wall min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in entry["runs"].values():
+        test = run["test"]
+        models, pairs = test["all"]["models"], test["all"]["pairs"]
+        lines.append(
+            f"| {run['dtype']} | {run['seed']} | {test['all']['rows']} | {cell(models['cf'])} | {cell(models['text'])} | "
+            f"{cell(models['gate'])} | {diff_cell(pairs['gate - text'])} | {diff_cell(pairs['gate - cf'])} | "
+            f"{diff_cell(test['warm']['pairs']['gate - cf'])} | {diff_cell(test['item-cold']['pairs']['gate - cf'])} | "
+            f"{run['wall_seconds'] / 60:.1f} |"
+        )
+    lines += ["", "Across runs (test AUC differences; how many runs have the 95% interval above 0, below 0, across 0):",
+              "", "| rows: comparison | runs | mean | range | above 0 | below 0 | across 0 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, s in entry["summary"].items():
+        lines.append(
+            f"| {name} | {s['runs']} | {s['mean']:+.3f} | [{s['min']:+.3f}, {s['max']:+.3f}] | {s['above 0']} | "
+            f"{s['below 0']} | {s['across 0']} |"
+        )
+    return lines
+
+
+def plot(entry: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(entry["runs"].values())
+    labels = [f"{r['dtype']}\nseed {r['seed']}" for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for offset, model in zip((-0.2, 0.0, 0.2), ("cf", "text", "gate"), strict=True):
+        found = [r["test"]["all"]["models"][model] for r in runs]
+        ys = [m["auc"] for m in found]
+        errs = [[y - m["auc_ci"][0] for y, m in zip(ys, found, strict=True)],
+                [m["auc_ci"][1] - y for y, m in zip(ys, found, strict=True)]]  # fmt: skip
+        axes[0].errorbar(
+            [i + offset for i in range(len(runs))], ys, yerr=errs, fmt="o", capsize=3, label=model
+        )
+    axes[0].set(ylabel="test AUC (all rows)", title="Test AUC per run, 95% intervals")
+    for offset, (subset, pair) in zip((-0.2, 0.0, 0.2), (("all", "gate - text"), ("all", "gate - cf"),
+                                                          ("item-cold", "gate - cf")), strict=True):  # fmt: skip
+        found = [r["test"][subset]["pairs"][pair] for r in runs]
+        ys = [p["auc_diff"] for p in found]
+        errs = [[y - p["auc_diff_ci"][0] for y, p in zip(ys, found, strict=True)],
+                [p["auc_diff_ci"][1] - y for y, p in zip(ys, found, strict=True)]]  # fmt: skip
+        axes[1].errorbar([i + offset for i in range(len(runs))], ys, yerr=errs, fmt="o", capsize=3,
+                         label=f"{pair} ({subset} rows)")  # fmt: skip
+    axes[1].axhline(0.0, color="black", lw=0.8)
+    axes[1].set(ylabel="test AUC difference", title="Paired differences, 95% intervals")
+    for ax in axes:
+        ax.set_xticks(range(len(runs)), labels, fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", nargs="?", default="examples/configs/demo.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"])
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo_seeds"))
+    parser.add_argument("--report_only", action="store_true", help="tabulate finished runs, train nothing")
+    args = parser.parse_args()
+    config = json.loads(Path(args.config).read_text())
+    base = ["python", "examples/run_ctr.py", args.config]
+    dtypes = {}  # resolved name -> the argument: auto and the dtype it resolves to are one
+    for dtype in args.dtypes:
+        dtypes.setdefault(dtype_name(resolve_dtype(dtype)), dtype)
+    runs = {}
+    for name, dtype in dtypes.items():
+        for seed in args.seeds:
+            folder = args.output_dir / f"{name}_seed{seed}"
+            extra = ["--seed", str(seed), "--output_dir", str(folder), "--overwrite_output_dir", "true"]
+            extra += ["--dtype", dtype] if dtype != "auto" else []
+            timing = folder.with_name(folder.name + ".wall_seconds")
+            if not (folder / "all_results.json").is_file():
+                if args.report_only:
+                    continue
+                start = time.perf_counter()
+                subprocess.run([sys.executable, *base[1:], *extra], check=True)
+                timing.write_text(f"{time.perf_counter() - start:.1f}\n")
+            summary = json.loads((folder / "all_results.json").read_text())
+            cf = next(folder.glob("cf_*"))  # run_ctr.py scores the test subsample with seed + 1
+            runs[f"{name}_seed{seed}"] = {
+                "dtype": name, "seed": seed, "command": " ".join([*base, *extra]),
+                "wall_seconds": float(timing.read_text()) if timing.is_file() else float("nan"),
+                "test": test_comparison(folder, list(summary["by_mode"]), cf, seeded_indices(
+                    len(pd.read_parquet(cf / "scores_test.parquet")), config.get("eval_rows"), seed + 1)),
+            }  # fmt: skip
+    if not runs:
+        raise SystemExit(f"no finished run under {args.output_dir}")
+    recorded = provenance(" ".join(["python", *sys.argv]), ", ".join(dtypes))
+    stored = RESULTS / "demo_seeds.json"
+    if args.report_only and stored.is_file():  # the runs' command and date, not this tabulation's
+        recorded = (
+            json.loads(stored.read_text())["by_cpu_kind"]
+            .get(device_precision().kind, {})
+            .get("provenance", recorded)
+        )
+    entry = {
+        "provenance": recorded,
+        "run_ctr_command": " ".join(base),
+        "train_rows": config["train_rows_per_stage"],
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    entry["figure"] = f"demo_seeds_{device_precision().kind.lower()}.png"  # one figure per CPU kind
+    plot(entry, RESULTS / entry["figure"])
+    print("\n".join(save_results("demo_seeds", entry, render, TITLE)))
+
+
+if __name__ == "__main__":
+    main()
