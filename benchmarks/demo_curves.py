@@ -51,21 +51,22 @@ def collect(output_dir: Path, modes: list[str], rows_per_step: int) -> tuple[dic
     return curves, stages
 
 
-def test_comparison(output_dir: Path, modes: list[str], cf_folder: Path, llm_rows=None) -> dict:
+def test_comparison(
+    output_dir: Path, modes: list[str], cf_folder: Path, eval_rows: int | None = None, seed: int = 0
+) -> dict:
     """Test AUC with 95% intervals (bootstrap over users) of the CF model and every mode, `gate` paired against
     `text` and the CF model, on all test rows and on the warm and item-cold rows of `run_ctr.py`'s table
     (`ccf_llm.data.warm_cold_masks` with `cold="item"`: items absent from train). The CF model scores the whole
-    test split; `llm_rows` are the indices of the rows the modes scored (`--eval_rows`: `seeded_indices`)."""
+    test split, the modes `run_ctr.py`'s `--eval_rows` of it, drawn with `--seed` + 1 (`seeded_indices`)."""
     import numpy as np
     import pandas as pd
 
-    from ccf_llm.data import warm_cold_masks
+    from ccf_llm.data import seeded_indices, warm_cold_masks
     from ccf_llm.metrics import user_bootstrap
     from ccf_llm.synthetic import make_demo_log
 
-    frames = {"cf": pd.read_parquet(cf_folder / "scores_test.parquet")}
-    if llm_rows is not None:
-        frames["cf"] = frames["cf"].iloc[llm_rows].reset_index(drop=True)
+    cf = pd.read_parquet(cf_folder / "scores_test.parquet")
+    frames = {"cf": cf.iloc[seeded_indices(len(cf), eval_rows, seed + 1)].reset_index(drop=True)}
     frames |= {mode: pd.read_parquet(output_dir / mode / "scores_test.parquet") for mode in modes}
     keys = frames["cf"][["user_id", "item_id", "label"]].to_numpy()
     for name, frame in frames.items():

@@ -19,11 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 from demo_curves import test_comparison
 from report import RESULTS, dtype_name, provenance, save_results
 
-from ccf_llm.data import seeded_indices
 from ccf_llm.precision import device_precision, resolve_dtype
 
 TITLE = "The README's demo over seeds and dtypes: is `gate` above `text`, and where does it stand against CF?"
@@ -41,9 +39,7 @@ def summarize(runs: dict) -> dict:
     out = {}
     for subset in SUBSETS:
         for pair in PAIRS:
-            found = [
-                r["test"][subset]["pairs"][pair] for r in runs.values() if pair in r["test"][subset]["pairs"]
-            ]
+            found = [r["test"][subset]["pairs"][pair] for r in runs.values()]
             diffs = [p["auc_diff"] for p in found]
             counts = {
                 v: sum(verdict(p["auc_diff_ci"]) == v for p in found)
@@ -159,23 +155,19 @@ def main():
                 subprocess.run([sys.executable, *base[1:], *extra], check=True)
                 timing.write_text(f"{time.perf_counter() - start:.1f}\n")
             summary = json.loads((folder / "all_results.json").read_text())
-            cf = next(folder.glob("cf_*"))  # run_ctr.py scores the test subsample with seed + 1
             runs[f"{name}_seed{seed}"] = {
                 "dtype": name, "seed": seed, "command": " ".join([*base, *extra]),
                 "wall_seconds": float(timing.read_text()) if timing.is_file() else float("nan"),
-                "test": test_comparison(folder, list(summary["by_mode"]), cf, seeded_indices(
-                    len(pd.read_parquet(cf / "scores_test.parquet")), config.get("eval_rows"), seed + 1)),
+                "test": test_comparison(folder, list(summary["by_mode"]), next(folder.glob("cf_*")),
+                                        config.get("eval_rows"), seed),
             }  # fmt: skip
     if not runs:
         raise SystemExit(f"no finished run under {args.output_dir}")
+    kind = device_precision().kind
     recorded = provenance(" ".join(["python", *sys.argv]), ", ".join(dtypes))
     stored = RESULTS / "demo_seeds.json"
     if args.report_only and stored.is_file():  # the runs' command and date, not this tabulation's
-        recorded = (
-            json.loads(stored.read_text())["by_cpu_kind"]
-            .get(device_precision().kind, {})
-            .get("provenance", recorded)
-        )
+        recorded = json.loads(stored.read_text())["by_cpu_kind"].get(kind, {}).get("provenance", recorded)
     entry = {
         "provenance": recorded,
         "run_ctr_command": " ".join(base),
@@ -183,7 +175,7 @@ def main():
         "runs": runs,
         "summary": summarize(runs),
     }
-    entry["figure"] = f"demo_seeds_{device_precision().kind.lower()}.png"  # one figure per CPU kind
+    entry["figure"] = f"demo_seeds_{kind.lower()}.png"  # one figure per CPU kind
     plot(entry, RESULTS / entry["figure"])
     print("\n".join(save_results("demo_seeds", entry, render, TITLE)))
 
