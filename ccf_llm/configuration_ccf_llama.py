@@ -101,7 +101,8 @@ class CCFLlamaConfig(PreTrainedConfig):
             Per CF source, `[user_shift, item_shift]`: vectors of the source's width subtracted from ENC's outputs
             before the division by `cf_input_scales` (like `image_mean`); `None` for a side leaves it uncentered.
             `fit_cf_standardization` sets them to the mean CF vector: SASRec's user vectors on ML-1M share one
-            offset (RMS 1.73) that hides their differences (per-dimension spread 0.02) from ALG.
+            offset that hides their differences from ALG. A centered sequential source gives a row without history
+            the mean user vector (0 after centering); its statistics are taken over rows with a history.
         fusion_mode (`str`, *optional*, defaults to `"gate"`):
             One of `"gate"`, `"token_gate"`, `"add"`, `"inject"`, `"text"`; what each means is its row of
             `FUSION_MODE_TABLE` (`config.fusion`).

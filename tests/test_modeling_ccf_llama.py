@@ -210,6 +210,29 @@ def test_cf_embeddings_trainable_on_request():
     assert grad is not None and grad[5].abs().sum() > 0 and grad[3].abs().sum() == 0
 
 
+def test_a_frozen_sequential_cf_encoder_keeps_dropout_off_while_the_model_trains():
+    from ccf_llm import SASRecConfig, SASRecModel
+
+    torch.manual_seed(0)
+    sasrec = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3, dropout=0.5))
+    tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
+    llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+    model = CCFLlamaForCTR.from_llm(llm, tokenizer, 5, 9, cf_models=[sasrec], yes_token="Yes", no_token="No")
+    history = torch.tensor([[2, 3, 4], [0, 6, 7]])
+    model.eval()
+    with torch.no_grad():
+        clean = model.cf_encoder(None, "user", history)[0]
+    model.train()  # Θ_E frozen (the default): the LLM trains, ENC stays as pretrained
+    assert model.training and model.alignment.training and not model.cf_encoder.user_encoders[0].training
+    with torch.no_grad():
+        torch.testing.assert_close(model.cf_encoder(None, "user", history)[0], clean, rtol=0, atol=0)
+    model.cf_encoder.requires_grad_(True)  # Θ_E tuned (train_cf_encoder): dropout as in SASRec's own training
+    model.train()
+    assert model.cf_encoder.user_encoders[0].training
+    with torch.no_grad():
+        assert not torch.equal(model.cf_encoder(None, "user", history)[0], clean)
+
+
 @pytest.mark.parametrize(("mode", "attention"), [("gate", "sdpa"), ("inject", "sdpa"), ("gate", "eager")])
 def test_padding_invariance(mode, attention):
     """Left (or right) padding never changes a prompt's score: each row scored alone gives the same values, with
@@ -416,9 +439,11 @@ def test_standardize_cf_centers_a_sequential_sources_user_vectors_over_the_given
     model.eval()
     with torch.no_grad():
         raw = model.cf_encoder(None, "user", cf_history)[0]
-    model.train()  # the statistics are taken without dropout whatever the mode
-    model.fit_cf_standardization(cf_history)
+    model.cf_encoder.requires_grad_(True)  # Θ_E tuned: the encoder trains with dropout ...
+    model.train()
+    model.fit_cf_standardization(cf_history)  # ... but the statistics are taken without it
     assert model.cf_encoder.user_encoders[0].training
+    model.cf_encoder.requires_grad_(False)
     model.eval()
     with torch.no_grad():
         standardized = model.cf_encoder(None, "user", cf_history)[0]
@@ -428,6 +453,59 @@ def test_standardize_cf_centers_a_sequential_sources_user_vectors_over_the_given
     torch.testing.assert_close(standardized, (raw - raw.mean(0)) / (raw - raw.mean(0)).pow(2).mean().sqrt())
     with pytest.raises(ValueError, match="cf_history_size=0"):
         CCFLlamaProcessor(tokenizer, {1: "item"}).cf_history(histories)
+
+
+def test_a_standardized_sequential_source_maps_rows_without_history_to_the_mean_user():
+    """Statistics over rows with a history; an empty history (one distant SASRec vector) enters ALG as 0."""
+    from ccf_llm import SASRecConfig, SASRecModel
+
+    torch.manual_seed(0)
+    sasrec = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3))
+    tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
+    llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+    model = CCFLlamaForCTR.from_llm(
+        llm, tokenizer, 5, 9, cf_models=[sasrec], yes_token="Yes", no_token="No"
+    ).eval()
+    with_history = torch.tensor([[2, 3, 4], [0, 0, 5], [0, 6, 7], [1, 2, 3]])
+    empty = torch.zeros(1, 3, dtype=torch.long)
+    with torch.no_grad():
+        raw = model.cf_encoder(None, "user", with_history)[0]
+        raw_empty = model.cf_encoder(None, "user", empty)[0]
+    model.fit_cf_standardization(torch.cat([with_history, empty, empty]))  # empty rows do not count ...
+    mean = raw.mean(0)
+    torch.testing.assert_close(torch.tensor(model.config.cf_input_shifts[0][0]), mean)
+    assert model.config.cf_input_scales[0][0] == pytest.approx(
+        (raw - mean).pow(2).mean().sqrt().item(), rel=1e-5
+    )
+    with torch.no_grad():
+        standardized = model.cf_encoder(None, "user", torch.cat([with_history, empty]))[0]
+    torch.testing.assert_close(standardized[:4], (raw - mean) / model.config.cf_input_scales[0][0])
+    assert not torch.allclose(raw_empty, mean, atol=1e-3)  # SASRec's own vector for it is elsewhere ...
+    assert standardized[4].abs().max().item() == 0  # ... the standardized model reads the mean user
+    with pytest.raises(ValueError, match="no row of cf_history has an item"):
+        model.fit_cf_standardization(torch.cat([empty, empty]))
+
+
+def test_the_cf_encoder_stays_fp32_beside_a_bf16_llm(tmp_path):
+    """Θ_E keeps fp32 through from_llm, save and from_pretrained(dtype=bf16): SASRec user differences survive."""
+    from ccf_llm import SASRecConfig, SASRecModel
+
+    torch.manual_seed(0)
+    sasrec = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3))
+    tokenizer = tiny_tokenizer("A user likes Yes No #Answer: item".split())
+    llm = tiny_llm(tokenizer, hidden_size=32, num_attention_heads=4, num_key_value_heads=2).to(torch.bfloat16)
+    model = CCFLlamaForCTR.from_llm(llm, tokenizer, 5, 9, cf_models=[sasrec], yes_token="Yes", no_token="No")
+    history = torch.tensor([[2, 3, 4], [0, 6, 7]])
+    for loaded in (model, None):
+        if loaded is None:
+            model.save_pretrained(tmp_path)
+            loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+        assert loaded.dtype == torch.bfloat16 and loaded.lm_head.weight.dtype == torch.bfloat16
+        assert {p.dtype for p in loaded.cf_encoder.parameters()} == {torch.float32}
+        with torch.no_grad():
+            vectors = loaded.eval().cf_encoder(None, "user", history)[0]
+            expected = sasrec.eval().encode_history(history)
+        torch.testing.assert_close(vectors, expected)  # SASRec's fp32 vectors (bf16 would be ~1e-2 off)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
