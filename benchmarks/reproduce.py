@@ -19,6 +19,7 @@ training rows per stage, the learning rates that `python benchmarks/reproduce.py
 sets, each read once at the end. A row is finished when `OUTPUT_DIR/<row>/all_results.json`
 exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage. A row's time is
 the sum of its attempts (`OUTPUT_DIR/<row>.timing.json`); an interrupted attempt counts until its log's last write.
+Each attempt keeps the git commit it ran at, and the table says which rows ran at which code.
 
 Writes `benchmarks/results/reproduce.json` and `.md` (AUC, UAUC, RelaImpr as in Table 3, and each row's time).
 """
@@ -102,29 +103,40 @@ def shared_stage1_source(row: str, args) -> str | None:
     return SHARED_STAGE1.get(row)
 
 
-def run_logged(folder: Path, cmd: list[str]) -> float | None:
-    """Run `cmd` unless `folder/all_results.json` exists, logging to `folder.log`; the seconds of all attempts."""
+def code_commit() -> str | None:
+    """The git commit this script's checkout is at (`-dirty` with uncommitted changes), or None outside git."""
+    found = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
+                           capture_output=True, text=True)  # fmt: skip
+    return found.stdout.strip() or None
+
+
+def run_logged(folder: Path, cmd: list[str]) -> tuple[float | None, list[str]]:
+    """
+    Run `cmd` unless `folder/all_results.json` exists, logging to `folder.log`: the seconds of all attempts and the
+    commits they ran at (`unrecorded` for an attempt that did not keep it).
+    """
     timing, log = folder.with_name(f"{folder.name}.timing.json"), folder.with_name(f"{folder.name}.log")
     attempts = json.loads(timing.read_text())["attempts"] if timing.is_file() else []
     if not (folder / "all_results.json").is_file():
         if attempts and "seconds" not in attempts[-1]:  # interrupted: it ran until its log's last write
             attempts[-1]["seconds"] = round(max(log.stat().st_mtime - attempts[-1]["started"], 0.0), 1)
-        attempts.append({"started": time.time()})
+        attempts.append({"started": time.time(), "commit": code_commit()})
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
         print(f"[reproduce] {folder.name}: {' '.join(cmd)} (log: {log})", flush=True)
         with open(log, "a") as handle:
             subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
         attempts[-1]["seconds"] = round(time.time() - attempts[-1]["started"], 1)
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
-    return round(sum(a["seconds"] for a in attempts), 1) if attempts else None
+    commits = list(dict.fromkeys(a.get("commit") or "unrecorded" for a in attempts))
+    return (round(sum(a["seconds"] for a in attempts), 1) if attempts else None), commits
 
 
 def run_row(row: str, args) -> dict:
-    wall = run_logged(args.output_dir / row, command(row, args))
+    wall, commits = run_logged(args.output_dir / row, command(row, args))
     results = json.loads((args.output_dir / row / "all_results.json").read_text())
     if row not in CF_ARGS:
         results = results["by_mode"][LLM_ROWS[row][0]]
-    return {**results, "wall_seconds": wall}
+    return {**results, "wall_seconds": wall, "commits": commits}
 
 
 def stage_seconds(results: dict) -> float | None:
@@ -158,7 +170,7 @@ def select(args) -> None:
                 if not (point / "gate" / "stage_1_lora").is_dir():
                     shutil.copytree(source, point / "gate" / "stage_1_lora")
             overrides = [item for k, v in chosen.items() for item in (f"--{k}", str(v))]
-            wall = run_logged(
+            wall, _ = run_logged(
                 point, command(row, args, point) + overrides + [f"--{key}", str(value)] + validation_only
             )
             results = json.loads((point / "all_results.json").read_text())
@@ -359,6 +371,13 @@ def render(out: dict) -> list[str]:
     if out.get("shared_stage1"):
         lines += ["", "Stage 1 shared (run_ctr.py --shared_stage1): "
                   + ", ".join(f"{row} from {src}" for row, src in out["shared_stage1"].items()) + "."]  # fmt: skip
+    by_commit = {}
+    for t in out["rows"]:
+        for commit in t.get("commits", []):
+            by_commit.setdefault(commit, []).append(t["row"])
+    if by_commit:
+        lines += ["", "Code each row ran at (git commit of its attempts): "
+                  + "; ".join(f"{c}: {', '.join(rows)}" for c, rows in by_commit.items()) + "."]  # fmt: skip
     total = out["total_row_wall_seconds"]
     lines += ["", f"Sum of row wall times: {total} s ({total / 60:.1f} min)."]
     if any(t["train_seconds"] is None for t in out["rows"]):
@@ -432,6 +451,7 @@ def write_table(results: dict, args, name: str, start: float) -> None:
             "train_seconds": r.get("train_seconds") if row in CF_ARGS else stage_seconds(r),
             "evaluation_seconds": r.get("evaluation_seconds"),
             "wall_seconds": r["wall_seconds"],
+            "commits": r.get("commits", []),
         })  # fmt: skip
     keys = ("train_rows_per_stage", "history_size", "learning_rate", "fusion_learning_rate", "gate_init_alpha",
             "per_device_train_batch_size", "num_train_epochs", "lr_scheduler_type", "warmup_steps",
