@@ -104,10 +104,20 @@ def shared_stage1_source(row: str, args) -> str | None:
 
 
 def code_commit() -> str | None:
-    """The git commit this script's checkout is at (`-dirty` with uncommitted changes), or None outside git."""
-    found = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
-                           capture_output=True, text=True)  # fmt: skip
-    return found.stdout.strip() or None
+    """
+    The git commit this script's checkout is at, `-dirty` when files other than `benchmarks/results/` (which this
+    script rewrites after every row) have uncommitted changes; None without git.
+    """
+    git = ["git", "-C", str(Path(__file__).parent)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True
+        ).stdout
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                  ":(top,exclude)benchmarks/results"], capture_output=True, text=True).stdout  # fmt: skip
+    except OSError:
+        return None
+    return (commit.strip() + ("-dirty" if changed.strip() else "")) if commit.strip() else None
 
 
 def run_logged(folder: Path, cmd: list[str]) -> tuple[float | None, list[str]]:

@@ -101,10 +101,10 @@ class CCFCollaborativeEncoder(nn.Module):
     ENC of Eq. 1 (Θ_E), one entry per CF source: the item table and either a user table (MF, LightGCN) or a
     sequential user encoder over the row's latest items (SASRec, reading `history` through the same item table).
     Row 0 of each table is the padding row. `forward(ids, kind, history)` returns one `(..., l_s)` tensor per source,
-    standardized by `config.cf_input_shifts` and `cf_input_scales` when set; a standardized sequential source gives
-    a row without history (all padding) the mean user vector, 0. ENC computes in fp32 whatever the LLM's dtype
-    (`_keep_in_fp32_modules_strict`): SASRec's user vectors differ by ~1e-4 of their size on ML-1M, below bf16's
-    resolution.
+    standardized by `config.cf_input_shifts` and `cf_input_scales` when set; when a sequential source's users are
+    centered, a row without history (all padding) gets the mean user vector, 0. ENC computes in fp32 whatever the
+    LLM's dtype (`_keep_in_fp32_modules_strict`, and autocast is off inside it): SASRec's user vectors differ by
+    ~1e-4 of their size on ML-1M, below bf16's resolution.
     """
 
     def __init__(self, config: CCFLlamaConfig):
@@ -125,6 +125,12 @@ class CCFCollaborativeEncoder(nn.Module):
     def forward(
         self, ids: torch.LongTensor, kind: str, history: torch.LongTensor | None = None
     ) -> list[torch.Tensor]:
+        with torch.autocast(
+            self.item_embeddings[0].weight.device.type, enabled=False
+        ):  # not under Trainer(bf16=True)
+            return self._encode(ids, kind, history)
+
+    def _encode(self, ids, kind, history):
         shifts, scales = self.config.cf_input_shifts, self.config.cf_input_scales
         side = 1 if kind == "item" else 0
         outputs = []
@@ -145,7 +151,8 @@ class CCFCollaborativeEncoder(nn.Module):
         """
         Training mode only while Θ_E is being tuned (some parameter requires grad): a frozen, pretrained ENC stays in
         eval mode when the model trains, so SASRec's dropout does not add to the CF vectors during LLM training a
-        noise that validation and test never see (on ML-1M it is as large as the spread between users).
+        noise that validation and test never see (on ML-1M it is as large as the spread between users). It is
+        decided when `train()` is called (the Trainer calls it every step): set `requires_grad` first.
         """
         return super().train(mode and any(p.requires_grad for p in self.parameters()))
 
@@ -338,7 +345,9 @@ class CCFLlamaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer"]
-    _keep_in_fp32_modules_strict = ["cf_encoder"]  # Θ_E: see CCFCollaborativeEncoder
+    # Θ_E, Θ_A and Θ_G (ENC, ALG, GATE) load and compute in fp32 beside a bf16 LLM, as they train (see
+    # CCFCollaborativeEncoder); anchored patterns, so the LLM's `mlp.gate_proj` stays in the LLM's dtype
+    _keep_in_fp32_modules_strict = [r"(^|\.)cf_encoder\.", r"(^|\.)alignment\.", r"(^|\.)gate\."]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -885,8 +894,9 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         if given and not config.uses_cf:
             raise ValueError(f"fusion_mode={config.fusion_mode!r} uses no CF embeddings, but some were given")
         model = cls(config).to(llm.dtype)
-        if config.uses_cf:
-            model.model.cf_encoder.float()  # as from_pretrained keeps it (_keep_in_fp32_modules_strict)
+        for name in ("cf_encoder", "alignment", "gate"):  # fp32, as from_pretrained keeps them
+            if hasattr(model.model, name):
+                getattr(model.model, name).float()
         model.model.language_model.load_state_dict(llm.get_decoder().state_dict())
         model.lm_head.load_state_dict(llm.get_output_embeddings().state_dict())
         # `to_dict` leaves out the attention implementation the LLM was loaded with (e.g. `attn_implementation="eager"`)

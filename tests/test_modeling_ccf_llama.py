@@ -486,8 +486,8 @@ def test_a_standardized_sequential_source_maps_rows_without_history_to_the_mean_
         model.fit_cf_standardization(torch.cat([empty, empty]))
 
 
-def test_the_cf_encoder_stays_fp32_beside_a_bf16_llm(tmp_path):
-    """Θ_E keeps fp32 through from_llm, save and from_pretrained(dtype=bf16): SASRec user differences survive."""
+def test_enc_alg_and_gate_stay_fp32_beside_a_bf16_llm(tmp_path):
+    """Θ_E, Θ_A, Θ_G keep fp32 through from_llm, save and from_pretrained(dtype=bf16); the LLM (gate_proj too) not."""
     from ccf_llm import SASRecConfig, SASRecModel
 
     torch.manual_seed(0)
@@ -501,9 +501,12 @@ def test_the_cf_encoder_stays_fp32_beside_a_bf16_llm(tmp_path):
             model.save_pretrained(tmp_path)
             loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
         assert loaded.dtype == torch.bfloat16 and loaded.lm_head.weight.dtype == torch.bfloat16
-        assert {p.dtype for p in loaded.cf_encoder.parameters()} == {torch.float32}
-        with torch.no_grad():
+        assert loaded.language_model.layers[0].mlp.gate_proj.weight.dtype == torch.bfloat16
+        fusion = [loaded.cf_encoder, loaded.model.alignment, loaded.model.gate]
+        assert {p.dtype for module in fusion for p in module.parameters()} == {torch.float32}
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as under Trainer(bf16=True)
             vectors = loaded.eval().cf_encoder(None, "user", history)[0]
+        with torch.no_grad():
             expected = sasrec.eval().encode_history(history)
         torch.testing.assert_close(vectors, expected)  # SASRec's fp32 vectors (bf16 would be ~1e-2 off)
 

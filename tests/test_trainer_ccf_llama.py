@@ -188,6 +188,19 @@ def test_apply_stage_and_argument_errors(tmp_path):
     )
 
 
+def test_the_cf_encoder_trains_in_training_mode_only_in_the_stages_that_tune_it(tmp_path):
+    """Under PEFT the tuned copy of Θ_E has dropout on in `fusion` only; the frozen original never."""
+    gate_model, _, _ = tiny_setup("gate")
+    peft_gate = add_lora(gate_model, args_for(tmp_path, "lora", train_cf_encoder=True))
+    wrapper = peft_gate.get_base_model().model.cf_encoder
+    for stage, tuned in (("lora", False), ("fusion", True), ("lora", False)):
+        apply_stage(peft_gate, stage, train_cf_encoder=True)
+        peft_gate.train()  # what the Trainer does every step
+        assert wrapper.modules_to_save["default"].training is tuned
+        assert not wrapper.original_module.training
+        assert peft_gate.get_base_model().model.alignment.modules_to_save["default"].training
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     model, tokenizer, data = tiny_setup("gate")
     peft_model = add_lora(model, args_for(tmp_path, "lora"))
