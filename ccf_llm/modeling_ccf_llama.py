@@ -96,6 +96,11 @@ class CCFMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))
 
 
+# Θ_E, Θ_A and Θ_G (ENC, ALG, GATE) load and compute in fp32 beside a bf16 LLM, as they train (see
+# CCFCollaborativeEncoder)
+FP32_MODULES = ("cf_encoder", "alignment", "gate")
+
+
 class CCFCollaborativeEncoder(nn.Module):
     """
     ENC of Eq. 1 (Θ_E), one entry per CF source: the item table and either a user table (MF, LightGCN) or a
@@ -125,18 +130,15 @@ class CCFCollaborativeEncoder(nn.Module):
     def forward(
         self, ids: torch.LongTensor, kind: str, history: torch.LongTensor | None = None
     ) -> list[torch.Tensor]:
-        with torch.autocast(
-            self.item_embeddings[0].weight.device.type, enabled=False
-        ):  # not under Trainer(bf16=True)
-            return self._encode(ids, kind, history)
-
-    def _encode(self, ids, kind, history):
         shifts, scales = self.config.cf_input_shifts, self.config.cf_input_scales
         side = 1 if kind == "item" else 0
         outputs = []
         for s, (user, items) in enumerate(zip(self.user_encoders, self.item_embeddings, strict=True)):
             sequential = kind == "user" and not isinstance(user, nn.Embedding)
-            x = items(ids) if kind == "item" else user(history, items) if sequential else user(ids)
+            with torch.autocast(
+                items.weight.device.type, enabled=False
+            ):  # fp32 also under Trainer(bf16=True)
+                x = items(ids) if kind == "item" else user(history, items) if sequential else user(ids)
             centered = shifts is not None and shifts[s][side] is not None
             if centered:
                 x = x - x.new_tensor(shifts[s][side])
@@ -345,9 +347,8 @@ class CCFLlamaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer"]
-    # Θ_E, Θ_A and Θ_G (ENC, ALG, GATE) load and compute in fp32 beside a bf16 LLM, as they train (see
-    # CCFCollaborativeEncoder); anchored patterns, so the LLM's `mlp.gate_proj` stays in the LLM's dtype
-    _keep_in_fp32_modules_strict = [r"(^|\.)cf_encoder\.", r"(^|\.)alignment\.", r"(^|\.)gate\."]
+    # anchored patterns, so the LLM's `mlp.gate_proj` stays in the LLM's dtype
+    _keep_in_fp32_modules_strict = [rf"(^|\.){name}\." for name in FP32_MODULES]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -894,7 +895,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         if given and not config.uses_cf:
             raise ValueError(f"fusion_mode={config.fusion_mode!r} uses no CF embeddings, but some were given")
         model = cls(config).to(llm.dtype)
-        for name in ("cf_encoder", "alignment", "gate"):  # fp32, as from_pretrained keeps them
+        for name in FP32_MODULES:  # as from_pretrained keeps them (_keep_in_fp32_modules_strict)
             if hasattr(model.model, name):
                 getattr(model.model, name).float()
         model.model.language_model.load_state_dict(llm.get_decoder().state_dict())
