@@ -17,7 +17,8 @@ Every LLM row uses SmolLM2-135M-Instruct and the same budget (`--config`): the s
 training rows per stage, the learning rates that `python benchmarks/reproduce.py --select` chose on validation rows
 (`benchmarks/results/reproduce_selection.md`; the test set is not read there), and the full validation and test
 sets, each read once at the end. A row is finished when `OUTPUT_DIR/<row>/all_results.json`
-exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage. A row's time is
+exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage (to rerun a
+finished row, move its folder away; `--results_name` tabulates such a folder on its own). A row's time is
 the sum of its attempts (`OUTPUT_DIR/<row>.timing.json`); an interrupted attempt counts until its log's last write.
 Each attempt keeps the git commit it ran at, and the table says which rows ran at which code.
 
@@ -411,6 +412,11 @@ def main():
     )
     parser.add_argument("--report_only", action="store_true", help="tabulate the finished rows, run nothing")
     parser.add_argument(
+        "--results_name",
+        default=None,
+        help="name of the results files in benchmarks/results/ (default: the budget's), e.g. for a sensitivity run",
+    )
+    parser.add_argument(
         "--select", action="store_true", help="choose the learning rates on validation (`select`)"
     )
     parser.add_argument(
@@ -418,6 +424,7 @@ def main():
     )
     args = parser.parse_args()
     config_path, name = BUDGETS[args.budget]
+    name = args.results_name or name
     args.config = args.config or config_path
     args.output_dir = args.output_dir or Path("outputs") / name
     args.output_dir.mkdir(parents=True, exist_ok=True)
