@@ -35,7 +35,10 @@ def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
 
 
 def stage_evaluations(folder: Path) -> tuple[list[dict], str] | None:
-    """`(evaluations, state)` of one stage folder, state `finished` or `training`; None when it has none yet."""
+    """
+    `(evaluations, state)` of one stage folder, state `finished` or `unfinished` (still training, or stopped); None
+    when it has none yet.
+    """
     log = folder / "stage_log.json"
     record = json.loads(log.read_text()) if log.is_file() else {}
     start = [{"step": 0, "eval_auc": record["start_eval_auc"]}] if "start_eval_auc" in record else []
@@ -48,7 +51,7 @@ def stage_evaluations(folder: Path) -> tuple[list[dict], str] | None:
     evals = [
         {k: r[k] for k in ("step", "eval_auc", "eval_uauc") if k in r} for r in history if "eval_auc" in r
     ]
-    return start + evals, "finished" if record else "training"
+    return start + evals, "finished" if record else "unfinished"
 
 
 def collect(output_dir: Path, rows_per_step: int) -> dict:
@@ -154,6 +157,11 @@ def main():
     parser.add_argument(
         "--data_dir", default="../shared/data/ml-1m", help="for the class counts of the intervals"
     )
+    parser.add_argument(
+        "--results_name",
+        default="learning_curves",
+        help="name of the results files in benchmarks/results/, e.g. for a sensitivity run's folder",
+    )
     args = parser.parse_args()
     config = json.loads(args.config.read_text())
     rows_per_step = config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)
@@ -167,8 +175,8 @@ def main():
         "class_counts": class_counts(args.data_dir, config),
         "curves": curves,
     }
-    plot(curves, RESULTS / "learning_curves.png")
-    print("\n".join(save_results("learning_curves", entry, render, TITLE)))
+    plot(curves, RESULTS / f"{args.results_name}.png")
+    print("\n".join(save_results(args.results_name, entry, render, TITLE)))
 
 
 if __name__ == "__main__":
