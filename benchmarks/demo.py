@@ -1,6 +1,7 @@
 """Time the README's main job (the offline demo) end to end and record its results.
 
     python benchmarks/demo.py [CONFIG] [--dtype auto|float32|bfloat16]   (default examples/configs/demo.json, auto)
+    python benchmarks/demo.py --report_only                               (rewrite demo.md from demo.json)
 
 Runs `examples/run_ctr.py CONFIG` in a fresh process (so the ~9 s of imports count), then records in
 `benchmarks/results/demo.{json,md}` (this CPU kind's section, `benchmarks/report.py`): wall time, per-stage times and
@@ -21,6 +22,7 @@ from report import RESULTS, dtype_name, provenance, save_results
 from ccf_llm.data import COLD_RULES
 from ccf_llm.precision import device_precision, resolve_dtype
 
+ROOT = Path(__file__).resolve().parents[1]
 TITLE = "The README's main job: offline demo on the synthetic log, SmolLM2-135M-Instruct"
 
 
@@ -54,10 +56,19 @@ def render(entry: dict) -> list[str]:
                 "",
                 f"Warm: {rows['warm']} test rows whose user and item have more than 3 train rows; cold: {rows['cold']} "
                 f"test rows ({run['cold_rule']} rule: {COLD_RULES[run['cold_rule']]}). The CF model's test AUC is "
-                "on the test rows the LLM modes scored. Under the table the demo prints:",
+                "on the test rows the LLM modes scored. Under the table this run printed:",
                 "",
                 f"> {run['table_note']}" if run.get("table_note") else "> (no note)",
             ]
+            config = ROOT / run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ..."
+            note = json.loads(config.read_text()).get("table_note") if config.is_file() else None
+            if note != run.get("table_note"):
+                lines += [
+                    "",
+                    f"`table_note` in `{config.relative_to(ROOT)}` has changed since; the demo now prints:",
+                    "",
+                    f"> {note}",
+                ]
         lines.append("")
     return lines
 
@@ -68,7 +79,14 @@ def main():
     )
     parser.add_argument("config", nargs="?", default="examples/configs/demo.json")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--report_only", action="store_true", help="rewrite demo.md from demo.json, run nothing"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        for entry in json.loads((RESULTS / "demo.json").read_text())["by_cpu_kind"].values():
+            lines = save_results("demo", entry, render, TITLE)
+        return print("\n".join(lines))
     config = json.loads(Path(args.config).read_text())
     output_dir = Path(config["output_dir"])
     command = ["python", "examples/run_ctr.py", args.config] + (

@@ -211,8 +211,33 @@ def select(args) -> None:
     print("\n".join(save_results("reproduce_selection", out, render_selection, title)))
 
 
+def rerender_selection() -> None:
+    """Rewrite `reproduce_selection.md` from its stored JSON entries (`--select --report_only`), runs nothing."""
+    from report import RESULTS, save_results
+
+    stored = json.loads((RESULTS / "reproduce_selection.json").read_text())["by_cpu_kind"]
+    title = "Learning rates for the reproduction, chosen on validation rows only"
+    for entry in stored.values():
+        lines = save_results("reproduce_selection", entry, render_selection, title)
+    print("\n".join(lines))
+
+
 def render_selection(out: dict) -> list[str]:
+    """The selection table and how its chosen rates compare with the config: the one it ran with
+    (`config_differs`, recorded then) and the config file as it is now, when this renders."""
     differs = out["config_differs"]
+    config_path = Path(out["config"])
+    now = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    updated = bool(differs) and all(now.get(k) == v for k, v in out["chosen"].items())
+    if updated:
+        verdict = (
+            f"The config held other values when the selection ran (config, chosen): {json.dumps(differs)}; "
+            f"`{out['config']}` now holds the chosen ones."
+        )
+    elif differs:
+        verdict = f"**The config differs** (config, chosen): {json.dumps(differs)}."
+    else:
+        verdict = "The config holds them."
     return [
         f"`gate_lightgcn`, the budget of `{out['config']}`, {out.get('select_eval_rows', 5000)} seeded validation "
         "rows per point; the test set is not read.",
@@ -225,12 +250,7 @@ def render_selection(out: dict) -> list[str]:
             for p in out["points"]
         ),
         "",
-        f"Chosen: {json.dumps(out['chosen'])}. "
-        + (
-            f"**The config differs** (config, chosen): {json.dumps(differs)}."
-            if differs
-            else "The config holds them."
-        ),
+        f"Chosen: {json.dumps(out['chosen'])}. {verdict}",
     ]
 
 
@@ -428,6 +448,8 @@ def main():
     args.config = args.config or config_path
     args.output_dir = args.output_dir or Path("outputs") / name
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.select and args.report_only:
+        return rerender_selection()
     if args.select:
         return select(args)
     rows = row_order(args.only or ROWS, args)
