@@ -23,6 +23,9 @@ the sum of its attempts (`OUTPUT_DIR/<row>.timing.json`); an interrupted attempt
 Each attempt keeps the git commit it ran at, and the table says which rows ran at which code.
 
 Writes `benchmarks/results/reproduce.json` and `.md` (AUC, UAUC, RelaImpr as in Table 3, and each row's time).
+Each stage keeps the checkpoint validation AUC selects (the paper's rule) and records the one validation UAUC selects;
+`--uauc_selected` scores the test set at the latter too (`examples/score.py --adapter`, about 6 min a row, once), and
+the table then shows both selections.
 """
 
 import argparse
@@ -254,6 +257,35 @@ def render_selection(out: dict) -> list[str]:
     ]
 
 
+def render_uauc_selected(found: dict) -> list[str]:
+    """The `uauc_selected_table` section: each LLM row's two checkpoint choices and the test set at the UAUC one."""
+    if not found.get("rows"):
+        return []
+    ci = lambda pair: f" [{pair[0]:.3f}, {pair[1]:.3f}]"  # noqa: E731
+    signed = lambda pair: f" [{pair[0]:+.3f}, {pair[1]:+.3f}]"  # noqa: E731
+    states = {"same": "same checkpoint", "not scored": "not scored yet (`--uauc_selected`)",
+              "rolled back": "stage rolled back", "no checkpoint": "checkpoint folder gone"}  # fmt: skip
+    lines = ["", "Checkpoint chosen by validation UAUC instead of validation AUC (the paper's rule, used above; "
+             "papers on this split differ in this choice): the last stage's evaluations on the early-stopping rows, the test set scored at the "
+             "UAUC-selected checkpoint (`--uauc_selected`). Intervals and tests as above.", "",
+             "| row | AUC-selected step (valid AUC) | UAUC-selected step (valid UAUC) | test AUC [95% CI] | "
+             "test UAUC [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+    for row, f in found["rows"].items():
+        test = f.get("test")
+        figures = (f"{test['auc']:.4f}{ci(test['auc_ci'])} | {test['uauc']:.4f}{ci(test['uauc_ci'])}" if test
+                   else "— | —")  # fmt: skip
+        note = f" ({states[f['state']]})" if f["state"] in states else ""
+        lines.append(f"| {row}{note} | {f['best_auc_step']} ({f['best_eval_auc']:.4f}) | {f['best_uauc_step']} "
+                     f"({f['best_eval_uauc']:.4f}) | {figures} |")  # fmt: skip
+    if found.get("paired"):
+        lines += ["", "| a − b, UAUC-selected | test AUC diff [95% CI] | p | test UAUC diff [95% CI] | p |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, d in found["paired"].items():
+            lines.append(f"| {name} | {d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
+                         f"{d['uauc_diff']:+.4f}{signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |")  # fmt: skip
+    return lines
+
+
 def row_order(wanted: list[str], args) -> list[str]:
     """`wanted` plus what it needs (CF rows, the rows whose stage 1 it shares), dependencies first."""
     ordered: list[str] = []
@@ -285,6 +317,106 @@ SLICES = {"warm": "users and items with more than 3 train rows (CoLLM's warm rul
           "new users": COLD_RULES["user"] + ' (`warm_cold_masks(cold="user")`)'}  # fmt: skip
 
 
+def comparisons(rows) -> tuple[dict, list[tuple[str, str]]]:
+    """Among `rows`: each LLM row's CF model (its RelaImpr base), and the paired comparisons: gate and inject vs
+    their CF model, gate vs inject on each CF source, gate and inject vs text."""
+    base = {row: LLM_ROWS[row][1][0] for row in rows if row in LLM_ROWS and LLM_ROWS[row][1]}
+    base = {row: cf for row, cf in base.items() if cf in rows}
+    pairs = [(row, cf) for row, cf in base.items() if row.startswith(("gate_", "inject_"))]
+    pairs += [(f"gate_{cf}", f"inject_{cf}") for cf in CF_ARGS if {f"gate_{cf}", f"inject_{cf}"} <= set(rows)]
+    pairs += [(f"{mode}_{cf}", "text") for mode in ("gate", "inject") for cf in CF_ARGS
+              if {f"{mode}_{cf}", "text"} <= set(rows)]  # fmt: skip
+    return base, pairs
+
+
+UAUC_SCORES = "scores_test_uauc_selected.parquet"
+
+
+def uauc_selection(row: str, args) -> dict | None:
+    """
+    The checkpoint validation UAUC selects in `row`'s last stage, beside the one validation AUC selected (the
+    paper's rule, the checkpoint every other table scores): their steps and validation figures (on the
+    early-stopping rows), and `state`: `same` (one checkpoint: the row's test scores serve), `scored`
+    (`UAUC_SCORES` exists), `not scored`, `rolled back` (the stage was undone: no checkpoint is its result) or
+    `no checkpoint` (its folder is gone). None for CF rows and rows without evaluations.
+    """
+    if row in CF_ARGS or not (args.output_dir / row / "all_results.json").is_file():
+        return None
+    folder = args.output_dir / row / LLM_ROWS[row][0]
+    stages = json.loads((args.output_dir / row / "all_results.json").read_text())["by_mode"][LLM_ROWS[row][0]]
+    last = stages["stages"][-1]
+    if "best_uauc_step" not in last:
+        return None
+    checkpoint = folder / Path(last["output_dir"]).name / f"checkpoint-{last['best_uauc_step']}"
+    found = {k: last[k] for k in ("best_auc_step", "best_eval_auc", "best_uauc_step", "best_eval_uauc")}
+    found["checkpoint"] = str(checkpoint)
+    if last.get("rolled_back"):
+        state = "rolled back"
+    elif last["best_uauc_step"] == last["best_auc_step"]:
+        state = "same"
+    elif (folder / UAUC_SCORES).is_file():
+        state = "scored"
+    else:
+        state = "not scored" if checkpoint.is_dir() else "no checkpoint"
+    return {**found, "state": state}
+
+
+def score_uauc_selected(row: str, found: dict, args) -> None:
+    """Score the test set at `row`'s UAUC-selected checkpoint (`examples/score.py --adapter`) into `UAUC_SCORES`,
+    over the same rows, in the same order, as the row's `scores_test.parquet`."""
+    from ccf_llm.data import load_movielens_1m
+
+    folder = args.output_dir / row / LLM_ROWS[row][0]
+    test = load_movielens_1m(args.data_dir)["test"].to_pandas()
+    kept = row_scores(row, args)
+    if kept is None or not (kept[["user_id", "item_id"]].values == test[["user_id", "item_id"]].values).all():
+        raise ValueError(f"{folder}/scores_test.parquet is not over the whole test split in its order")
+    rows = folder / "test_rows.parquet"  # the split's rows as score.py reads them (outputs/: never committed)
+    test[["user_id", "history", "item_id", "label"]].to_parquet(rows, index=False)
+    log = args.output_dir / f"{row}.uauc_selected.log"
+    cmd = [sys.executable, "examples/score.py", "--model", str(folder), "--adapter", found["checkpoint"],
+           "--input", str(rows), "--output", str(folder / UAUC_SCORES)]  # fmt: skip
+    print(
+        f"[reproduce] {row}: test set at the UAUC-selected checkpoint: {' '.join(cmd)} (log: {log})",
+        flush=True,
+    )
+    with open(log, "a") as handle:
+        subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
+    rows.unlink()
+
+
+def uauc_selected_table(results: dict, args) -> dict:
+    """Every finished LLM row's `uauc_selection`, scoring the missing ones with `--uauc_selected`, and 95% intervals
+    (bootstrap over test users) of the test AUC and UAUC at those checkpoints, paired as in `intervals`."""
+    import pandas as pd
+
+    from ccf_llm.metrics import user_bootstrap
+
+    found = {row: f for row in results if (f := uauc_selection(row, args))}
+    for row, f in found.items():
+        if f["state"] == "not scored" and args.uauc_selected:
+            score_uauc_selected(row, f, args)
+            f["state"] = "scored"
+    frames = {row: row_scores(row, args) for row in results if row in CF_ARGS}
+    for row, f in found.items():
+        folder = args.output_dir / row / LLM_ROWS[row][0]
+        if f["state"] == "same":
+            frames[row] = row_scores(row, args)
+        elif f["state"] == "scored":
+            frames[row] = pd.read_parquet(folder / UAUC_SCORES)
+    frames = {row: frame for row, frame in frames.items() if frame is not None}
+    llm = [row for row in frames if row in found]
+    if not llm:
+        return {"rows": found}
+    base, pairs = comparisons(frames)
+    first = next(iter(frames.values()))
+    boot = user_bootstrap({row: f["score"].to_numpy() for row, f in frames.items()}, first["label"].to_numpy(),
+                          first["user_id"].to_numpy(), pairs=pairs, base_auc=base, seed=0)  # fmt: skip
+    for row in llm:
+        found[row]["test"] = boot["models"][row]
+    return {"rows": found, "paired": boot["pairs"]}
+
+
 def intervals(results: dict, args) -> dict:
     """
     95% intervals (bootstrap over test users) of every row with scores; paired tests gate vs inject, gate and
@@ -303,14 +435,7 @@ def intervals(results: dict, args) -> dict:
             frame[["user_id", "item_id", "label"]].values == first[["user_id", "item_id", "label"]].values
         ).all():
             raise ValueError(f"{row}'s test scores are not over the same rows as the others'")
-    base = {row: LLM_ROWS[row][1][0] for row in frames if row in LLM_ROWS and LLM_ROWS[row][1]}
-    base = {row: cf for row, cf in base.items() if cf in frames}
-    pairs = [(row, cf) for row, cf in base.items() if row.startswith(("gate_", "inject_"))]
-    pairs += [
-        (f"gate_{cf}", f"inject_{cf}") for cf in CF_ARGS if {f"gate_{cf}", f"inject_{cf}"} <= set(frames)
-    ]
-    pairs += [(f"{mode}_{cf}", "text") for mode in ("gate", "inject") for cf in CF_ARGS
-              if {f"{mode}_{cf}", "text"} <= set(frames)]  # fmt: skip
+    base, pairs = comparisons(frames)
     scores = {row: f["score"].to_numpy() for row, f in frames.items()}
     labels, users = first["label"].to_numpy(), first["user_id"].to_numpy()
     out = user_bootstrap(scores, labels, users, pairs=pairs, base_auc=base, seed=0)
@@ -399,6 +524,7 @@ def render(out: dict) -> list[str]:
             cells = [out["slices"][n]["paired"][pair] for n in names]
             lines.append(f"| {pair} | " + " | ".join(
                 f"{d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])}, {d['auc_p']:.3f}" for d in cells) + " |")  # fmt: skip
+    lines += render_uauc_selected(out.get("uauc_selected", {}))
     if out.get("shared_stage1"):
         lines += ["", "Stage 1 shared (run_ctr.py --shared_stage1): "
                   + ", ".join(f"{row} from {src}" for row, src in out["shared_stage1"].items()) + "."]  # fmt: skip
@@ -431,6 +557,11 @@ def main():
         "--only", nargs="*", choices=ROWS, help="run these rows only, in this order (their CF rows first)"
     )
     parser.add_argument("--report_only", action="store_true", help="tabulate the finished rows, run nothing")
+    parser.add_argument(
+        "--uauc_selected",
+        action="store_true",
+        help="score the test set at each finished LLM row's UAUC-selected checkpoint where not yet done (~6 min a row)",
+    )
     parser.add_argument(
         "--results_name",
         default=None,
@@ -510,6 +641,7 @@ def write_table(results: dict, args, name: str, start: float) -> None:
             for name, found in boot.get("slices", {}).items()
         },  # fmt: skip
         "bootstrap_resamples": boot.get("n_resamples"),
+        "uauc_selected": uauc_selected_table(results, args),
         "shared_stage1": {row: src for row in results if (src := shared_stage1_source(row, args))},
         "rows_not_run": [row for row in ROWS if row not in results],
     }

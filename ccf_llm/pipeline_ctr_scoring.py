@@ -10,6 +10,7 @@
 All three go through `CCFLlamaProcessor.ranking_inputs` and `CCFLlamaForCTR.score_candidates`.
 """
 
+import filecmp
 import json
 from pathlib import Path
 
@@ -29,50 +30,80 @@ ADAPTER_SUBFOLDER = "adapter"
 _MERGED = "_ccf_merged_adapter"  # set on a model once its folder's adapter is merged in, so it never is twice
 
 
-def _merge_saved_adapter(model, path: str | Path | None = None):
+def _same_weights(folder: Path, other: Path) -> bool:
+    """Whether two saved models hold byte-identical weight files (a run folder and its copy)."""
+    names = sorted(p.name for p in folder.glob("*.safetensors"))
+    return (
+        bool(names)
+        and names == sorted(p.name for p in other.glob("*.safetensors"))
+        and all(filecmp.cmp(folder / name, other / name, shallow=False) for name in names)
+    )
+
+
+def _merge_saved_adapter(model, path: str | Path | None = None, adapter: str | Path | None = None):
     """
-    `model` with the adapter saved next to it (`<path>/adapter`, as `run_ctr.py` writes it) merged in.
+    `model` with an adapter merged in: `adapter` (a folder holding one, e.g. a training checkpoint of
+    `CCFTwoStageTrainer`) or, by default, the one saved next to the model (`<path>/adapter`, as `run_ctr.py` writes it).
 
     Nothing is merged into a model that already carries its adapter (a PEFT model, or one `load_ctr_model` merged),
     nor into an in-memory model with no folder of its own (`name_or_path` empty: the current directory is not its
-    folder). An adapter whose `base_model_name_or_path` is another local folder belongs to another model: refused.
+    folder). An adapter whose `base_model_name_or_path` is another local folder belongs to another model: refused,
+    unless that folder holds the same weights byte for byte (the run folder was copied or moved).
     """
     if (
         not isinstance(model, CCFLlamaForCTR)
         or hasattr(model, "peft_config")
         or getattr(model, _MERGED, None)
     ):
+        if adapter is not None:
+            raise ValueError(
+                f"the model already carries an adapter: {adapter} cannot be merged into it as well"
+            )
         return model
     if path is None and not model.name_or_path:
         return model
     folder = Path(path if path is not None else model.name_or_path)
-    adapter_config = folder / ADAPTER_SUBFOLDER / "adapter_config.json"
+    adapter_folder = Path(adapter) if adapter is not None else folder / ADAPTER_SUBFOLDER
+    adapter_config = adapter_folder / "adapter_config.json"
     if not adapter_config.is_file():
+        if adapter is not None:
+            raise FileNotFoundError(f"{adapter_folder} holds no adapter (no adapter_config.json)")
         return model
     base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
-    if base and Path(base).is_dir() and Path(base).resolve() != folder.resolve():
+    if (
+        base
+        and Path(base).is_dir()
+        and Path(base).resolve() != folder.resolve()
+        and not _same_weights(Path(base), folder)
+    ):
         raise ValueError(
-            f"the adapter in {folder / ADAPTER_SUBFOLDER} was trained on the base model in {base}, not on {folder}: "
+            f"the adapter in {adapter_folder} was trained on the base model in {base}, not on {folder}: "
             "it does not belong to this model"
         )
     from peft import PeftModel
 
-    logger.info("merging the adapter in %s into the model", folder / ADAPTER_SUBFOLDER)
-    merged = PeftModel.from_pretrained(model, str(folder), subfolder=ADAPTER_SUBFOLDER).merge_and_unload()
-    setattr(merged, _MERGED, str(folder / ADAPTER_SUBFOLDER))
+    logger.info("merging the adapter in %s into the model", adapter_folder)
+    merged = PeftModel.from_pretrained(model, str(adapter_folder)).merge_and_unload()
+    setattr(merged, _MERGED, str(adapter_folder))
     return merged
 
 
-def load_ctr_model(path: str | Path, merge_adapter: bool = True, **kwargs) -> CCFLlamaForCTR:
+def load_ctr_model(
+    path: str | Path, merge_adapter: bool = True, adapter: str | Path | None = None, **kwargs
+) -> CCFLlamaForCTR:
     """
     Load a trained CCF-LLM for scoring: `AutoModel.from_pretrained(path, **kwargs)` and, when the folder has an
     `adapter/` subfolder (LoRA + ALG/GATE, as `examples/run_ctr.py` saves it), that adapter merged in, so scoring
-    runs at the speed of the plain model. Without `merge_adapter` the base model alone is returned.
+    runs at the speed of the plain model. `adapter` merges another folder's adapter instead, e.g. a checkpoint of
+    the last stage (`path/stage_2_fusion/checkpoint-600`: the one validation UAUC selects). Without `merge_adapter`
+    the base model alone is returned.
     """
+    if adapter is not None and not merge_adapter:
+        raise ValueError(f"adapter={adapter} asks for a merge that merge_adapter=False forbids")
     model = AutoModel.from_pretrained(path, **kwargs)
     if not isinstance(model, CCFLlamaForCTR):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a CCF-LLM model (CCFLlamaForCTR)")
-    return (_merge_saved_adapter(model, path) if merge_adapter else model).eval()
+    return (_merge_saved_adapter(model, path, adapter) if merge_adapter else model).eval()
 
 
 class CTRScoringPipeline(Pipeline):

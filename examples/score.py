@@ -3,9 +3,10 @@
     python examples/score.py --model OUT/gate --input candidates.parquet --output scores.parquet
 
 `--model` is a folder written by `examples/run_ctr.py` (base model, `adapter/` and processor; the adapter is merged
-in) or any `save_pretrained` folder of a `CCFLlamaForCTR` with its `CCFLlamaProcessor`. The input (parquet or CSV)
-needs the columns `user_id`, `history` (a list of earlier positive item ids, oldest first) and `item_id`; every
-column is copied to the output, plus `score` (p_yes / (p_yes + p_no)). Rows sharing a user and history share one
+in) or any `save_pretrained` folder of a `CCFLlamaForCTR` with its `CCFLlamaProcessor`. `--adapter` merges another
+adapter instead, e.g. a training checkpoint (`--adapter OUT/gate/stage_2_fusion/checkpoint-600`). The input
+(parquet or CSV) needs the columns `user_id`, `history` (a list of earlier positive item ids, oldest first) and
+`item_id`; every column is copied to the output, plus `score` (p_yes / (p_yes + p_no)). Rows sharing a user and history share one
 encoded prompt prefix (`ccf_llm.score_rows`). A progress bar shows rows scored.
 
 Under `torchrun` (or `accelerate launch`) each process scores a share of the rows, every user's rows in one share
@@ -81,6 +82,12 @@ def main(argv=None):
         "--input", required=True, type=Path, help="parquet/CSV with user_id, history, item_id"
     )
     parser.add_argument("--output", required=True, type=Path, help="parquet file to write")
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="merge this folder's adapter instead of MODEL/adapter, e.g. a checkpoint of the last stage "
+        "(MODEL/stage_2_fusion/checkpoint-600)",
+    )
     parser.add_argument("--batch_size", type=int, default=64, help="rows per LLM call")
     parser.add_argument(
         "--dtype",
@@ -104,7 +111,7 @@ def main(argv=None):
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = torch.device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     table = read_table(args.input)
-    model = load_ctr_model(args.model, dtype=resolve_dtype(args.dtype)).to(device)
+    model = load_ctr_model(args.model, adapter=args.adapter, dtype=resolve_dtype(args.dtype)).to(device)
     processor = CCFLlamaProcessor.from_pretrained(args.model)
     start = time.perf_counter()
     table["score"] = score_rows_distributed(

@@ -234,16 +234,19 @@ def test_pipeline_casts_a_bf16_model_to_fp32_only_where_bf16_is_not_native(
     assert sorted(out["item_ids"]) == [4, 6] and all(0 < s < 1 for s in out["scores"])
 
 
-def _folder_with_adapter(folder, base_name=None):
-    """A run_ctr-style folder: base model + processor at the root, a non-zero LoRA adapter in adapter/."""
+def _folder_with_adapter(folder, base_name=None, seed=0, adapter="adapter", adapter_seed=None):
+    """A run_ctr-style folder: base model + processor at the root (`build("gate", seed=seed)`), a non-zero LoRA
+    adapter in `folder/adapter` (or another subfolder: `adapter`), initialized from `adapter_seed` when given."""
     from peft import LoraConfig, get_peft_model
 
-    model, processor = build("gate")
+    model, processor = build("gate", seed=seed)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     model.name_or_path = str(base_name or folder)
+    if adapter_seed is not None:
+        torch.manual_seed(adapter_seed)
     peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
-    peft.save_pretrained(folder / "adapter")
+    peft.save_pretrained(folder / adapter)
     return processor
 
 
@@ -271,10 +274,50 @@ def test_pipeline_never_merges_an_adapter_twice_or_one_that_is_not_the_models(tm
     scorer = pipeline("ctr-scoring", model=fresh, processor=processor)
     assert torch.equal(scorer.model.language_model.layers[0].self_attn.q_proj.weight, before)
 
-    # an adapter trained on another local base model
-    _folder_with_adapter(tmp_path / "other", base_name=tmp_path / "run")
+    # an adapter trained on another local base model (other weights)
+    _folder_with_adapter(tmp_path / "other", base_name=tmp_path / "run", seed=1)
     with pytest.raises(ValueError, match="does not belong to this model"):
         load_ctr_model(tmp_path / "other")
+
+
+def test_load_ctr_model_merges_a_chosen_checkpoint_and_accepts_a_copied_run_folder(tmp_path):
+    """`adapter=` merges e.g. the UAUC-selected checkpoint instead of adapter/; a copied run folder, whose adapters
+    still name the original as their base, loads (same weights byte for byte) and scores the same."""
+    import shutil
+
+    from ccf_llm import load_ctr_model
+
+    processor = _folder_with_adapter(tmp_path / "run")
+    # a second, different adapter of the same base, saved where the trainer keeps a stage's checkpoints
+    _folder_with_adapter(tmp_path / "run", adapter="stage_2_fusion/checkpoint-600", adapter_seed=7)
+    query = {"user_id": 2, "history": [1, 3], "candidates": [6, 4, 5]}
+
+    def scores(model):
+        return pipeline("ctr-scoring", model=model, processor=processor)(query)["scores"]
+
+    default = load_ctr_model(tmp_path / "run", dtype=torch.float32)
+    chosen = load_ctr_model(
+        tmp_path / "run", adapter=tmp_path / "run" / "stage_2_fusion" / "checkpoint-600", dtype=torch.float32
+    )
+    from peft import PeftModel
+
+    by_hand = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(tmp_path / "run", dtype=torch.float32),
+        str(tmp_path / "run" / "stage_2_fusion" / "checkpoint-600"),
+    ).merge_and_unload()
+    assert np.abs(np.subtract(scores(default), scores(chosen))).max() > 1e-4  # another adapter, other scores
+    for name, weight in by_hand.state_dict().items():  # the checkpoint's LoRA, merged as PEFT merges it
+        torch.testing.assert_close(chosen.state_dict()[name], weight, msg=name)
+
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")  # adapter_config.json still names run/ as the base
+    np.testing.assert_allclose(
+        scores(load_ctr_model(tmp_path / "moved", dtype=torch.float32)), scores(default), atol=1e-6
+    )
+
+    with pytest.raises(FileNotFoundError, match="holds no adapter"):
+        load_ctr_model(tmp_path / "run", adapter=tmp_path / "run" / "stage_2_fusion")
+    with pytest.raises(ValueError, match="merge_adapter=False"):
+        load_ctr_model(tmp_path / "run", adapter=tmp_path / "run" / "adapter", merge_adapter=False)
 
 
 def test_score_script_reads_csv_histories_and_refuses_values_that_are_not_ids(tmp_path):
