@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from report import RESULTS, dtype_name, provenance, save_results
+from report import RESULTS, ROOT, dtype_name, provenance, rerender, save_results
 
 from ccf_llm.data import COLD_RULES
 from ccf_llm.precision import device_precision, resolve_dtype
 
-ROOT = Path(__file__).resolve().parents[1]
 TITLE = "The README's main job: offline demo on the synthetic log, SmolLM2-135M-Instruct"
 
 
@@ -60,15 +59,12 @@ def render(entry: dict) -> list[str]:
                 "",
                 f"> {run['table_note']}" if run.get("table_note") else "> (no note)",
             ]
-            config = ROOT / run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ..."
-            note = json.loads(config.read_text()).get("table_note") if config.is_file() else None
-            if note != run.get("table_note"):
-                lines += [
-                    "",
-                    f"`table_note` in `{config.relative_to(ROOT)}` has changed since; the demo now prints:",
-                    "",
-                    f"> {note}",
-                ]
+            config = ROOT / run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ...": no spaces
+            if config.is_file() and (note := json.loads(config.read_text()).get("table_note")) != run.get(
+                "table_note"
+            ):
+                lines += ["", f"`table_note` in `{run['command'].split()[2]}` has changed since; the demo now prints:",
+                          "", f"> {note}"]  # fmt: skip
         lines.append("")
     return lines
 
@@ -84,9 +80,7 @@ def main():
     )
     args = parser.parse_args()
     if args.report_only:
-        for entry in json.loads((RESULTS / "demo.json").read_text())["by_cpu_kind"].values():
-            lines = save_results("demo", entry, render, TITLE)
-        return print("\n".join(lines))
+        return print("\n".join(rerender("demo", render, TITLE)))
     config = json.loads(Path(args.config).read_text())
     output_dir = Path(config["output_dir"])
     command = ["python", "examples/run_ctr.py", args.config] + (

@@ -2,13 +2,13 @@
 
     python benchmarks/matmul_peak.py [--samples 30] [--threads 2]
 
-Interleaves `--samples` rounds of each dtype (so both see the same moments of this shared VM) on two shapes: a 3072²
+Interleaves `--samples` rounds of each dtype (so both see the same moments of this shared VM) on three shapes: a 3072²
 matmul (`speed.PeakProbe`, the peak every MFU in `speed.md` is against) and the largest matmul of SmolLM2-135M's
 training step (3,322 tokens x 576 @ 576 x 1,536, the MLP's up projection at `speed.py`'s tokens per step), and a
 512² matmul. Where bf16 is not native (`ccf_llm.precision.device_precision`: AVX2-only CPUs, where it runs ~450x
 slower, a 3072² bf16 matmul would take minutes) bf16 is timed on the 512² matmul only. Each sample is the best of 3
 timed calls after an untimed one (`speed.matmul_tflops`). Writes this CPU kind's entry of
-`benchmarks/results/matmul_peak.{json,md}` with every sample, best and median per dtype and shape, and the bf16/fp32
+`benchmarks/results/matmul_peak.{json,md}` with every sample, best, median and min per dtype and shape, and the bf16/fp32
 ratio of the medians. Takes about a minute on two cores; run it with nothing else computing.
 """
 
@@ -70,10 +70,8 @@ def main():
             for name, (a, b) in operands.items():
                 samples[name].append(round(matmul_tflops(a, b), 4))
         shapes[shape] = {
-            **{
-                name: {"best": max(s), "median": statistics.median(s), "min": min(s), "samples": s}
-                for name, s in samples.items()
-            },
+            name: {"best": max(s), "median": statistics.median(s), "min": min(s), "samples": s}
+            for name, s in samples.items()
         }
         if "bfloat16" in samples:
             shapes[shape]["bf16_over_fp32"] = statistics.median(samples["bfloat16"]) / statistics.median(

@@ -2,8 +2,9 @@
 
 `benchmarks/results/<name>.json` holds `{"by_cpu_kind": {KIND: result, ...}}`, KIND being
 `ccf_llm.precision.device_precision().kind` (`AMX`, `AVX512-BF16`, `AVX2`, ...; figures from before the kind was
-recorded carry the kind their bf16 speed implies, with `inferred` saying why). A run replaces only its own kind's entry, so a run on one kind of machine never replaces
-another kind's figures, and `<name>.md` is rendered again from the whole file, one `## KIND` section per kind.
+recorded carry the kind their bf16 speed implies, with `inferred` saying why). A run replaces only its own kind's
+entry, so a run on one kind of machine never replaces another kind's figures, and `<name>.md` is rendered again from
+the whole file, one `## KIND` section per kind (`rerender` does only that, after a change to a render function).
 """
 
 import json
@@ -19,6 +20,7 @@ import torch
 from ccf_llm.precision import device_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]  # the repository: relative paths in stored commands and configs start here
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
@@ -86,4 +88,18 @@ def save_results(
     for kind, entry in sorted(stored["by_cpu_kind"].items()):
         lines += ["", f"## {kind}", "", provenance_line(entry["provenance"]), "", *render(entry)]
     (results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def rerender(
+    name: str, render: Callable[[dict], list[str]], title: str, results_dir: Path = RESULTS
+) -> list[str]:
+    """Write `<name>.md` again from `<name>.json` with `render` (a script's `--report_only`), running nothing."""
+    path = results_dir / f"{name}.json"
+    entries = json.loads(path.read_text())["by_cpu_kind"] if path.is_file() else {}
+    if not entries:
+        raise FileNotFoundError(f"{path} holds no results to render")
+    lines = []
+    for entry in entries.values():
+        lines = save_results(name, entry, render, title, results_dir)
     return lines

@@ -76,6 +76,7 @@ BUDGETS = {  # name -> (config, results file): `quick` is the smoke run, `full` 
     "full": (Path("examples/configs/reproduce_ml1m_full.json"), "reproduce_full"),
 }
 ROWS = [*CF_ARGS, *LLM_ROWS]
+SELECTION_TITLE = "Learning rates for the reproduction, chosen on validation rows only"
 SELECTION = {"learning_rate": [1e-3, 2e-3, 5e-3], "fusion_learning_rate": [3e-3, 1e-2, 3e-2]}  # `--select`
 
 
@@ -210,37 +211,30 @@ def select(args) -> None:
         "select_eval_rows": args.select_eval_rows,
         "total_wall_seconds": round(sum(p["wall_seconds"] or 0 for p in points), 1),
     }
-    title = "Learning rates for the reproduction, chosen on validation rows only"
-    print("\n".join(save_results("reproduce_selection", out, render_selection, title)))
-
-
-def rerender_selection() -> None:
-    """Rewrite `reproduce_selection.md` from its stored JSON entries (`--select --report_only`), runs nothing."""
-    from report import RESULTS, save_results
-
-    stored = json.loads((RESULTS / "reproduce_selection.json").read_text())["by_cpu_kind"]
-    title = "Learning rates for the reproduction, chosen on validation rows only"
-    for entry in stored.values():
-        lines = save_results("reproduce_selection", entry, render_selection, title)
-    print("\n".join(lines))
+    print("\n".join(save_results("reproduce_selection", out, render_selection, SELECTION_TITLE)))
 
 
 def render_selection(out: dict) -> list[str]:
     """The selection table and how its chosen rates compare with the config: the one it ran with
     (`config_differs`, recorded then) and the config file as it is now, when this renders."""
+    from report import ROOT
+
     differs = out["config_differs"]
-    config_path = Path(out["config"])
-    now = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    updated = bool(differs) and all(now.get(k) == v for k, v in out["chosen"].items())
-    if updated:
-        verdict = (
-            f"The config held other values when the selection ran (config, chosen): {json.dumps(differs)}; "
-            f"`{out['config']}` now holds the chosen ones."
-        )
-    elif differs:
-        verdict = f"**The config differs** (config, chosen): {json.dumps(differs)}."
+    config_path = ROOT / out["config"]
+    if not config_path.is_file():
+        verdict = f"`{out['config']}` is gone; when the selection ran it differed in {json.dumps(differs)}."
     else:
-        verdict = "The config holds them."
+        now = json.loads(config_path.read_text())
+        now_differs = {k: (now.get(k), v) for k, v in out["chosen"].items() if now.get(k) != v}
+        if now_differs:
+            verdict = f"**The config differs** (config, chosen): {json.dumps(now_differs)}."
+        elif differs:
+            verdict = (
+                f"The config held other values when the selection ran (config, chosen): {json.dumps(differs)}; "
+                f"`{out['config']}` now holds the chosen ones."
+            )
+        else:
+            verdict = "The config holds them."
     return [
         f"`gate_lightgcn`, the budget of `{out['config']}`, {out.get('select_eval_rows', 5000)} seeded validation "
         "rows per point; the test set is not read.",
@@ -261,22 +255,27 @@ def render_uauc_selected(found: dict) -> list[str]:
     """The `uauc_selected_table` section: each LLM row's two checkpoint choices and the test set at the UAUC one."""
     if not found.get("rows"):
         return []
-    ci = lambda pair: f" [{pair[0]:.3f}, {pair[1]:.3f}]"  # noqa: E731
-    signed = lambda pair: f" [{pair[0]:+.3f}, {pair[1]:+.3f}]"  # noqa: E731
     states = {"same": "same checkpoint", "not scored": "not scored yet (`--uauc_selected`)",
-              "rolled back": "stage rolled back", "no checkpoint": "checkpoint folder gone"}  # fmt: skip
+              "stale": "scores of another checkpoint: rescore with `--uauc_selected`",
+              "rolled back": "stage rolled back", "last step": "the run kept its last step",
+              "no evaluations": "no evaluations", "no checkpoint": "checkpoint folder gone"}  # fmt: skip
     lines = ["", "Checkpoint chosen by validation UAUC instead of validation AUC (the paper's rule, used above; "
-             "papers on this split differ in this choice): the last stage's evaluations on the early-stopping rows, the test set scored at the "
-             "UAUC-selected checkpoint (`--uauc_selected`). Intervals and tests as above.", "",
+             "papers on this split differ in this choice): the last stage's evaluations on the early-stopping "
+             "rows, the test set scored at the UAUC-selected checkpoint (`--uauc_selected`). Intervals and tests "
+             "as above.", "",
              "| row | AUC-selected step (valid AUC) | UAUC-selected step (valid UAUC) | test AUC [95% CI] | "
              "test UAUC [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+
+    def chosen(step, value) -> str:
+        return "—" if step is None else f"{step} ({value:.4f})"
+
     for row, f in found["rows"].items():
         test = f.get("test")
         figures = (f"{test['auc']:.4f}{ci(test['auc_ci'])} | {test['uauc']:.4f}{ci(test['uauc_ci'])}" if test
                    else "— | —")  # fmt: skip
         note = f" ({states[f['state']]})" if f["state"] in states else ""
-        lines.append(f"| {row}{note} | {f['best_auc_step']} ({f['best_eval_auc']:.4f}) | {f['best_uauc_step']} "
-                     f"({f['best_eval_uauc']:.4f}) | {figures} |")  # fmt: skip
+        lines.append(f"| {row}{note} | {chosen(f['best_auc_step'], f['best_eval_auc'])} | "
+                     f"{chosen(f['best_uauc_step'], f['best_eval_uauc'])} | {figures} |")  # fmt: skip
     if found.get("paired"):
         lines += ["", "| a − b, UAUC-selected | test AUC diff [95% CI] | p | test UAUC diff [95% CI] | p |",
                   "|---|---|---|---|---|"]  # fmt: skip
@@ -304,13 +303,41 @@ def row_order(wanted: list[str], args) -> list[str]:
     return [row for row in ordered if row in CF_ARGS] + [row for row in ordered if row not in CF_ARGS]
 
 
+def row_folder(row: str, args) -> Path:
+    """Where a row's model and scores are: `OUTPUT_DIR/<row>` for CF rows, `OUTPUT_DIR/<row>/<fusion mode>` else."""
+    return args.output_dir / row if row in CF_ARGS else args.output_dir / row / LLM_ROWS[row][0]
+
+
 def row_scores(row: str, args, split: str = "test"):
     """The per-row scores a finished row wrote (`scores_<split>.parquet`), or None for rows run before they were kept."""
     import pandas as pd
 
-    folder = args.output_dir / row if row in CF_ARGS else args.output_dir / row / LLM_ROWS[row][0]
-    path = folder / f"scores_{split}.parquet"
+    path = row_folder(row, args) / f"scores_{split}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
+
+
+def aligned(frames: dict) -> dict:
+    """`frames` (row -> scores), after checking that every one is over the same test rows in the same order."""
+    first = next(iter(frames.values()), None)
+    for row, frame in frames.items():
+        if (
+            len(frame) != len(first)
+            or not (
+                frame[["user_id", "item_id", "label"]].values == first[["user_id", "item_id", "label"]].values
+            ).all()
+        ):
+            raise ValueError(f"{row}'s test scores are not over the same rows as the others'")
+    return frames
+
+
+def ci(pair) -> str:
+    """` [low, high]` of an interval, or nothing where there is none."""
+    return f" [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
+
+
+def signed(pair) -> str:
+    """` [+low, +high]` of an interval of a difference."""
+    return f" [{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
 
 SLICES = {"warm": "users and items with more than 3 train rows (CoLLM's warm rule)",
@@ -329,33 +356,59 @@ def comparisons(rows) -> tuple[dict, list[tuple[str, str]]]:
     return base, pairs
 
 
-UAUC_SCORES = "scores_test_uauc_selected.parquet"
+UAUC_SCORES = (
+    "scores_test_uauc_selected.parquet"  # beside it, UAUC_SCORES + ".json": the checkpoint it scored
+)
+
+
+def last_stage_log(row: str, args) -> tuple[Path, dict]:
+    """A finished LLM row's last stage: its folder (where its checkpoints are) and its record, from the folder's
+    `stage_log.json` where there is one (a stage resumed or shared from another row keeps its selection there)."""
+    results = json.loads((args.output_dir / row / "all_results.json").read_text())
+    last = results["by_mode"][LLM_ROWS[row][0]]["stages"][-1]
+    folder = (
+        Path(last["shared_from"]).parent
+        if "shared_from" in last
+        else row_folder(row, args) / Path(last["output_dir"]).name
+    )  # fmt: skip
+    log = folder / "stage_log.json"
+    return folder, (json.loads(log.read_text()) if log.is_file() else last)
 
 
 def uauc_selection(row: str, args) -> dict | None:
     """
     The checkpoint validation UAUC selects in `row`'s last stage, beside the one validation AUC selected (the
     paper's rule, the checkpoint every other table scores): their steps and validation figures (on the
-    early-stopping rows), and `state`: `same` (one checkpoint: the row's test scores serve), `scored`
-    (`UAUC_SCORES` exists), `not scored`, `rolled back` (the stage was undone: no checkpoint is its result) or
-    `no checkpoint` (its folder is gone). None for CF rows and rows without evaluations.
+    early-stopping rows), and `state`:
+
+    * `same`: one checkpoint, the row's test scores serve;
+    * `scored`: `UAUC_SCORES` holds the test set at this checkpoint; `stale`: at another one (rescored by
+      `--uauc_selected`); `not scored`;
+    * `rolled back` (the stage was undone: no checkpoint is its result), `last step` (the run kept its last weights,
+      not a selected checkpoint: evaluation without early stopping), `no evaluations`, `no checkpoint` (its folder
+      is gone).
+
+    None for CF rows and unfinished rows.
     """
     if row in CF_ARGS or not (args.output_dir / row / "all_results.json").is_file():
         return None
-    folder = args.output_dir / row / LLM_ROWS[row][0]
-    stages = json.loads((args.output_dir / row / "all_results.json").read_text())["by_mode"][LLM_ROWS[row][0]]
-    last = stages["stages"][-1]
-    if "best_uauc_step" not in last:
-        return None
-    checkpoint = folder / Path(last["output_dir"]).name / f"checkpoint-{last['best_uauc_step']}"
-    found = {k: last[k] for k in ("best_auc_step", "best_eval_auc", "best_uauc_step", "best_eval_uauc")}
+    folder, last = last_stage_log(row, args)
+    keys = ("best_auc_step", "best_eval_auc", "best_uauc_step", "best_eval_uauc")
+    found = {k: last.get(k) for k in keys}
+    checkpoint = folder / f"checkpoint-{last.get('best_uauc_step')}"
     found["checkpoint"] = str(checkpoint)
-    if last.get("rolled_back"):
+    sidecar = row_folder(row, args) / f"{UAUC_SCORES}.json"
+    if last.get("best_uauc_step") is None:
+        state = "no evaluations"
+    elif last.get("rolled_back"):
         state = "rolled back"
+    elif not last.get("best_checkpoint"):
+        state = "last step"
     elif last["best_uauc_step"] == last["best_auc_step"]:
         state = "same"
-    elif (folder / UAUC_SCORES).is_file():
-        state = "scored"
+    elif sidecar.is_file():
+        scored = Path(json.loads(sidecar.read_text())["checkpoint"])
+        state = "scored" if scored.resolve() == checkpoint.resolve() else "stale"
     else:
         state = "not scored" if checkpoint.is_dir() else "no checkpoint"
     return {**found, "state": state}
@@ -363,13 +416,17 @@ def uauc_selection(row: str, args) -> dict | None:
 
 def score_uauc_selected(row: str, found: dict, args) -> None:
     """Score the test set at `row`'s UAUC-selected checkpoint (`examples/score.py --adapter`) into `UAUC_SCORES`,
-    over the same rows, in the same order, as the row's `scores_test.parquet`."""
+    over the same rows, in the same order, as the row's `scores_test.parquet`; the checkpoint goes beside it."""
     from ccf_llm.data import load_movielens_1m
 
-    folder = args.output_dir / row / LLM_ROWS[row][0]
+    folder = row_folder(row, args)
     test = load_movielens_1m(args.data_dir)["test"].to_pandas()
     kept = row_scores(row, args)
-    if kept is None or not (kept[["user_id", "item_id"]].values == test[["user_id", "item_id"]].values).all():
+    if (
+        kept is None
+        or len(kept) != len(test)
+        or not (kept[["user_id", "item_id"]].values == test[["user_id", "item_id"]].values).all()
+    ):
         raise ValueError(f"{folder}/scores_test.parquet is not over the whole test split in its order")
     rows = folder / "test_rows.parquet"  # the split's rows as score.py reads them (outputs/: never committed)
     test[["user_id", "history", "item_id", "label"]].to_parquet(rows, index=False)
@@ -380,31 +437,34 @@ def score_uauc_selected(row: str, found: dict, args) -> None:
         f"[reproduce] {row}: test set at the UAUC-selected checkpoint: {' '.join(cmd)} (log: {log})",
         flush=True,
     )
-    with open(log, "a") as handle:
-        subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
-    rows.unlink()
+    try:
+        with open(log, "a") as handle:
+            subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
+    finally:
+        rows.unlink()
+    scored = {"checkpoint": str(Path(found["checkpoint"]).resolve())}
+    (folder / f"{UAUC_SCORES}.json").write_text(json.dumps(scored) + "\n")
 
 
 def uauc_selected_table(results: dict, args) -> dict:
-    """Every finished LLM row's `uauc_selection`, scoring the missing ones with `--uauc_selected`, and 95% intervals
-    (bootstrap over test users) of the test AUC and UAUC at those checkpoints, paired as in `intervals`."""
+    """Every finished LLM row's `uauc_selection`, scoring the missing or stale ones with `--uauc_selected`, and 95%
+    intervals (bootstrap over test users) of the test AUC and UAUC at those checkpoints, paired as in `intervals`."""
     import pandas as pd
 
     from ccf_llm.metrics import user_bootstrap
 
     found = {row: f for row in results if (f := uauc_selection(row, args))}
     for row, f in found.items():
-        if f["state"] == "not scored" and args.uauc_selected:
+        if f["state"] in ("not scored", "stale") and args.uauc_selected:
             score_uauc_selected(row, f, args)
             f["state"] = "scored"
     frames = {row: row_scores(row, args) for row in results if row in CF_ARGS}
     for row, f in found.items():
-        folder = args.output_dir / row / LLM_ROWS[row][0]
         if f["state"] == "same":
             frames[row] = row_scores(row, args)
         elif f["state"] == "scored":
-            frames[row] = pd.read_parquet(folder / UAUC_SCORES)
-    frames = {row: frame for row, frame in frames.items() if frame is not None}
+            frames[row] = pd.read_parquet(row_folder(row, args) / UAUC_SCORES)
+    frames = aligned({row: frame for row, frame in frames.items() if frame is not None})
     llm = [row for row in frames if row in found]
     if not llm:
         return {"rows": found}
@@ -426,15 +486,10 @@ def intervals(results: dict, args) -> dict:
     from ccf_llm.metrics import user_bootstrap
 
     frames = {row: row_scores(row, args) for row in results}
-    frames = {row: f for row, f in frames.items() if f is not None}
+    frames = aligned({row: f for row, f in frames.items() if f is not None})
     if not frames:
         return {}
     first = next(iter(frames.values()))
-    for row, frame in frames.items():
-        if not (
-            frame[["user_id", "item_id", "label"]].values == first[["user_id", "item_id", "label"]].values
-        ).all():
-            raise ValueError(f"{row}'s test scores are not over the same rows as the others'")
     base, pairs = comparisons(frames)
     scores = {row: f["score"].to_numpy() for row, f in frames.items()}
     labels, users = first["label"].to_numpy(), first["user_id"].to_numpy()
@@ -479,8 +534,6 @@ def plot(table: list[dict], path: Path) -> None:
 
 
 def render(out: dict) -> list[str]:
-    ci = lambda pair: f" [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""  # noqa: E731
-    signed = lambda pair: f" [{pair[0]:+.3f}, {pair[1]:+.3f}]"  # noqa: E731
     lines = [
         f"Budget: {json.dumps(out['budget'])}; validation ({out.get('eval_rows', 'all')} rows) and test sets. "
         "RelaImpr (Eq. 6) against the row's CF model, as in Table 3. Intervals: 95%, bootstrap over test users "
@@ -556,7 +609,11 @@ def main():
     parser.add_argument(
         "--only", nargs="*", choices=ROWS, help="run these rows only, in this order (their CF rows first)"
     )
-    parser.add_argument("--report_only", action="store_true", help="tabulate the finished rows, run nothing")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="tabulate the finished rows, train nothing (with --uauc_selected it still scores)",
+    )
     parser.add_argument(
         "--uauc_selected",
         action="store_true",
@@ -580,7 +637,9 @@ def main():
     args.output_dir = args.output_dir or Path("outputs") / name
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.select and args.report_only:
-        return rerender_selection()
+        from report import rerender
+
+        return print("\n".join(rerender("reproduce_selection", render_selection, SELECTION_TITLE)))
     if args.select:
         return select(args)
     rows = row_order(args.only or ROWS, args)

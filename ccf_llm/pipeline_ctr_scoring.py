@@ -56,11 +56,18 @@ def _merge_saved_adapter(model, path: str | Path | None = None, adapter: str | P
         or getattr(model, _MERGED, None)
     ):
         if adapter is not None:
-            raise ValueError(
-                f"the model already carries an adapter: {adapter} cannot be merged into it as well"
+            what = (
+                "is not a CCFLlamaForCTR"
+                if not isinstance(model, CCFLlamaForCTR)
+                else "already carries an adapter"
             )
+            raise ValueError(f"the model {what}: the adapter in {adapter} cannot be merged into it")
         return model
     if path is None and not model.name_or_path:
+        if adapter is not None:
+            raise ValueError(
+                f"the model has no folder (name_or_path is empty) to check the adapter in {adapter} against"
+            )
         return model
     folder = Path(path if path is not None else model.name_or_path)
     adapter_folder = Path(adapter) if adapter is not None else folder / ADAPTER_SUBFOLDER

@@ -6,8 +6,8 @@
 in) or any `save_pretrained` folder of a `CCFLlamaForCTR` with its `CCFLlamaProcessor`. `--adapter` merges another
 adapter instead, e.g. a training checkpoint (`--adapter OUT/gate/stage_2_fusion/checkpoint-600`). The input
 (parquet or CSV) needs the columns `user_id`, `history` (a list of earlier positive item ids, oldest first) and
-`item_id`; every column is copied to the output, plus `score` (p_yes / (p_yes + p_no)). Rows sharing a user and history share one
-encoded prompt prefix (`ccf_llm.score_rows`). A progress bar shows rows scored.
+`item_id`; every column is copied to the output, plus `score` (p_yes / (p_yes + p_no)). Rows sharing a user and
+history share one encoded prompt prefix (`ccf_llm.score_rows`). A progress bar shows rows scored.
 
 Under `torchrun` (or `accelerate launch`) each process scores a share of the rows, every user's rows in one share
 so the prefix cache still applies (`ccf_llm.score_rows_distributed`), and the first process writes one output file
@@ -84,6 +84,7 @@ def main(argv=None):
     parser.add_argument("--output", required=True, type=Path, help="parquet file to write")
     parser.add_argument(
         "--adapter",
+        type=Path,
         default=None,
         help="merge this folder's adapter instead of MODEL/adapter, e.g. a checkpoint of the last stage "
         "(MODEL/stage_2_fusion/checkpoint-600)",

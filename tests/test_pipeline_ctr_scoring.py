@@ -286,6 +286,7 @@ def test_load_ctr_model_merges_a_chosen_checkpoint_and_accepts_a_copied_run_fold
     import shutil
 
     from ccf_llm import load_ctr_model
+    from ccf_llm.pipeline_ctr_scoring import _merge_saved_adapter
 
     processor = _folder_with_adapter(tmp_path / "run")
     # a second, different adapter of the same base, saved where the trainer keeps a stage's checkpoints
@@ -314,6 +315,10 @@ def test_load_ctr_model_merges_a_chosen_checkpoint_and_accepts_a_copied_run_fold
         scores(load_ctr_model(tmp_path / "moved", dtype=torch.float32)), scores(default), atol=1e-6
     )
 
+    with pytest.raises(
+        ValueError, match="already carries an adapter"
+    ):  # never a second adapter on a merged model
+        _merge_saved_adapter(default, adapter=tmp_path / "run" / "stage_2_fusion" / "checkpoint-600")
     with pytest.raises(FileNotFoundError, match="holds no adapter"):
         load_ctr_model(tmp_path / "run", adapter=tmp_path / "run" / "stage_2_fusion")
     with pytest.raises(ValueError, match="merge_adapter=False"):
