@@ -1,0 +1,104 @@
+"""`benchmarks/reproduce.py`'s UAUC-selected checkpoints: which checkpoint each finished row's last stage would give,
+and whether its test scores are there, from a row folder laid out as `run_ctr.py` and the trainer write it."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import reproduce  # noqa: E402
+
+SELECTION = {"best_auc_step": 400, "best_eval_auc": 0.71, "best_uauc_step": 200, "best_eval_uauc": 0.66}
+
+
+def finished_row(output_dir: Path, row: str, last: dict, stage_log: dict | None = None) -> Path:
+    """A finished LLM row whose last stage record is `last` (its `stage_log.json`: `stage_log`); its stage folder."""
+    mode = reproduce.LLM_ROWS[row][0]
+    stage = output_dir / row / mode / "stage_2_fusion"
+    stage.mkdir(parents=True)
+    # the record names the folder the stage trained in, which need not be where the row is now
+    record = {"stage": "fusion", "output_dir": f"/elsewhere/{row}/{mode}/stage_2_fusion", **last}
+    results = {"by_mode": {mode: {"stages": [{"stage": "lora"}, record]}}}
+    (output_dir / row / "all_results.json").write_text(json.dumps(results))
+    if stage_log is not None:
+        (stage / "stage_log.json").write_text(json.dumps(stage_log))
+    return stage
+
+
+def test_uauc_selection_states(tmp_path):
+    args = argparse.Namespace(output_dir=tmp_path)
+    trained = {**SELECTION, "rolled_back": False, "best_checkpoint": "checkpoint-400"}
+    stage = finished_row(tmp_path, "gate_mf", trained)
+    found = reproduce.uauc_selection("gate_mf", args)
+    assert found["state"] == "no checkpoint"  # checkpoint-200 is not in the row's stage folder
+    (stage / "checkpoint-200").mkdir()
+    found = reproduce.uauc_selection("gate_mf", args)
+    assert (found["state"], found["best_uauc_step"], found["best_auc_step"]) == ("not scored", 200, 400)
+    assert Path(found["checkpoint"]) == stage / "checkpoint-200"
+
+    sidecar = stage.parent / f"{reproduce.UAUC_SCORES}.json"
+    sidecar.write_text(json.dumps({"checkpoint": str((stage / "checkpoint-200").resolve())}))
+    assert reproduce.uauc_selection("gate_mf", args)["state"] == "scored"
+    sidecar.write_text(json.dumps({"checkpoint": str((stage / "checkpoint-600").resolve())}))
+    assert reproduce.uauc_selection("gate_mf", args)["state"] == "stale"
+
+    for row, last, state in [
+        ("gate_lightgcn", {**trained, "best_uauc_step": 400}, "same"),
+        ("gate_sasrec", {**trained, "rolled_back": True}, "rolled back"),
+        ("inject_mf", {**trained, "best_checkpoint": None}, "last step"),  # evaluated without early stopping
+        ("inject_lightgcn", {"rolled_back": False}, "no evaluations"),
+    ]:
+        finished_row(tmp_path, row, last)
+        assert reproduce.uauc_selection(row, args)["state"] == state, row
+    assert reproduce.uauc_selection("mf", args) is None  # CF rows have no checkpoints to choose
+    assert reproduce.uauc_selection("text", args) is None  # not finished
+
+
+def test_uauc_selection_reads_resumed_and_shared_stages_from_their_stage_log(tmp_path):
+    """A stage loaded on resume, or shared from another row, keeps its evaluations in its folder's stage_log.json."""
+    args = argparse.Namespace(output_dir=tmp_path)
+    log = {**SELECTION, "rolled_back": False, "best_checkpoint": "checkpoint-400"}
+    stage = finished_row(tmp_path, "gate_mf", {"rolled_back": False, "loaded": "final"}, stage_log=log)
+    (stage / "checkpoint-200").mkdir()
+    assert reproduce.uauc_selection("gate_mf", args)["state"] == "not scored"
+
+    source = tmp_path / "gate_lightgcn" / "gate" / "stage_1_lora"
+    (source / "checkpoint-200").mkdir(parents=True)
+    (source / "stage_log.json").write_text(json.dumps(log))
+    finished_row(tmp_path, "gate_lightgcn_stage1_only", {"shared_from": str(source / "final")})
+    found = reproduce.uauc_selection("gate_lightgcn_stage1_only", args)
+    assert (found["state"], Path(found["checkpoint"])) == ("not scored", source / "checkpoint-200")
+
+
+def test_render_uauc_selected_shows_rows_without_evaluations_and_figures():
+    found = {
+        "rows": {
+            "gate_mf": {**SELECTION, "state": "scored", "test": {"auc": 0.72, "auc_ci": [0.70, 0.74], "uauc": 0.68,
+                                                                 "uauc_ci": [0.65, 0.71]}},
+            "inject_mf": {k: None for k in SELECTION} | {"state": "no evaluations"},
+        },
+        "paired": {"gate_mf - mf": {"auc_diff": 0.08, "auc_diff_ci": [0.05, 0.11], "auc_p": 0.001,
+                                    "uauc_diff": 0.04, "uauc_diff_ci": [0.01, 0.08], "uauc_p": 0.01}},
+    }  # fmt: skip
+    lines = reproduce.render_uauc_selected(found)
+    assert (
+        "| gate_mf | 400 (0.7100) | 200 (0.6600) | 0.7200 [0.700, 0.740] | 0.6800 [0.650, 0.710] |" in lines
+    )
+    assert "| inject_mf (no evaluations) | — | — | — | — |" in lines
+    assert "| gate_mf - mf | +0.0800 [+0.050, +0.110] | 0.001 | +0.0400 [+0.010, +0.080] | 0.010 |" in lines
+    assert reproduce.render_uauc_selected({"rows": {}}) == []
+
+
+def test_aligned_refuses_scores_over_other_rows():
+    pandas = pytest.importorskip("pandas")
+    a = pandas.DataFrame(
+        {"user_id": [1, 1, 2], "item_id": [5, 6, 7], "label": [1, 0, 1], "score": [0.1, 0.2, 0.3]}
+    )
+    assert set(reproduce.aligned({"a": a, "b": a.assign(score=0.5)})) == {"a", "b"}
+    with pytest.raises(ValueError, match="b's test scores are not over the same rows"):
+        reproduce.aligned({"a": a, "b": a.iloc[::-1]})
+    with pytest.raises(ValueError, match="b's test scores"):
+        reproduce.aligned({"a": a, "b": a.iloc[:2]})
