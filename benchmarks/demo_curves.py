@@ -1,6 +1,8 @@
 """What the demo would need: validation AUC of `text` and `gate` against training rows, beside the CF model's.
 
     python benchmarks/demo_curves.py [CONFIG] [--train_rows 4000] [--eval_steps 50] [--dtype auto]
+    python benchmarks/demo_curves.py --standardize_cf --fusion_learning_rates --output_dir outputs/demo_curves_std \
+        --results_name demo_curves_standardize_cf    # the same with ALG's inputs standardized (as on ML-1M)
 
 Runs `examples/run_ctr.py CONFIG` (default the README's demo) in a fresh process with more training rows per stage
 than the demo spends (`--train_rows`; the demo's log has 8,400) and an evaluation every `--eval_steps` optimizer
@@ -8,6 +10,8 @@ steps on all validation rows, the rows the CF model's validation AUC is computed
 `stage_log.json` (`learning_curves.stage_evaluations`) and records in `benchmarks/results/demo_curves.{json,md,png}`
 (this CPU kind's entry): the curves, the CF line, the rows at which `gate` first reaches `text` and the CF model,
 and the final test AUC of every mode. The demo itself is unchanged: this measures what a longer budget buys.
+`--standardize_cf` passes `--standardize_cf true` (the ML-1M configs' setting); `--results_name` names the results
+files (default `demo_curves`).
 """
 
 import argparse
@@ -127,7 +131,9 @@ def render(entry: dict) -> list[str]:
         f"validation AUC on all {pos + neg} validation rows every {entry['eval_steps']} steps; 95% half-widths "
         f"from Hanley & McNeil's standard error; one seed; {entry['wall_seconds'] / 60:.1f} min wall. The README's "
         f"demo spends {entry['demo_train_rows']} rows per stage. `gate`'s stage 2 runs at the config's fusion learning "
-        f"rate ({entry['fusion_learning_rate']:g}) and, from the same stage-1 adapter, at the other rates named. Curves: [demo_curves.png](demo_curves.png).",
+        f"rate ({entry['fusion_learning_rate']:g}) and, from the same stage-1 adapter, at the other rates named. "
+        f"`standardize_cf`: {entry.get('standardize_cf', False)}. Curves: "
+        f"[{entry.get('results_name', 'demo_curves')}.png]({entry.get('results_name', 'demo_curves')}.png).",
         "",
         f"CF model ({cf['backbone']}) validation AUC **{cf['eval_auc']:.4f}** ± {half(cf['eval_auc']):.3f}, "
         f"test AUC {cf['test_auc']:.4f}.",
@@ -210,6 +216,10 @@ def main():
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo_curves"))
     parser.add_argument("--report_only", action="store_true", help="tabulate a finished run, train nothing")
+    parser.add_argument("--standardize_cf", action="store_true", help="run_ctr.py --standardize_cf true")
+    parser.add_argument(
+        "--results_name", default="demo_curves", help="benchmarks/results/<name>.{json,md,png}"
+    )
     parser.add_argument(
         "--fusion_learning_rates", type=float, nargs="*", default=[0.001, 0.0001],
         help="also run gate's stage 2 from the same stage-1 adapter at these fusion learning rates "
@@ -221,12 +231,13 @@ def main():
     overrides = ["--train_rows_per_stage", str(args.train_rows), "--eval_strategy", "steps",
                  "--eval_steps", str(args.eval_steps), "--early_stopping_rows", "1000000", "--eval_rows", "1000000",
                  "--overwrite_output_dir", "true"] + (["--dtype", args.dtype] if args.dtype != "auto" else [])  # fmt: skip
+    overrides += ["--standardize_cf", "true"] if args.standardize_cf else []
     base = ["python", "examples/run_ctr.py", args.config, *overrides]
     command = [*base, "--output_dir", str(args.output_dir)]
     variants = {rate: Path(f"{args.output_dir}_fusion_lr{rate:g}") for rate in args.fusion_learning_rates}
     if args.report_only:  # the recorded run's command, date and wall time
         kind = device_precision().kind
-        stored = json.loads((RESULTS / "demo_curves.json").read_text())["by_cpu_kind"][kind]
+        stored = json.loads((RESULTS / f"{args.results_name}.json").read_text())["by_cpu_kind"][kind]
         wall, command, recorded = (
             stored["wall_seconds"],
             stored["run_ctr_command"].split(),
@@ -271,6 +282,8 @@ def main():
         "rows_per_step": rows_per_step,
         "eval_steps": args.eval_steps,
         "fusion_learning_rate": config.get("fusion_learning_rate"),
+        "standardize_cf": args.standardize_cf,
+        "results_name": args.results_name,
         "wall_seconds": round(wall, 1),
         "class_counts": [int(sum(labels)), len(labels) - int(sum(labels))],
         "cf": {k: cf[k] for k in ("backbone", "eval_auc", "test_auc", "test_uauc")},
@@ -289,8 +302,8 @@ def main():
             f"the CF model ({cf['eval_auc']:.4f})": reached(cf["eval_auc"]),
         },
     }
-    plot(entry, RESULTS / "demo_curves.png")
-    print("\n".join(save_results("demo_curves", entry, render, TITLE)))
+    plot(entry, RESULTS / f"{args.results_name}.png")
+    print("\n".join(save_results(args.results_name, entry, render, TITLE)))
 
 
 if __name__ == "__main__":
