@@ -199,7 +199,8 @@ def plot(entry: dict, path: Path) -> None:
     )
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="training rows, stages in sequence (thousands)", ylabel="validation AUC",
-           title="Demo log: validation AUC against training rows")  # fmt: skip
+           title="Demo log: validation AUC against training rows"
+                 + (", standardize_cf" if entry.get("standardize_cf") else ""))  # fmt: skip
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
