@@ -59,12 +59,11 @@ def render(entry: dict) -> list[str]:
                 "",
                 f"> {run['table_note']}" if run.get("table_note") else "> (no note)",
             ]
-            config = ROOT / run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ...": no spaces
-            if config.is_file() and (note := json.loads(config.read_text()).get("table_note")) != run.get(
-                "table_note"
-            ):
-                lines += ["", f"`table_note` in `{run['command'].split()[2]}` has changed since; the demo now prints:",
-                          "", f"> {note}"]  # fmt: skip
+            config = run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ...": no spaces
+            now = json.loads((ROOT / config).read_text()) if (ROOT / config).is_file() else {}
+            if now and now.get("table_note") != run.get("table_note"):
+                lines += ["", f"`table_note` in `{config}` has changed since; the demo now prints:", "",
+                          f"> {now.get('table_note')}"]  # fmt: skip
         lines.append("")
     return lines
 

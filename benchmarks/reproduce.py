@@ -277,11 +277,7 @@ def render_uauc_selected(found: dict) -> list[str]:
         lines.append(f"| {row}{note} | {chosen(f['best_auc_step'], f['best_eval_auc'])} | "
                      f"{chosen(f['best_uauc_step'], f['best_eval_uauc'])} | {figures} |")  # fmt: skip
     if found.get("paired"):
-        lines += ["", "| a − b, UAUC-selected | test AUC diff [95% CI] | p | test UAUC diff [95% CI] | p |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for name, d in found["paired"].items():
-            lines.append(f"| {name} | {d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
-                         f"{d['uauc_diff']:+.4f}{signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |")  # fmt: skip
+        lines += paired_table(found["paired"], "a − b, UAUC-selected")
     return lines
 
 
@@ -340,6 +336,19 @@ def signed(pair) -> str:
     return f" [{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
 
+def paired_table(paired: dict, title: str) -> list[str]:
+    """A blank line, then the markdown table of `user_bootstrap`'s paired comparisons (AUC and UAUC differences)."""
+    lines = [
+        "",
+        f"| {title} | test AUC diff [95% CI] | p | test UAUC diff [95% CI] | p |",
+        "|---|---|---|---|---|",
+    ]
+    for name, d in paired.items():
+        lines.append(f"| {name} | {d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
+                     f"{d['uauc_diff']:+.4f}{signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |")  # fmt: skip
+    return lines
+
+
 SLICES = {"warm": "users and items with more than 3 train rows (CoLLM's warm rule)",
           "new users": COLD_RULES["user"] + ' (`warm_cold_masks(cold="user")`)'}  # fmt: skip
 
@@ -356,9 +365,8 @@ def comparisons(rows) -> tuple[dict, list[tuple[str, str]]]:
     return base, pairs
 
 
-UAUC_SCORES = (
-    "scores_test_uauc_selected.parquet"  # beside it, UAUC_SCORES + ".json": the checkpoint it scored
-)
+# the test scores at a row's UAUC-selected checkpoint; beside them, UAUC_SCORES + ".json": the checkpoint scored
+UAUC_SCORES = "scores_test_uauc_selected.parquet"
 
 
 def last_stage_log(row: str, args) -> tuple[Path, dict]:
@@ -553,13 +561,8 @@ def render(out: dict) -> list[str]:
             f"{t['train_seconds'] or '—'} | {t['evaluation_seconds'] or ''} | {t['wall_seconds'] or ''} |"
         )
     if out.get("paired"):
-        lines += ["", "Paired comparisons on the same test users (difference a − b, 95% interval, two-sided p):", "",
-                  "| a − b | test AUC diff [95% CI] | p | test UAUC diff [95% CI] | p |", "|---|---|---|---|---|"]  # fmt: skip
-        for name, d in out["paired"].items():
-            lines.append(
-                f"| {name} | {d['auc_diff']:+.4f}{signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
-                f"{d['uauc_diff']:+.4f}{signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |"
-            )
+        lines += ["", "Paired comparisons on the same test users (difference a − b, 95% interval, two-sided p):",
+                  *paired_table(out["paired"], "a − b")]  # fmt: skip
     if out.get("slices"):
         names = list(out["slices"])
         lines += ["", "Test AUC [95% CI] on slices of the test rows: " + "; ".join(f"{n}: {SLICES[n]}" for n in names)
