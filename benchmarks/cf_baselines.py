@@ -95,7 +95,7 @@ def main():
             "trained_in_this_run": trained,
         }
     out = {
-        "provenance": provenance(" ".join(["python", *sys.argv]), "float32"),
+        "provenance": provenance("float32"),
         "threads_per_run": 1,
         "results": rows,
     }

@@ -10,7 +10,6 @@ The tokenizer is SmolLM2-135M-Instruct's (found like every backbone: see `ccf_ll
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -59,7 +58,7 @@ def main():
         [np.fromiter(map(len, ds["input_ids"]), dtype=np.int64) for ds in translated.values()]
     )
     out = {
-        "provenance": provenance(" ".join(["python", *sys.argv]), "n/a"),
+        "provenance": provenance("n/a"),
         "rows": int(len(lengths)),
         "split_seconds": round(split_s, 2),
         "tokenize_titles_seconds": round(titles_s, 2),

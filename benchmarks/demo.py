@@ -93,7 +93,7 @@ def main():
     dtype = resolve_dtype(args.dtype)
     run = {
         "command": " ".join(command),
-        "date": provenance("", dtype)["date"],
+        "date": provenance(dtype, command="")["date"],
         "wall_seconds": round(wall, 1),
         "cf": {
             "backbone": cf["backbone"],
@@ -122,7 +122,7 @@ def main():
         **stored.get(kind, {}).get("runs", {}),
         dtype_name(dtype) + (" (auto)" if args.dtype == "auto" else ""): run,
     }
-    entry = {"provenance": provenance(run["command"], ", ".join(runs)), "runs": runs}
+    entry = {"provenance": provenance(", ".join(runs), command=run["command"]), "runs": runs}
     print("\n".join(save_results("demo", entry, render, TITLE)))
 
 

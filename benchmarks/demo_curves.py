@@ -253,7 +253,7 @@ def main():
                             str(rate), "--shared_stage1", str(args.output_dir / "gate" / "stage_1_lora" / "final")],
                            check=True)  # fmt: skip
         wall = time.perf_counter() - start
-        recorded = provenance(" ".join(["python", *sys.argv]), resolve_dtype(args.dtype))
+        recorded = provenance(resolve_dtype(args.dtype))
     summary = json.loads((args.output_dir / "all_results.json").read_text())
     cf = json.loads(next(args.output_dir.glob("cf_*/all_results.json")).read_text())
     curves, stages = collect(args.output_dir, list(summary["by_mode"]), rows_per_step)

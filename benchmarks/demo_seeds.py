@@ -164,7 +164,7 @@ def main():
     if not runs:
         raise SystemExit(f"no finished run under {args.output_dir}")
     kind = device_precision().kind
-    recorded = provenance(" ".join(["python", *sys.argv]), ", ".join(dtypes))
+    recorded = provenance(", ".join(dtypes))
     stored = RESULTS / "demo_seeds.json"
     if args.report_only and stored.is_file():  # the runs' command and date, not this tabulation's
         recorded = json.loads(stored.read_text())["by_cpu_kind"].get(kind, {}).get("provenance", recorded)

@@ -20,7 +20,6 @@ other kinds' figures stay), with the run's `provenance`.
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
@@ -206,7 +205,7 @@ def main():
         del steps
     measured_dtypes = ", ".join(name for name, row in results.items() if "skipped" not in row)
     out = {
-        "provenance": provenance(" ".join(["python", *sys.argv]), measured_dtypes),
+        "provenance": provenance(measured_dtypes),
         "batch": args.batch,
         "length": args.length,
         "repeats": args.repeats,

@@ -17,7 +17,6 @@ treats rows as independent, so it is narrower than the user-level bootstrap of t
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 from report import RESULTS, provenance, save_results
@@ -167,7 +166,7 @@ def main():
     rows_per_step = config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)
     curves = collect(args.output_dir, rows_per_step)
     entry = {
-        "provenance": provenance(" ".join(["python", *sys.argv]), "n/a (reads finished evaluations)"),
+        "provenance": provenance("n/a (reads finished evaluations)"),
         "output_dir": str(args.output_dir),
         "eval_rows": config.get("early_stopping_rows", 2000),
         "eval_steps": config["eval_steps"],

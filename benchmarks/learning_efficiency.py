@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -263,7 +262,7 @@ def report(args, level: float, evaluation, cf_model) -> None:
     figure.suptitle("CCF-LLM on ML-1M (MF), SmolLM2-135M-Instruct: learning efficiency")
     figure.tight_layout()
     figure.savefig(RESULTS / "learning_efficiency.png", dpi=110)
-    out = {"provenance": provenance(" ".join(["python", *sys.argv]), resolve_dtype(args.dtype)),
+    out = {"provenance": provenance(resolve_dtype(args.dtype)),
            "constant_loss": level, "eval_rows": args.eval_rows, "reference": reference,
            "cf": {"name": cf_name, **{k: boot["models"][cf_name][k] for k in ("auc", "auc_ci", "uauc", "uauc_ci")}},
            "bootstrap": {k: boot[k] for k in ("n_resamples", "confidence", "users")}, "arms": rows}  # fmt: skip

@@ -78,7 +78,7 @@ def main():
                 samples["float32"]
             )
     entry = {
-        "provenance": provenance("python benchmarks/matmul_peak.py", "float32, bfloat16"),
+        "provenance": provenance("float32, bfloat16"),
         "samples": args.samples,
         "native_bf16": native,
         "shapes": shapes,

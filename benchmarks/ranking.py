@@ -26,7 +26,6 @@ kinds' figures stay), with the run's `provenance`.
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -225,7 +224,7 @@ def main():
     measured = [name for name, r in ranking.items() if "skipped" not in r]
     headline = ranking.get(dtype_name(test_dtype), {})  # none, or skipped: fp32's
     out = {
-        "provenance": provenance(" ".join(["python", *sys.argv]), ", ".join(measured)),
+        "provenance": provenance(", ".join(measured)),
         "settings": {
             "candidates": args.candidates,
             "history": len(history[-10:]),

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,13 +37,13 @@ def cpu_model() -> str:
     return found.group(1).strip() if found else (platform.processor() or "unknown CPU")
 
 
-def provenance(command: str, dtype: torch.dtype | str) -> dict:
-    """Where and how this run was made: date (UTC), command, machine, the CPU's capability and kind (whether bf16
+def provenance(dtype: torch.dtype | str, command: str | None = None) -> dict:
+    """Where and how this run was made: date (UTC), command (by default this invocation, `python` + its arguments), machine, the CPU's capability and kind (whether bf16
     is native, and why: `ccf_llm.precision.device_precision`), torch, its threads and the dtype used."""
     found = device_precision("cpu")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
+        "command": " ".join(["python", *sys.argv]) if command is None else command,
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "cpu_model": cpu_model(),

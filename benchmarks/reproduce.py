@@ -30,6 +30,7 @@ the table then shows both selections.
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -199,10 +200,7 @@ def select(args) -> None:
 
     differs = {k: (config.get(k), v) for k, v in chosen.items() if config.get(k) != v}
     out = {
-        "provenance": provenance(
-            "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
-            resolve_dtype(config.get("dtype", "auto")),
-        ),  # fmt: skip
+        "provenance": provenance(resolve_dtype(config.get("dtype", "auto"))),
         "grid": SELECTION,
         "points": points,
         "chosen": chosen,
@@ -267,7 +265,7 @@ def render_uauc_selected(found: dict) -> list[str]:
              "test UAUC [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
 
     def chosen(step, value) -> str:
-        return "—" if step is None else f"{step} ({value:.4f})"
+        return "—" if step is None else f"{step}" if value is None else f"{step} ({value:.4f})"
 
     for row, f in found["rows"].items():
         test = f.get("test")
@@ -414,12 +412,21 @@ def uauc_selection(row: str, args) -> dict | None:
         state = "last step"
     elif last["best_uauc_step"] == last["best_auc_step"]:
         state = "same"
-    elif sidecar.is_file():
-        scored = Path(json.loads(sidecar.read_text())["checkpoint"])
-        state = "scored" if scored.resolve() == checkpoint.resolve() else "stale"
+    elif sidecar.is_file() and json.loads(sidecar.read_text())["checkpoint"] == scored_name(
+        row, checkpoint, args
+    ):
+        state = "scored"
+    elif not checkpoint.is_dir():
+        state = "no checkpoint"
     else:
-        state = "not scored" if checkpoint.is_dir() else "no checkpoint"
+        state = "stale" if sidecar.is_file() else "not scored"
     return {**found, "state": state}
+
+
+def scored_name(row: str, checkpoint: Path, args) -> str:
+    """How `UAUC_SCORES`'s sidecar names the checkpoint it scored: relative to the row's folder, so that moving the
+    output folder keeps its scores (a shared stage's checkpoint lies in another row's folder: `../..` first)."""
+    return Path(os.path.relpath(checkpoint, row_folder(row, args))).as_posix()
 
 
 def score_uauc_selected(row: str, found: dict, args) -> None:
@@ -430,12 +437,9 @@ def score_uauc_selected(row: str, found: dict, args) -> None:
     folder = row_folder(row, args)
     test = load_movielens_1m(args.data_dir)["test"].to_pandas()
     kept = row_scores(row, args)
-    if (
-        kept is None
-        or len(kept) != len(test)
-        or not (kept[["user_id", "item_id"]].values == test[["user_id", "item_id"]].values).all()
-    ):
-        raise ValueError(f"{folder}/scores_test.parquet is not over the whole test split in its order")
+    if kept is None:
+        raise FileNotFoundError(f"{folder}/scores_test.parquet is missing: {row}'s test scores were not kept")
+    aligned({"the test split": test, row: kept})
     rows = folder / "test_rows.parquet"  # the split's rows as score.py reads them (outputs/: never committed)
     test[["user_id", "history", "item_id", "label"]].to_parquet(rows, index=False)
     log = args.output_dir / f"{row}.uauc_selected.log"
@@ -450,7 +454,7 @@ def score_uauc_selected(row: str, found: dict, args) -> None:
             subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
     finally:
         rows.unlink()
-    scored = {"checkpoint": str(Path(found["checkpoint"]).resolve())}
+    scored = {"checkpoint": scored_name(row, Path(found["checkpoint"]), args)}
     (folder / f"{UAUC_SCORES}.json").write_text(json.dumps(scored) + "\n")
 
 
@@ -689,10 +693,7 @@ def write_table(results: dict, args, name: str, start: float) -> None:
             "per_device_train_batch_size", "num_train_epochs", "lr_scheduler_type", "warmup_steps",
             "early_stopping_patience", "eval_steps", "lora_dropout", "template")  # fmt: skip
     out = {
-        "provenance": provenance(
-            "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
-            resolve_dtype(config.get("dtype", "auto")),
-        ),  # fmt: skip
+        "provenance": provenance(resolve_dtype(config.get("dtype", "auto"))),
         "budget": {k: config[k] for k in keys if k in config},
         "this_invocation_seconds": round(time.perf_counter() - start, 1),
         "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in results.values()), 1),

@@ -344,7 +344,7 @@ def main():
     full_s = time.perf_counter() - start
 
     out = {
-        "provenance": provenance(" ".join(["python benchmarks/speed.py", *sys.argv[1:]]), dtype),
+        "provenance": provenance(dtype),
         "dtype": dtype_name(dtype),
         "peak_tflops": round(peak, 3),
         "peak_tflops_samples": {

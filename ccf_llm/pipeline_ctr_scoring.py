@@ -87,10 +87,19 @@ def _merge_saved_adapter(model, path: str | Path | None = None, adapter: str | P
             f"the adapter in {adapter_folder} was trained on the base model in {base}, not on {folder}: "
             "it does not belong to this model"
         )
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
+
+    from .trainer_ccf_llama import load_adapter_weights
 
     logger.info("merging the adapter in %s into the model", adapter_folder)
-    merged = PeftModel.from_pretrained(model, str(adapter_folder)).merge_and_unload()
+    config = PeftConfig.from_pretrained(str(adapter_folder))
+    config.inference_mode = True
+    wrapped = PeftModel(model, config)
+    # strict, unlike PeftModel.from_pretrained (it only warns): a file lacking weights is refused, not merged as
+    # initialized weights; adapters saved before the model split have their keys renamed
+    if not load_adapter_weights(wrapped, adapter_folder):
+        raise FileNotFoundError(f"{adapter_folder} has an adapter_config.json but no adapter weights")
+    merged = wrapped.merge_and_unload()
     setattr(merged, _MERGED, str(adapter_folder))
     return merged
 

@@ -40,10 +40,21 @@ def test_uauc_selection_states(tmp_path):
     assert Path(found["checkpoint"]) == stage / "checkpoint-200"
 
     sidecar = stage.parent / f"{reproduce.UAUC_SCORES}.json"
-    sidecar.write_text(json.dumps({"checkpoint": str((stage / "checkpoint-200").resolve())}))
+    sidecar.write_text(
+        json.dumps({"checkpoint": "stage_2_fusion/checkpoint-200"})
+    )  # relative to the row's folder
     assert reproduce.uauc_selection("gate_mf", args)["state"] == "scored"
-    sidecar.write_text(json.dumps({"checkpoint": str((stage / "checkpoint-600").resolve())}))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "gate_mf").rename(moved / "gate_mf")
+    found = reproduce.uauc_selection("gate_mf", argparse.Namespace(output_dir=moved))
+    assert found["state"] == "scored"  # the scores follow their folder
+    (moved / "gate_mf").rename(tmp_path / "gate_mf")
+    sidecar.write_text(json.dumps({"checkpoint": "stage_2_fusion/checkpoint-600"}))
     assert reproduce.uauc_selection("gate_mf", args)["state"] == "stale"
+    (stage / "checkpoint-200").rmdir()  # stale, and the checkpoint to rescore is gone
+    assert reproduce.uauc_selection("gate_mf", args)["state"] == "no checkpoint"
+    (stage / "checkpoint-200").mkdir()
 
     for row, last, state in [
         ("gate_lightgcn", {**trained, "best_uauc_step": 400}, "same"),
@@ -79,6 +90,7 @@ def test_render_uauc_selected_shows_rows_without_evaluations_and_figures():
             "gate_mf": {**SELECTION, "state": "scored", "test": {"auc": 0.72, "auc_ci": [0.70, 0.74], "uauc": 0.68,
                                                                  "uauc_ci": [0.65, 0.71]}},
             "inject_mf": {k: None for k in SELECTION} | {"state": "no evaluations"},
+            "text": {**SELECTION, "best_eval_uauc": None, "state": "not scored"},  # evaluations without UAUC
         },
         "paired": {"gate_mf - mf": {"auc_diff": 0.08, "auc_diff_ci": [0.05, 0.11], "auc_p": 0.001,
                                     "uauc_diff": 0.04, "uauc_diff_ci": [0.01, 0.08], "uauc_p": 0.01}},
@@ -88,6 +100,7 @@ def test_render_uauc_selected_shows_rows_without_evaluations_and_figures():
         "| gate_mf | 400 (0.7100) | 200 (0.6600) | 0.7200 [0.700, 0.740] | 0.6800 [0.650, 0.710] |" in lines
     )
     assert "| inject_mf (no evaluations) | — | — | — | — |" in lines
+    assert "| text (not scored yet (`--uauc_selected`)) | 400 (0.7100) | 200 | — | — |" in lines
     assert "| gate_mf - mf | +0.0800 [+0.050, +0.110] | 0.001 | +0.0400 [+0.010, +0.080] | 0.010 |" in lines
     assert reproduce.render_uauc_selected({"rows": {}}) == []
 

@@ -324,6 +324,16 @@ def test_load_ctr_model_merges_a_chosen_checkpoint_and_accepts_a_copied_run_fold
     with pytest.raises(ValueError, match="merge_adapter=False"):
         load_ctr_model(tmp_path / "run", adapter=tmp_path / "run" / "adapter", merge_adapter=False)
 
+    # a checkpoint whose file lacks weights its config asks for: refused (PEFT alone would warn and merge the rest)
+    from safetensors.torch import load_file, save_file
+
+    partial = tmp_path / "run" / "stage_2_fusion" / "checkpoint-600" / "adapter_model.safetensors"
+    weights = load_file(partial)
+    save_file({k: v for k, v in weights.items() if ".layers.0." not in k}, partial)
+    assert len(load_file(partial)) < len(weights)
+    with pytest.raises(ValueError, match="lacks .* adapter weights"):
+        load_ctr_model(tmp_path / "run", adapter=partial.parent, dtype=torch.float32)
+
 
 def test_score_script_reads_csv_histories_and_refuses_values_that_are_not_ids(tmp_path):
     import importlib.util
