@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ccf_llm.metrics import load_ctr_metric, rela_impr, uauc, user_bootstrap
-from ccf_llm.metrics.intervals import _user_counts
+from ccf_llm.metrics.intervals import _user_counts, resampled_auc
 
 
 def ctr_rows(users=200, rows_per_user=10, seed=0):
@@ -48,6 +48,18 @@ def test_one_resample_weights_rows_as_if_the_drawn_users_were_copied():
     weighted = roc_auc_score(label, signal, sample_weight=counts[0, index])
     assert weighted == pytest.approx(roc_auc_score(label[copies], signal[copies]))
     assert counts.sum() == len(unique)
+
+
+def test_resampled_auc_equals_weighted_roc_auc_score_with_ties_and_zero_weights():
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 2, size=500)
+    values = np.round(label * 0.4 + rng.normal(size=500), 1)  # many tied scores, across both classes
+    weights = rng.poisson(1.0, size=(20, 500)).astype(float)  # bootstrap counts: many rows weigh 0
+    expected = [roc_auc_score(label, values, sample_weight=w) for w in weights]
+    np.testing.assert_allclose(resampled_auc(label, values, weights), expected, rtol=0, atol=1e-12)
+    assert len(np.unique(values)) < 100 and (weights == 0).mean() > 0.3
+    with pytest.raises(ValueError, match="only one class"):
+        resampled_auc(label, values, np.where(label == 1, 0.0, 1.0)[None])
 
 
 def test_intervals_narrow_with_more_users_and_rela_impr_has_one():

@@ -5,7 +5,8 @@ Rows of one user are not independent (UAUC is a mean over users, and a user's ro
 resampled is the user: each resample draws users with replacement and weights every row by how often its user was
 drawn. All models are scored on the same resamples, so differences between them are paired. scipy's `bootstrap`
 resamples rows, not clusters of rows, hence this module; the AUC of each resample is scikit-learn's
-`roc_auc_score` with those weights.
+`roc_auc_score` with those weights, computed for all resamples at once (`resampled_auc`: one sort per model instead of
+one `roc_auc_score` call per resample, ~10x faster, equal to it to rounding).
 """
 
 from collections.abc import Mapping
@@ -23,6 +24,28 @@ def _user_counts(users: np.ndarray, n_resamples: int, seed: int) -> tuple[np.nda
     counts = np.zeros((n_resamples, len(unique)))
     np.add.at(counts, (np.repeat(np.arange(n_resamples), len(unique)), draws.ravel()), 1.0)
     return unique, index, counts
+
+
+def resampled_auc(labels: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """
+    `roc_auc_score(labels, values, sample_weight=w)` for every row `w` of `weights` (`(resamples, rows)`), at once:
+    the weighted share of (positive, negative) pairs the scores order correctly, tied scores counting one half
+    (the area under the weighted ROC curve). The rows are sorted once; each resample's weights are summed per
+    distinct score, positives and negatives apart, and every positive group meets the negative weight below it.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first row of each distinct score
+    positive = labels[order] == 1
+    sorted_weights = weights[:, order]
+    pos = np.add.reduceat(
+        np.where(positive, sorted_weights, 0.0), starts, axis=1
+    )  # (resamples, distinct scores)
+    neg = np.add.reduceat(np.where(positive, 0.0, sorted_weights), starts, axis=1)
+    pairs = pos.sum(1) * neg.sum(1)
+    if not pairs.all():
+        raise ValueError("a resample holds only one class: the AUC is undefined (too few rows or users)")
+    return (pos * (np.cumsum(neg, axis=1) - 0.5 * neg)).sum(1) / pairs
 
 
 def user_bootstrap(
@@ -60,7 +83,7 @@ def user_bootstrap(
         values = np.asarray(values, dtype=np.float64)
         if values.shape != labels.shape:
             raise ValueError(f"scores of {name!r} have shape {values.shape}, labels {labels.shape}")
-        aucs[name] = np.array([roc_auc_score(labels, values, sample_weight=w) for w in weights])
+        aucs[name] = resampled_auc(labels, values, weights)
         per_user = per_user_auc(values, labels, users)
         where = np.searchsorted(unique, per_user.index.to_numpy())
         user_weights = counts[:, where]
