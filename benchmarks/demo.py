@@ -60,8 +60,10 @@ def render(entry: dict) -> list[str]:
                 f"> {run['table_note']}" if run.get("table_note") else "> (no note)",
             ]
             config = run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ...": no spaces
-            now = json.loads((ROOT / config).read_text()) if (ROOT / config).is_file() else {}
-            if now and now.get("table_note") != run.get("table_note"):
+            now = json.loads((ROOT / config).read_text()) if (ROOT / config).is_file() else None
+            if now is None:
+                lines += ["", f"`{config}` is no longer in the repository: the demo may print another note."]
+            elif now.get("table_note") != run.get("table_note"):
                 lines += ["", f"`table_note` in `{config}` has changed since; the demo now prints:", "",
                           f"> {now.get('table_note')}"]  # fmt: skip
         lines.append("")
