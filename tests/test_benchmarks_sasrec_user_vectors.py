@@ -1,0 +1,66 @@
+"""`benchmarks/sasrec_user_vectors.py`: the statistics behind the README's account of the SASRec rows, on a tiny SASRec
+built in code."""
+
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ccf_llm import SASRecConfig, SASRecModel
+from ccf_llm.data import CTRRows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import sasrec_user_vectors  # noqa: E402
+
+
+def rows(n: int, seed: int) -> CTRRows:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 6, size=n)  # some rows without history, some longer than max_history
+    split = datasets.Dataset.from_dict(
+        {
+            "user_id": rng.integers(1, 6, size=n).tolist(),
+            "item_id": rng.integers(1, 10, size=n).tolist(),
+            "label": rng.integers(0, 2, size=n).tolist(),
+            "history": [rng.integers(1, 10, size=k).tolist() for k in lengths],
+        }
+    )
+    return CTRRows(split, max_history=3)
+
+
+def test_mean_pairwise_cosine_is_the_mean_over_distinct_pairs():
+    vectors = torch.randn(7, 4)
+    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    brute = [float(unit[i] @ unit[j]) for i in range(7) for j in range(7) if i != j]
+    assert sasrec_user_vectors.mean_pairwise_cosine(vectors) == pytest.approx(np.mean(brute), abs=1e-9)
+    assert sasrec_user_vectors.mean_pairwise_cosine(vectors[:1].repeat(5, 1)) == pytest.approx(1.0)
+
+
+def test_statistics_of_a_tiny_sasrec():
+    torch.manual_seed(0)
+    model = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3, dropout=0.5))
+    train, test = rows(60, seed=1), rows(40, seed=2)
+    found = sasrec_user_vectors.user_vector_statistics(model, train, test, score_rows=10)
+
+    history = train.tensors["history"]
+    assert found["rows_with_history"] == int((history != 0).any(-1).sum()) < 60
+    assert found["full_history"]["rows"] + found["short_history"]["rows"] == found["rows_with_history"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in test.tensors.items() if k != "labels"}).logits
+    assert found["test_auc_own_user_vector"] == pytest.approx(roc_auc_score(test.tensors["labels"], logits))
+    assert 0 < found["dropout_noise_rms"]  # dropout 0.5, train mode: the vectors move
+    assert 0.5 < found["bf16_encoder_cosine_to_fp32"] <= 1.0 + 1e-6  # a random model's users differ widely
+    assert found["users"]["spread"] > 0.01 and found["users"]["mean_cosine"] < 0.99
+    # rows without history give one distant vector: counting them changes the scale
+    assert found["standardization"]["scale_with_rows_without_history"] != pytest.approx(
+        found["standardization"]["scale"]
+    )
+    assert (
+        not model.training and next(model.parameters()).dtype == torch.float32
+    )  # left as found (eval, fp32)
+    lines = sasrec_user_vectors.render({"cf_checkpoint": "tiny", "statistics": found})
+    assert any(line.startswith("| full history (3 items) |") for line in lines)
