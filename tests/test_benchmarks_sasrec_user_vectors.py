@@ -32,7 +32,7 @@ def rows(n: int, seed: int) -> CTRRows:
 
 
 def test_mean_pairwise_cosine_is_the_mean_over_distinct_pairs():
-    vectors = torch.randn(7, 4)
+    vectors = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     unit = torch.nn.functional.normalize(vectors, dim=-1)
     brute = [float(unit[i] @ unit[j]) for i in range(7) for j in range(7) if i != j]
     assert sasrec_user_vectors.mean_pairwise_cosine(vectors) == pytest.approx(np.mean(brute), abs=1e-9)
