@@ -38,8 +38,9 @@ def cpu_model() -> str:
 
 
 def provenance(dtype: torch.dtype | str, command: str | None = None) -> dict:
-    """Where and how this run was made: date (UTC), command (by default this invocation, `python` + its arguments), machine, the CPU's capability and kind (whether bf16
-    is native, and why: `ccf_llm.precision.device_precision`), torch, its threads and the dtype used."""
+    """Where and how this run was made: date (UTC), command (by default this invocation: `python` and its
+    arguments), machine, the CPU's capability and kind (whether bf16 is native, and why:
+    `ccf_llm.precision.device_precision`), torch, its threads and the dtype used."""
     found = device_precision("cpu")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

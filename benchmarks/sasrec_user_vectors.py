@@ -23,6 +23,7 @@ Takes well under a minute on two cores. Writes this CPU kind's entry of `benchma
 """
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,11 @@ def rms(vectors: torch.Tensor) -> float:
 
 @torch.no_grad()
 def encode(model, history: torch.Tensor, dtype=torch.float32, train: bool = False, batch_size: int = 4096):
-    """SASRec user vectors of `history` rows in `dtype` (fp32 out); dropout on with `train`."""
-    encoder, items = model.encoder.to(dtype), model.item_embeddings.to(dtype)
-    encoder.train(train)
-    out = torch.cat([encoder(h, items).float() for h in history.split(batch_size)])
-    encoder.eval().float(), items.float()
-    return out
+    """SASRec user vectors of `history` rows, computed in `dtype` (returned in fp32), dropout on with `train`. Another
+    dtype or mode runs on a copy: `model` keeps its fp32 weights and eval mode."""
+    if dtype != torch.float32 or train:
+        model = copy.deepcopy(model).to(dtype).train(train)
+    return torch.cat([model.encode_history(h).float() for h in history.split(batch_size)])
 
 
 @torch.no_grad()
@@ -107,12 +107,12 @@ def user_vector_statistics(
             "rows": len(full_users),
             "spread": spread(full_users),
             "mean_cosine": mean_pairwise_cosine(full_users),
-        },  # fmt: skip
+        },
         "short_history": {
             "rows": len(short_users),
             "spread": spread(short_users),
             "mean_cosine": mean_pairwise_cosine(short_users),
-        },  # fmt: skip
+        },
         "scores_full_history": {
             "users": len(chosen),
             "spread_across_users": float(scores.double().std(0).mean()),

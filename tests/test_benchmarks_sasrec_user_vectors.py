@@ -43,7 +43,10 @@ def test_statistics_of_a_tiny_sasrec():
     torch.manual_seed(0)
     model = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3, dropout=0.5))
     train, test = rows(60, seed=1), rows(40, seed=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     found = sasrec_user_vectors.user_vector_statistics(model, train, test, score_rows=10)
+    for name, weight in model.state_dict().items():  # the bf16 and train-mode checks ran on copies
+        assert torch.equal(weight, before[name]), name
 
     history = train.tensors["history"]
     assert found["rows_with_history"] == int((history != 0).any(-1).sum()) < 60
