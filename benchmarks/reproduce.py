@@ -18,9 +18,17 @@ training rows per stage, the learning rates that `python benchmarks/reproduce.py
 (`benchmarks/results/reproduce_selection.md`; the test set is not read there), and the full validation and test
 sets, each read once at the end. A row is finished when `OUTPUT_DIR/<row>/all_results.json`
 exists: a rerun skips finished rows and resumes an unfinished one after its last finished stage (to rerun a
-finished row, move its folder away; `--results_name` tabulates such a folder on its own). A row's time is
+finished row, move its folder away, in `OUTPUT_DIR` and in the archive below; `--results_name` tabulates such a
+folder on its own). A row's time is
 the sum of its attempts (`OUTPUT_DIR/<row>.timing.json`); an interrupted attempt counts until its log's last write.
 Each attempt keeps the git commit it ran at, and the table says which rows ran at which code.
+
+`OUTPUT_DIR` is lost with its machine: every minute while a row runs and after it, the part of it later runs read
+(results, stage logs, final adapters, CF models, scores without ids) is copied to
+`benchmarks/results/<name>_rows/<CPU kind>/` (`archive.py`; commit it), and every run first restores from there what
+`OUTPUT_DIR` lacks, so a fresh clone on a machine of the same kind skips the finished rows and resumes an unfinished
+one after its last finished stage. Checkpoints are not kept: a restored row whose UAUC-selected checkpoint was not
+scored cannot be scored there (`no checkpoint`).
 
 Writes `benchmarks/results/reproduce.json` and `.md` (AUC, UAUC, RelaImpr as in Table 3, and each row's time).
 Each stage keeps the checkpoint validation AUC selects (the paper's rule) and records the one validation UAUC selects;
@@ -126,10 +134,11 @@ def code_commit() -> str | None:
     return (commit.strip() + ("-dirty" if changed.strip() else "")) if commit.strip() else None
 
 
-def run_logged(folder: Path, cmd: list[str]) -> tuple[float | None, list[str]]:
+def run_logged(folder: Path, cmd: list[str], while_running=None) -> tuple[float | None, list[str]]:
     """
-    Run `cmd` unless `folder/all_results.json` exists, logging to `folder.log`: the seconds of all attempts and the
-    commits they ran at (`unrecorded` for an attempt that did not keep it).
+    Run `cmd` unless `folder/all_results.json` exists, logging to `folder.log`, calling `while_running()` (if given)
+    every `WHILE_RUNNING_SECONDS` until it ends: the seconds of all attempts and the commits they ran at
+    (`unrecorded` for an attempt that did not keep it).
     """
     timing, log = folder.with_name(f"{folder.name}.timing.json"), folder.with_name(f"{folder.name}.log")
     attempts = json.loads(timing.read_text())["attempts"] if timing.is_file() else []
@@ -140,15 +149,35 @@ def run_logged(folder: Path, cmd: list[str]) -> tuple[float | None, list[str]]:
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
         print(f"[reproduce] {folder.name}: {' '.join(cmd)} (log: {log})", flush=True)
         with open(log, "a") as handle:
-            subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
+            try:
+                while (code := wait(process, WHILE_RUNNING_SECONDS)) is None:
+                    if while_running:
+                        while_running()
+            except BaseException:
+                process.terminate()
+                raise
+        if code:
+            raise subprocess.CalledProcessError(code, cmd)
         attempts[-1]["seconds"] = round(time.time() - attempts[-1]["started"], 1)
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
     commits = list(dict.fromkeys(a.get("commit") or "unrecorded" for a in attempts))
     return (round(sum(a["seconds"] for a in attempts), 1) if attempts else None), commits
 
 
-def run_row(row: str, args) -> dict:
-    wall, commits = run_logged(args.output_dir / row, command(row, args))
+WHILE_RUNNING_SECONDS = 60.0
+
+
+def wait(process: subprocess.Popen, seconds: float) -> int | None:
+    """`process`'s exit status once it ends within `seconds`, else None."""
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def run_row(row: str, args, while_running=None) -> dict:
+    wall, commits = run_logged(args.output_dir / row, command(row, args), while_running)
     results = json.loads((args.output_dir / row / "all_results.json").read_text())
     if row not in CF_ARGS:
         results = results["by_mode"][LLM_ROWS[row][0]]
@@ -372,11 +401,11 @@ def last_stage_log(row: str, args) -> tuple[Path, dict]:
     `stage_log.json` where there is one (a stage resumed or shared from another row keeps its selection there)."""
     results = json.loads((args.output_dir / row / "all_results.json").read_text())
     last = results["by_mode"][LLM_ROWS[row][0]]["stages"][-1]
-    folder = (
-        Path(last["shared_from"]).parent
-        if "shared_from" in last
-        else row_folder(row, args) / Path(last["output_dir"]).name
-    )  # fmt: skip
+    folder = row_folder(row, args) / Path(last["output_dir"]).name
+    if "shared_from" in last:  # recorded as the run named it; where that is gone, where `command` puts it now
+        folder = Path(last["shared_from"]).parent
+        if not folder.is_dir() and (source := shared_stage1_source(row, args)):
+            folder = row_folder(source, args) / "stage_1_lora"
     log = folder / "stage_log.json"
     return folder, (json.loads(log.read_text()) if log.is_file() else last)
 
@@ -649,15 +678,37 @@ def main():
         return print("\n".join(rerender("reproduce_selection", render_selection, SELECTION_TITLE)))
     if args.select:
         return select(args)
+    from archive import movielens_splits
+
     rows = row_order(args.only or ROWS, args)
     start = time.perf_counter()
+    splits = movielens_splits(args.data_dir)
+    keep("restore", args, name, splits)  # what earlier sessions on this CPU kind finished, from git
     if args.report_only:
         rows = [row for row in rows if (args.output_dir / row / "all_results.json").is_file()]
     results = {}
-    for row in rows:
-        results[row] = run_row(row, args)
-        write_table(results, args, name, start)  # each finished row lands in the table at once
+    try:
+        for row in rows:  # finished stages are archived while a row runs; commit them as they come
+            results[row] = run_row(row, args, while_running=lambda: keep("archive", args, name, splits))
+            write_table(results, args, name, start)  # each finished row lands in the table at once
+            keep("archive", args, name, splits)  # and in git's folder of finished rows
+    finally:  # also when a row fails: what it finished is kept
+        keep("archive", args, name, splits)
     write_table(results, args, name, start)
+
+
+def keep(action: str, args, name: str, splits) -> None:
+    """`archive.restore` ("restore") or `archive.archive` ("archive") between `args.output_dir` and the committed
+    folder of this CPU kind's finished rows (`archive.archive_folder`), printing what moved."""
+    import archive
+
+    from ccf_llm.precision import device_precision
+
+    folder = archive.archive_folder(name, device_precision().kind)
+    if action == "restore" and (moved := archive.restore(folder, args.output_dir, splits)):
+        print(f"[reproduce] restored {len(moved)} files from {folder} into {args.output_dir}", flush=True)
+    if action == "archive" and (moved := archive.archive(args.output_dir, folder, splits, rows=ROWS)):
+        print(f"[reproduce] archived {len(moved)} files in {folder}: commit them", flush=True)
 
 
 def write_table(results: dict, args, name: str, start: float) -> None:

@@ -3,6 +3,7 @@ and whether its test scores are there, from a row folder laid out as `run_ctr.py
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,3 +116,34 @@ def test_aligned_refuses_scores_over_other_rows():
         reproduce.aligned({"a": a, "b": a.iloc[::-1]})
     with pytest.raises(ValueError, match="b's test scores"):
         reproduce.aligned({"a": a, "b": a.iloc[:2]})
+
+
+def test_run_logged_calls_back_while_running_and_records_failed_attempts(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "WHILE_RUNNING_SECONDS", 0.05)
+    calls = []
+    row = tmp_path / "mf"
+    finish = f"import time, pathlib; time.sleep(0.5); pathlib.Path({str(row)!r}).mkdir(); " + (
+        f"pathlib.Path({str(row / 'all_results.json')!r}).write_text('{{}}')"
+    )
+    wall, _ = reproduce.run_logged(row, [sys.executable, "-c", finish], while_running=lambda: calls.append(1))
+    assert len(calls) >= 3  # every 0.05 s of the 0.5 s the command ran (archiving finished stages meanwhile)
+    assert 0.5 <= wall < 30
+    with pytest.raises(subprocess.CalledProcessError):
+        reproduce.run_logged(tmp_path / "text", [sys.executable, "-c", "raise SystemExit(3)"])
+    attempts = json.loads((tmp_path / "text.timing.json").read_text())["attempts"]
+    assert (
+        len(attempts) == 1 and "seconds" not in attempts[0]
+    )  # interrupted: the next run counts it from its log
+
+
+def test_a_shared_stage_moved_with_its_output_folder_is_found_where_command_puts_it(tmp_path):
+    """`shared_from` records the path the run was given; a restored or moved output folder has it elsewhere."""
+    args = argparse.Namespace(output_dir=tmp_path)
+    source = tmp_path / "gate_lightgcn" / "gate" / "stage_1_lora"
+    source.mkdir(parents=True)
+    (source / "stage_log.json").write_text(json.dumps(SELECTION))
+    finished_row(
+        tmp_path, "gate_lightgcn_stage1_only", {"shared_from": "/gone/gate_lightgcn/gate/stage_1_lora/final"}
+    )
+    folder, log = reproduce.last_stage_log("gate_lightgcn_stage1_only", args)
+    assert (folder, log["best_uauc_step"]) == (source, 200)

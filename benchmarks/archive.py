@@ -1,0 +1,182 @@
+"""A long benchmark's finished work, kept in git so that a session on a fresh machine resumes where the last one stopped.
+
+    python benchmarks/archive.py --output_dir outputs/reproduce_full [--data_dir ../shared/data/ml-1m]
+
+(`reproduce.py` does this itself every minute while a row runs and after each row; the command is for a run of
+older code.)
+
+A run writes everything to `OUTPUT_DIR` (under the ignored `outputs/`), which is lost with its machine.
+`archive(output_dir, folder, splits)` copies into `folder` (committed: `benchmarks/results/<name>_rows/<CPU kind>/`,
+`archive_folder`) the part of it that later runs and reports read, each file once it is final (`KEEP`):
+
+* per row: its results (`all_results.json`), its attempts' times (`<row>.timing.json`), its model card;
+* per finished stage of an LLM row: the stage's log (`stage_log.json`: curves, checkpoint choice) and its final
+  adapter (`final/`, a few MB: what a resumed row or a row sharing that stage loads);
+* per CF row: its model (what the LLM rows built on it load);
+* per-row scores (`scores_*.parquet`): the score column only, after checking the file is over its split's rows in
+  the split's order; `restore` adds `user_id`, `item_id` and `label` back from the split. MovieLens may not be
+  redistributed, so no ids or labels are committed.
+
+`restore(folder, output_dir, splits)` copies back what `output_dir` lacks: rows finished in an earlier session are
+then skipped, and an unfinished one resumes after its last finished stage. Only the CPU kind's own folder is read,
+so a table never mixes rows of two kinds (bf16 on AMX or AVX512-BF16, fp32 on AVX2) unannounced. The rest of
+`OUTPUT_DIR` (checkpoints mid-stage, the LLM with the CF tables, logs) is not kept: a stage interrupted with its
+machine restarts from its beginning.
+"""
+
+import argparse
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+KEEP = (  # paths relative to OUTPUT_DIR: <row>/ for CF rows, <row>/<fusion mode>/ for LLM rows
+    "*.timing.json",
+    "*/all_results.json",
+    "*/run_ctr.json",
+    "*/config.json",  # CF rows' model (LLM rows keep theirs, with the LLM, one folder down: not kept)
+    "*/model.safetensors",
+    "*/scores_*.parquet",
+    "*/*/all_results.json",
+    "*/*/README.md",
+    "*/*/scores_*.parquet",
+    "*/*/scores_*.parquet.json",
+    "*/*/stage_*/stage_log.json",
+    "*/*/stage_*/final/*",
+)
+ID_COLUMNS = ["user_id", "item_id", "label"]
+
+
+def archive_folder(name: str, kind: str) -> Path:
+    """Where `benchmarks/results/<name>` keeps the finished rows of a run on CPUs of `kind`."""
+    return Path(__file__).parent / "results" / f"{name}_rows" / kind
+
+
+def split_of(path: Path) -> str:
+    """The split a scores file is over: `scores_validation*.parquet` or `scores_test*.parquet`."""
+    for split in ("validation", "test"):
+        if path.name.startswith(f"scores_{split}"):
+            return split
+    raise ValueError(f"{path}: a scores file is named scores_validation*.parquet or scores_test*.parquet")
+
+
+def kept_files(output_dir: Path, rows=None) -> list[Path]:
+    """
+    The files of `output_dir` that `KEEP` names, relative to it, sorted: of `rows` only (names of its folders, default
+    all), and a stage's `final/` only once its `stage_log.json`, which the trainer writes after it, is there.
+    """
+    found = {p.relative_to(output_dir) for pattern in KEEP for p in output_dir.glob(pattern) if p.is_file()}
+    if rows is not None:
+        found = {p for p in found if p.parts[0].removesuffix(".timing.json") in rows}
+    return sorted(
+        p
+        for p in found
+        if p.parent.name != "final" or (output_dir / p.parent.parent / "stage_log.json").is_file()
+    )
+
+
+def _timing(source: Path) -> str:
+    """A `<row>.timing.json` to keep: an attempt still running counts until its log's last write (as `reproduce.py`
+    counts an interrupted attempt), so a session that ends with it keeps a lower bound of its time."""
+    timing = json.loads(source.read_text())
+    last = timing["attempts"][-1] if timing["attempts"] else {}
+    log = source.with_name(source.name.replace(".timing.json", ".log"))
+    if last and "seconds" not in last:
+        written = log.stat().st_mtime if log.is_file() else last["started"]
+        last["seconds"] = round(max(written - last["started"], 0.0), 1)
+        last["until_archived"] = True
+    return json.dumps(timing) + "\n"
+
+
+def archive(output_dir: Path, folder: Path, splits: dict[str, pd.DataFrame], rows=None) -> list[Path]:
+    """
+    Copy `output_dir`'s `KEEP` files (of `rows`, default all) into `folder` where new or changed; scores as their
+    score column only, where their rows are `splits[split]`'s (`ID_COLUMNS`) in order (a scores file over a
+    subsample of its split is not kept, with a warning: without ids it could not be restored). Returns the paths
+    written (relative).
+    """
+    written = []
+    for relative in kept_files(output_dir, rows):
+        source, target = output_dir / relative, folder / relative
+        if relative.suffix == ".parquet":
+            frame = pd.read_parquet(source)
+            split = splits[split_of(source)]
+            if len(frame) != len(split) or not (frame[ID_COLUMNS].values == split[ID_COLUMNS].values).all():
+                warnings.warn(
+                    f"{source}: not kept, its rows are not the {split_of(source)} split's rows in the split's order "
+                    "(a subsample?), and its scores cannot be kept without their ids",
+                    stacklevel=2,
+                )
+                continue
+            data = frame[["score"]]
+            if target.is_file() and pd.read_parquet(target).equals(data):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data.to_parquet(target, index=False)
+        else:
+            data = _timing(source).encode() if relative.name.endswith(".timing.json") else source.read_bytes()
+            if target.is_file() and target.read_bytes() == data:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        written.append(relative)
+    return written
+
+
+def restore(folder: Path, output_dir: Path, splits: dict[str, pd.DataFrame]) -> list[Path]:
+    """Copy `folder`'s files that `output_dir` lacks into it, scores with `ID_COLUMNS` from `splits`. Returns the
+    paths restored (relative)."""
+    restored = []
+    for relative in kept_files(folder) if folder.is_dir() else []:
+        target = output_dir / relative
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if relative.suffix == ".parquet":
+            scores = pd.read_parquet(folder / relative)
+            split = splits[split_of(relative)]
+            if len(scores) != len(split):
+                raise ValueError(
+                    f"{folder / relative} has {len(scores)} scores, the {split_of(relative)} split {len(split)} "
+                    "rows: it was kept from other data"
+                )
+            split[ID_COLUMNS].reset_index(drop=True).assign(score=scores["score"].to_numpy()).to_parquet(
+                target
+            )
+        else:
+            shutil.copyfile(folder / relative, target)
+        restored.append(relative)
+    return restored
+
+
+def movielens_splits(data_dir: str) -> dict[str, pd.DataFrame]:
+    """CoLLM's ML-1M validation and test splits as frames (the rows scores files are over)."""
+    from ccf_llm.data import load_movielens_1m
+
+    found = load_movielens_1m(data_dir)
+    return {split: found[split].select_columns(ID_COLUMNS).to_pandas() for split in ("validation", "test")}
+
+
+def main():
+    from ccf_llm.precision import device_precision
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output_dir", type=Path, required=True, help="the run's folder, e.g. outputs/reproduce_full"
+    )
+    parser.add_argument("--name", default=None, help="the results' name (default: the output folder's name)")
+    parser.add_argument("--data_dir", default="../shared/data/ml-1m")
+    args = parser.parse_args()
+    from reproduce import ROWS
+
+    folder = archive_folder(args.name or args.output_dir.name, device_precision().kind)
+    written = archive(args.output_dir, folder, movielens_splits(args.data_dir), rows=ROWS)
+    print(f"{len(written)} files written to {folder}" + "".join(f"\n  {path}" for path in written))
+
+
+if __name__ == "__main__":
+    main()

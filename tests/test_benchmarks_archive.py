@@ -1,0 +1,140 @@
+"""`benchmarks/archive.py`: what of a run's output folder is kept in git, and how a fresh output folder is rebuilt
+from it (finished rows and stages only; scores without their ids)."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import archive  # noqa: E402
+import reproduce  # noqa: E402
+
+SPLITS = {
+    "validation": pd.DataFrame({"user_id": [1, 1, 2, 3], "item_id": [5, 6, 5, 7], "label": [1, 0, 0, 1]}),
+    "test": pd.DataFrame({"user_id": [2, 3, 3], "item_id": [6, 5, 8], "label": [0, 1, 1]}),
+}
+
+
+def write(path: Path, data: bytes | str = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def scores(split: str, values) -> pd.DataFrame:
+    return SPLITS[split].assign(score=values)
+
+
+def run_folder(out: Path) -> None:
+    """A reproduction's output folder: `mf` finished, `gate_mf` with stage 1 finished and stage 2 mid-way."""
+    write(out / "mf" / "all_results.json", '{"test_auc": 0.64}')
+    write(out / "mf" / "config.json", '{"model_type": "mf"}')
+    write(out / "mf" / "model.safetensors", b"mf-weights")
+    write(out / "mf" / "checkpoint-68" / "model.safetensors", b"not kept")
+    scores("validation", [0.1, 0.2, 0.3, 0.4]).to_parquet(out / "mf" / "scores_validation.parquet")
+    scores("test", [0.5, 0.25, 0.125]).to_parquet(out / "mf" / "scores_test.parquet")
+    write(
+        out / "mf.timing.json",
+        json.dumps({"attempts": [{"started": 100.0, "seconds": 90.0, "commit": "abc"}]}),
+    )
+    write(out / "mf.log", "log: not kept")
+
+    mode = out / "gate_mf" / "gate"
+    write(out / "gate_mf" / "run_ctr.json", '{"argv": []}')
+    write(mode / "model.safetensors", b"the LLM with CF tables: not kept")
+    write(mode / "stage_1_lora" / "final" / "adapter_model.safetensors", b"lora")
+    write(mode / "stage_1_lora" / "final" / "adapter_config.json", "{}")
+    write(mode / "stage_1_lora" / "stage_log.json", '{"best_auc_step": 200}')
+    write(mode / "stage_1_lora" / "checkpoint-200" / "adapter_model.safetensors", b"not kept")
+    write(mode / "stage_2_fusion" / "checkpoint-200" / "adapter_model.safetensors", b"not kept")
+    write(mode / "stage_2_fusion" / "final" / "adapter_model.safetensors", b"being written: not kept yet")
+    started = 1000.0
+    write(out / "gate_mf.timing.json", json.dumps({"attempts": [{"started": started, "commit": "abc"}]}))
+    log = write(out / "gate_mf.log", "running")
+    os.utime(log, (started + 250.0, started + 250.0))  # its last write: 250 s into the attempt still running
+
+    text = out / "text" / "text"  # finished, scored at its UAUC-selected checkpoint too
+    write(out / "text" / "all_results.json", '{"by_mode": {}}')
+    write(text / "all_results.json", '{"test_auc": 0.68}')
+    write(text / "README.md", "model card")
+    scores("test", [0.3, 0.2, 0.1]).to_parquet(text / "scores_test.parquet")
+    scores("test", [0.3, 0.1, 0.2]).to_parquet(text / "scores_test_uauc_selected.parquet")
+    write(text / "scores_test_uauc_selected.parquet.json", '{"checkpoint": "stage_1_lora/checkpoint-400"}')
+    write(out / "select" / "stage1_learning_rate_0.001" / "all_results.json", "{}")  # not a row: not kept
+
+
+KEPT = {
+    "mf.timing.json", "mf/all_results.json", "mf/config.json", "mf/model.safetensors",
+    "mf/scores_validation.parquet", "mf/scores_test.parquet", "gate_mf.timing.json", "gate_mf/run_ctr.json",
+    "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors", "gate_mf/gate/stage_1_lora/final/adapter_config.json",
+    "gate_mf/gate/stage_1_lora/stage_log.json", "text/all_results.json", "text/text/all_results.json",
+    "text/text/README.md", "text/text/scores_test.parquet", "text/text/scores_test_uauc_selected.parquet",
+    "text/text/scores_test_uauc_selected.parquet.json",
+}  # fmt: skip
+ROWS = ("mf", "gate_mf", "text")
+
+
+def test_archive_keeps_finished_work_only_and_scores_without_ids(tmp_path):
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    run_folder(out)
+    written = archive.archive(out, kept, SPLITS, rows=ROWS)
+    assert {p.as_posix() for p in written} == KEPT
+    assert {p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()} == KEPT
+    stored = pd.read_parquet(kept / "mf" / "scores_test.parquet")
+    assert list(stored.columns) == ["score"] and stored["score"].tolist() == [0.5, 0.25, 0.125]
+    running = json.loads((kept / "gate_mf.timing.json").read_text())["attempts"][-1]
+    assert (running["seconds"], running["until_archived"]) == (250.0, True)
+    assert json.loads((kept / "mf.timing.json").read_text()) == json.loads(
+        (out / "mf.timing.json").read_text()
+    )
+    assert archive.archive(out, kept, SPLITS, rows=ROWS) == []  # nothing changed, nothing rewritten
+
+    stage_2 = out / "gate_mf" / "gate" / "stage_2_fusion"
+    write(stage_2 / "stage_log.json", '{"best_auc_step": 400}')  # written after final/: stage 2 has ended
+    assert {p.as_posix() for p in archive.archive(out, kept, SPLITS, rows=ROWS)} == {
+        "gate_mf/gate/stage_2_fusion/stage_log.json",
+        "gate_mf/gate/stage_2_fusion/final/adapter_model.safetensors",
+    }
+
+
+def test_restore_rebuilds_a_fresh_output_folder_and_keeps_what_is_there(tmp_path):
+    out, kept, fresh = tmp_path / "out", tmp_path / "kept", tmp_path / "fresh"
+    run_folder(out)
+    archive.archive(out, kept, SPLITS, rows=ROWS)
+    write(fresh / "mf" / "all_results.json", '{"test_auc": 0.65}')  # this machine's own: not replaced
+    restored = {p.as_posix() for p in archive.restore(kept, fresh, SPLITS)}
+    assert restored == KEPT - {"mf/all_results.json"}
+    assert (fresh / "mf" / "all_results.json").read_text() == '{"test_auc": 0.65}'
+    for split in ("validation", "test"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(fresh / "mf" / f"scores_{split}.parquet"),
+            pd.read_parquet(out / "mf" / f"scores_{split}.parquet"),
+        )
+    lora = "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors"
+    assert (fresh / lora).read_bytes() == b"lora"
+    assert not (fresh / "gate_mf" / "gate" / "stage_2_fusion").exists()  # stage 2 restarts from its beginning
+    assert pd.read_parquet(fresh / "text" / "text" / "scores_test_uauc_selected.parquet")["score"].tolist() == [
+        0.3, 0.1, 0.2,
+    ]  # fmt: skip
+    # the restored rows are finished for reproduce.py: skipped, their time the archived attempts'
+    assert reproduce.run_logged(fresh / "mf", ["false"]) == (90.0, ["abc"])
+    assert archive.restore(kept, fresh, SPLITS) == []
+    assert archive.restore(tmp_path / "nothing kept yet", fresh, SPLITS) == []
+
+
+def test_scores_over_other_rows_are_not_kept(tmp_path):
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    scores("test", [0.5, 0.25, 0.125]).iloc[::-1].to_parquet(write(out / "mf" / "scores_test.parquet"))
+    with pytest.warns(
+        UserWarning, match=r"mf/scores_test.parquet: not kept, its rows are not the test split's"
+    ):
+        assert archive.archive(out, kept, SPLITS, rows=ROWS) == []
+    pd.DataFrame({"score": [0.5, 0.25]}).to_parquet(write(kept / "mf" / "scores_test.parquet"))
+    with pytest.raises(ValueError, match="has 2 scores, the test split 3 rows"):
+        archive.restore(kept, tmp_path / "fresh", SPLITS)
+    with pytest.raises(ValueError, match="scores_validation"):
+        archive.split_of(Path("scores_train.parquet"))
