@@ -11,7 +11,8 @@ A run writes everything to `OUTPUT_DIR` (under the ignored `outputs/`), which is
 
 * per row: its results (`all_results.json`), its attempts' times (`<row>.timing.json`), its model card;
 * per finished stage of an LLM row: the stage's log (`stage_log.json`: curves, checkpoint choice) and its final
-  adapter (`final/`, a few MB: what a resumed row or a row sharing that stage loads);
+  adapter (`final/`: what a resumed row or a row sharing that stage loads; after a LoRA stage its LoRA weights only,
+  1.8 MB for SmolLM2-135M, `_adapter`);
 * per CF row: its model (what the LLM rows built on it load);
 * per-row scores (`scores_*.parquet`): the score column only, after checking the file is over its split's rows in
   the split's order; `restore` adds `user_id`, `item_id` and `label` back from the split. MovieLens may not be
@@ -90,6 +91,23 @@ def _timing(source: Path) -> str:
     return json.dumps(timing) + "\n"
 
 
+def _adapter(source: Path) -> bytes:
+    """
+    A stage's final adapter to keep: whole, except after a `lora` stage (its `stage_log.json` says which), which
+    trained LoRA only: its ALG/GATE weights are still the seeded initialization the resumed run creates again, so
+    only the LoRA weights are kept (a fifth of the file; `load_adapter_weights(..., keep_missing_fusion=True)` loads
+    them as it loads a shared `text` stage).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    if json.loads((source.parent.parent / "stage_log.json").read_text()).get("stage") != "lora":
+        return source.read_bytes()
+    with safe_open(source, "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys() if "lora_" in key}
+        return save(tensors, handle.metadata())
+
+
 def archive(output_dir: Path, folder: Path, splits: dict[str, pd.DataFrame], rows=None) -> list[Path]:
     """
     Copy `output_dir`'s `KEEP` files (of `rows`, default all) into `folder` where new or changed; scores as their
@@ -116,7 +134,12 @@ def archive(output_dir: Path, folder: Path, splits: dict[str, pd.DataFrame], row
             target.parent.mkdir(parents=True, exist_ok=True)
             data.to_parquet(target, index=False)
         else:
-            data = _timing(source).encode() if relative.name.endswith(".timing.json") else source.read_bytes()
+            if relative.name.endswith(".timing.json"):
+                data = _timing(source).encode()
+            elif relative.name == "adapter_model.safetensors":
+                data = _adapter(source)
+            else:
+                data = source.read_bytes()
             if target.is_file() and target.read_bytes() == data:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)

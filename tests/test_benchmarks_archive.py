@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import archive  # noqa: E402
@@ -17,6 +19,11 @@ SPLITS = {
     "validation": pd.DataFrame({"user_id": [1, 1, 2, 3], "item_id": [5, 6, 5, 7], "label": [1, 0, 0, 1]}),
     "test": pd.DataFrame({"user_id": [2, 3, 3], "item_id": [6, 5, 8], "label": [0, 1, 1]}),
 }
+
+
+LORA = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+FUSION = "base_model.model.model.gate.cf_gates.0.fc1.modules_to_save.default.weight"
+ADAPTER = save({LORA: torch.ones(2, 3), FUSION: torch.full((3, 3), 0.5)}, {"format": "pt"})
 
 
 def write(path: Path, data: bytes | str = b"x") -> Path:
@@ -46,12 +53,14 @@ def run_folder(out: Path) -> None:
     mode = out / "gate_mf" / "gate"
     write(out / "gate_mf" / "run_ctr.json", '{"argv": []}')
     write(mode / "model.safetensors", b"the LLM with CF tables: not kept")
-    write(mode / "stage_1_lora" / "final" / "adapter_model.safetensors", b"lora")
+    write(mode / "stage_1_lora" / "final" / "adapter_model.safetensors", ADAPTER)
     write(mode / "stage_1_lora" / "final" / "adapter_config.json", "{}")
-    write(mode / "stage_1_lora" / "stage_log.json", '{"best_auc_step": 200}')
+    write(mode / "stage_1_lora" / "stage_log.json", '{"stage": "lora", "best_auc_step": 200}')
     write(mode / "stage_1_lora" / "checkpoint-200" / "adapter_model.safetensors", b"not kept")
     write(mode / "stage_2_fusion" / "checkpoint-200" / "adapter_model.safetensors", b"not kept")
-    write(mode / "stage_2_fusion" / "final" / "adapter_model.safetensors", b"being written: not kept yet")
+    write(
+        mode / "stage_2_fusion" / "final" / "adapter_model.safetensors", ADAPTER
+    )  # being written: not kept yet
     started = 1000.0
     write(out / "gate_mf.timing.json", json.dumps({"attempts": [{"started": started, "commit": "abc"}]}))
     log = write(out / "gate_mf.log", "running")
@@ -93,12 +102,18 @@ def test_archive_keeps_finished_work_only_and_scores_without_ids(tmp_path):
     )
     assert archive.archive(out, kept, SPLITS, rows=ROWS) == []  # nothing changed, nothing rewritten
 
+    # a LoRA stage's final adapter: its LoRA weights only (the fusion weights are still their seeded initialization)
+    lora_stage = load((kept / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())
+    assert list(lora_stage) == [LORA] and lora_stage[LORA].tolist() == [[1.0] * 3] * 2
+
     stage_2 = out / "gate_mf" / "gate" / "stage_2_fusion"
-    write(stage_2 / "stage_log.json", '{"best_auc_step": 400}')  # written after final/: stage 2 has ended
+    write(stage_2 / "stage_log.json", '{"stage": "fusion"}')  # written after final/: stage 2 has ended
     assert {p.as_posix() for p in archive.archive(out, kept, SPLITS, rows=ROWS)} == {
         "gate_mf/gate/stage_2_fusion/stage_log.json",
         "gate_mf/gate/stage_2_fusion/final/adapter_model.safetensors",
     }
+    fusion_stage = kept / "gate_mf/gate/stage_2_fusion/final/adapter_model.safetensors"
+    assert fusion_stage.read_bytes() == ADAPTER  # it trained the fusion weights: kept whole
 
 
 def test_restore_rebuilds_a_fresh_output_folder_and_keeps_what_is_there(tmp_path):
@@ -114,8 +129,8 @@ def test_restore_rebuilds_a_fresh_output_folder_and_keeps_what_is_there(tmp_path
             pd.read_parquet(fresh / "mf" / f"scores_{split}.parquet"),
             pd.read_parquet(out / "mf" / f"scores_{split}.parquet"),
         )
-    lora = "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors"
-    assert (fresh / lora).read_bytes() == b"lora"
+    lora = load((fresh / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())
+    assert list(lora) == [LORA]
     assert not (fresh / "gate_mf" / "gate" / "stage_2_fusion").exists()  # stage 2 restarts from its beginning
     assert pd.read_parquet(fresh / "text" / "text" / "scores_test_uauc_selected.parquet")["score"].tolist() == [
         0.3, 0.1, 0.2,
