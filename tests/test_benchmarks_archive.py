@@ -153,3 +153,34 @@ def test_scores_over_other_rows_are_not_kept(tmp_path):
         archive.restore(kept, tmp_path / "fresh", SPLITS)
     with pytest.raises(ValueError, match="scores_validation"):
         archive.split_of(Path("scores_train.parquet"))
+
+
+def test_a_run_resumed_from_a_kept_lora_stage_matches_the_uninterrupted_run(tmp_path):
+    """The kept stage-1 adapter (LoRA only) + the fusion weights' seeded initialization = the stage-1 model: a run
+    resumed from it on a fresh machine trains stage 2 to the same weights as the run that never stopped."""
+    from ccf_llm import CCFDataCollator
+    from ccf_llm.trainer_ccf_llama import CCFTwoStageTrainer
+    from tests.test_trainer_ccf_llama import tiny_setup, two_stage_args
+
+    model, tokenizer, data = tiny_setup("gate")
+    collator = CCFDataCollator(tokenizer.pad_token_id)
+    uninterrupted = CCFTwoStageTrainer(
+        model, two_stage_args(tmp_path), train_dataset=data, data_collator=collator
+    )
+    uninterrupted.train()
+    stage_1 = tmp_path / "run" / "stage_1_lora"
+    (stage_1 / "stage_log.json").write_text('{"stage": "lora"}')  # written by a run with early stopping
+    kept = load(archive._adapter(stage_1 / "final" / "adapter_model.safetensors"))
+    assert kept and all("lora_" in key for key in kept)
+
+    resumed_final = tmp_path / "resumed" / "stage_1_lora" / "final"  # what restore puts on the fresh machine
+    write(resumed_final / "adapter_model.safetensors", save(kept, {"format": "pt"}))
+    write(resumed_final / "adapter_config.json", (stage_1 / "final" / "adapter_config.json").read_bytes())
+    model, _, data = tiny_setup("gate")  # the fresh run: the same seed, so the same ALG/GATE initialization
+    resumed = CCFTwoStageTrainer(model, two_stage_args(tmp_path, output_dir=str(tmp_path / "resumed")),
+                                 train_dataset=data, data_collator=collator)  # fmt: skip
+    log = resumed.train(resume_from_checkpoint=True)
+    assert "loaded" in log[0] and log[1]["steps"] == 6
+    expected = dict(uninterrupted.model.named_parameters())
+    fusion = [name for name, _ in resumed.model.named_parameters() if ".modules_to_save." in name]
+    assert fusion and all(torch.equal(p, expected[n]) for n, p in resumed.model.named_parameters())
