@@ -10,9 +10,9 @@ A run writes everything to `OUTPUT_DIR` (under the ignored `outputs/`), which is
 `archive_folder`) the part of it that later runs and reports read, each file once it is final (`KEEP`):
 
 * per row: its results (`all_results.json`), its attempts' times (`<row>.timing.json`), its model card;
-* per finished stage of an LLM row: the stage's log (`stage_log.json`: curves, checkpoint choice) and its final
-  adapter (`final/`: what a resumed row or a row sharing that stage loads; after a LoRA stage its LoRA weights only,
-  1.8 MB for SmolLM2-135M, `_adapter`);
+* per finished stage of an LLM row: the stage's log (`stage_log.json`: curves, checkpoint choice); after a LoRA
+  stage, its final adapter's LoRA weights (`final/`, 1.9 MB for SmolLM2-135M: what a resumed row or a row sharing
+  that stage loads, `_adapter`);
 * per CF row: its model (what the LLM rows built on it load);
 * per-row scores (`scores_*.parquet`): the score column only, after checking the file is over its split's rows in
   the split's order; `restore` adds `user_id`, `item_id` and `label` back from the split. MovieLens may not be
@@ -66,16 +66,20 @@ def split_of(path: Path) -> str:
 def kept_files(output_dir: Path, rows=None) -> list[Path]:
     """
     The files of `output_dir` that `KEEP` names, relative to it, sorted: of `rows` only (names of its folders, default
-    all), and a stage's `final/` only once its `stage_log.json`, which the trainer writes after it, is there.
+    all), and a stage's `final/` only for a finished LoRA stage (`_lora_stage`).
     """
     found = {p.relative_to(output_dir) for pattern in KEEP for p in output_dir.glob(pattern) if p.is_file()}
     if rows is not None:
         found = {p for p in found if p.parts[0].removesuffix(".timing.json") in rows}
-    return sorted(
-        p
-        for p in found
-        if p.parent.name != "final" or (output_dir / p.parent.parent / "stage_log.json").is_file()
-    )
+    return sorted(p for p in found if p.parent.name != "final" or _lora_stage(output_dir / p.parent.parent))
+
+
+def _lora_stage(folder: Path) -> bool:
+    """Whether `folder` is a finished `lora` stage (its `stage_log.json`, written after `final/`, says so): the one
+    stage whose final adapter a later run loads. A last stage's (fusion, end-to-end, or a one-stage row's) is not
+    kept: its row is scored right after it, and a row interrupted while scoring trains that stage again."""
+    log = folder / "stage_log.json"
+    return log.is_file() and json.loads(log.read_text()).get("stage") == "lora"
 
 
 def _timing(source: Path) -> str:
@@ -93,16 +97,13 @@ def _timing(source: Path) -> str:
 
 def _adapter(source: Path) -> bytes:
     """
-    A stage's final adapter to keep: whole, except after a `lora` stage (its `stage_log.json` says which), which
-    trained LoRA only: its ALG/GATE weights are still the seeded initialization the resumed run creates again, so
-    only the LoRA weights are kept (a fifth of the file; `load_adapter_weights(..., keep_missing_fusion=True)` loads
-    them as it loads a shared `text` stage).
+    A `lora` stage's final adapter to keep: its LoRA weights only. The stage trained LoRA only, so its ALG/GATE
+    weights are still the seeded initialization the resumed run creates again (a fifth of the file;
+    `load_adapter_weights(..., keep_missing_fusion=True)` loads it as it loads a shared `text` stage).
     """
     from safetensors import safe_open
     from safetensors.torch import save
 
-    if json.loads((source.parent.parent / "stage_log.json").read_text()).get("stage") != "lora":
-        return source.read_bytes()
     with safe_open(source, "pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys() if "lora_" in key}
         return save(tensors, handle.metadata())
