@@ -2,8 +2,8 @@
 
     python benchmarks/archive.py --output_dir outputs/reproduce_full [--data_dir ../shared/data/ml-1m]
 
-(`reproduce.py` does this itself every minute while a row runs and after each row; the command is for a run of
-older code.)
+(`reproduce.py` does this itself every minute while a row runs and after each row, into the folder beside the
+script that runs; the command archives a run of older code, or a run in another git worktree into this checkout.)
 
 A run writes everything to `OUTPUT_DIR` (under the ignored `outputs/`), which is lost with its machine.
 `archive(output_dir, folder, splits)` copies into `folder` (committed: `benchmarks/results/<name>_rows/<CPU kind>/`,
