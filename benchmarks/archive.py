@@ -6,19 +6,23 @@
 script that runs; the command archives a run of older code, or a run in another git worktree into this checkout.)
 
 A run writes everything to `OUTPUT_DIR` (under the ignored `outputs/`), which is lost with its machine.
-`archive(output_dir, folder, splits)` copies into `folder` (committed: `benchmarks/results/<name>_rows/<CPU kind>/`,
-`archive_folder`) the part of it that later runs and reports read, each file once it is final (`KEEP`):
+`archive(output_dir, folder, splits, provenance)` keeps in `folder` (committed:
+`benchmarks/results/<name>_rows/<CPU kind>/`, `archive_folder`) the part of an LLM row that later runs and reports
+read, each file once it is final (`KEEP`):
 
-* per row: its results (`all_results.json`), its attempts' times (`<row>.timing.json`), its model card;
-* per finished stage of an LLM row: the stage's log (`stage_log.json`: curves, checkpoint choice); after a LoRA
-  stage, its final adapter's LoRA weights (`final/`, 1.9 MB for SmolLM2-135M: what a resumed row or a row sharing
-  that stage loads, `_adapter`);
-* per CF row: its model (what the LLM rows built on it load);
-* per-row scores (`scores_*.parquet`): the score column only, after checking the file is over its split's rows in
-  the split's order; `restore` adds `user_id`, `item_id` and `label` back from the split. MovieLens may not be
-  redistributed, so no ids or labels are committed.
+* `<row>.json`: the machine it was archived on (`provenance`: CPU model, capability and kind, torch, dtype) and the
+  row's JSON files (results, its attempts' times, `run_ctr.json`, each finished stage's `stage_log.json` with its
+  curves and checkpoint choice, the UAUC-selected scores' checkpoint);
+* `<row>/.../scores_*.parquet`: the score column only, after checking the file is over its split's rows in the
+  split's order; `restore` adds `user_id`, `item_id` and `label` back from the split. MovieLens may not be
+  redistributed, so no ids or labels are committed;
+* after a LoRA stage, its final adapter's LoRA weights (`final/`, 1.9 MB for SmolLM2-135M: what a resumed row or a
+  row sharing that stage loads, `_adapter`).
 
-`restore(folder, output_dir, splits)` copies back what `output_dir` lacks: rows finished in an earlier session are
+CF rows are not kept: their weights (MF's table is 4.2 MB) do not belong in git, and they train again in minutes
+from the same seed to the same test AUC (as they did on two CPU kinds).
+
+`restore(folder, output_dir, splits)` writes back what `output_dir` lacks: rows finished in an earlier session are
 then skipped, and an unfinished one resumes after its last finished stage. Only the CPU kind's own folder is read,
 so a table never mixes rows of two kinds (bf16 on AMX or AVX512-BF16, fp32 on AVX2) unannounced. The rest of
 `OUTPUT_DIR` (checkpoints mid-stage, the LLM with the CF tables, logs) is not kept: a stage interrupted with its
@@ -33,19 +37,16 @@ from pathlib import Path
 
 import pandas as pd
 
-KEEP = (  # paths relative to OUTPUT_DIR: <row>/ for CF rows, <row>/<fusion mode>/ for LLM rows
+KEEP = (  # paths relative to OUTPUT_DIR: <row>/ and <row>/<fusion mode>/ of LLM rows
     "*.timing.json",
     "*/all_results.json",
     "*/run_ctr.json",
-    "*/config.json",  # CF rows' model (LLM rows keep theirs, with the LLM, one folder down: not kept)
-    "*/model.safetensors",
-    "*/scores_*.parquet",
     "*/*/all_results.json",
-    "*/*/README.md",
     "*/*/scores_*.parquet",
     "*/*/scores_*.parquet.json",
     "*/*/stage_*/stage_log.json",
-    "*/*/stage_*/final/*",
+    "*/*/stage_*/final/adapter_config.json",
+    "*/*/stage_*/final/adapter_model.safetensors",
 )
 ID_COLUMNS = ["user_id", "item_id", "label"]
 
@@ -66,12 +67,12 @@ def split_of(path: Path) -> str:
 def kept_files(output_dir: Path, rows=None) -> list[Path]:
     """
     The files of `output_dir` that `KEEP` names, relative to it, sorted: of `rows` only (names of its folders, default
-    all), and a stage's `final/` only for a finished LoRA stage (`_lora_stage`).
+    all).
     """
     found = {p.relative_to(output_dir) for pattern in KEEP for p in output_dir.glob(pattern) if p.is_file()}
     if rows is not None:
         found = {p for p in found if p.parts[0].removesuffix(".timing.json") in rows}
-    return sorted(p for p in found if p.parent.name != "final" or _lora_stage(output_dir / p.parent.parent))
+    return sorted(found)
 
 
 def _lora_stage(folder: Path) -> bool:
@@ -82,7 +83,7 @@ def _lora_stage(folder: Path) -> bool:
     return log.is_file() and json.loads(log.read_text()).get("stage") == "lora"
 
 
-def _timing(source: Path) -> str:
+def _timing(source: Path) -> dict:
     """A `<row>.timing.json` to keep: an attempt still running counts until its log's last write (as `reproduce.py`
     counts an interrupted attempt), so a session that ends with it keeps a lower bound of its time."""
     timing = json.loads(source.read_text())
@@ -92,7 +93,7 @@ def _timing(source: Path) -> str:
         written = log.stat().st_mtime if log.is_file() else last["started"]
         last["seconds"] = round(max(written - last["started"], 0.0), 1)
         last["until_archived"] = True
-    return json.dumps(timing) + "\n"
+    return timing
 
 
 def _adapter(source: Path) -> bytes:
@@ -109,16 +110,33 @@ def _adapter(source: Path) -> bytes:
         return save(tensors, handle.metadata())
 
 
-def archive(output_dir: Path, folder: Path, splits: dict[str, pd.DataFrame], rows=None) -> list[Path]:
+def row_of(relative: Path) -> str:
+    """The row a kept file belongs to: `<row>.timing.json` or a file under `<row>/`."""
+    return relative.parts[0].removesuffix(".timing.json")
+
+
+def archive(
+    output_dir: Path, folder: Path, splits: dict[str, pd.DataFrame], provenance: dict, rows=None
+) -> list[Path]:
     """
-    Copy `output_dir`'s `KEEP` files (of `rows`, default all) into `folder` where new or changed; scores as their
-    score column only, where their rows are `splits[split]`'s (`ID_COLUMNS`) in order (a scores file over a
-    subsample of its split is not kept, with a warning: without ids it could not be restored). Returns the paths
-    written (relative).
+    Keep `output_dir`'s `KEEP` files (of `rows`, default all) in `folder` where new or changed. A row's JSON files
+    go into one `<row>.json` with the `provenance` (`report.provenance`) of the machine that archived them:
+    `{"provenance": ..., "files": {path: content}}`. Scores are kept as their score column only, where their rows
+    are `splits[split]`'s (`ID_COLUMNS`) in order (a scores file over a subsample of its split is not kept, with a
+    warning: without ids it could not be restored); adapters as `_adapter` gives them. Returns the paths written
+    (relative to `output_dir`).
     """
-    written = []
+    written, records = [], {}
     for relative in kept_files(output_dir, rows):
         source, target = output_dir / relative, folder / relative
+        if relative.parent.name == "final" and not _lora_stage(output_dir / relative.parent.parent):
+            continue
+        if relative.suffix == ".json":
+            content = (
+                _timing(source) if relative.name.endswith(".timing.json") else json.loads(source.read_text())
+            )
+            records.setdefault(row_of(relative), {})[relative.as_posix()] = content
+            continue
         if relative.suffix == ".parquet":
             frame = pd.read_parquet(source)
             split = splits[split_of(source)]
@@ -135,25 +153,34 @@ def archive(output_dir: Path, folder: Path, splits: dict[str, pd.DataFrame], row
             target.parent.mkdir(parents=True, exist_ok=True)
             data.to_parquet(target, index=False)
         else:
-            if relative.name.endswith(".timing.json"):
-                data = _timing(source).encode()
-            elif relative.name == "adapter_model.safetensors":
-                data = _adapter(source)
-            else:
-                data = source.read_bytes()
+            data = _adapter(source)
             if target.is_file() and target.read_bytes() == data:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         written.append(relative)
-    return written
+    for row, files in records.items():
+        record = folder / f"{row}.json"
+        kept = json.loads(record.read_text())["files"] if record.is_file() else {}
+        if files == kept:
+            continue
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"provenance": provenance, "files": files}, indent=1) + "\n")
+        written += [Path(path) for path in files if files[path] != kept.get(path)]
+    return sorted(written)
 
 
 def restore(folder: Path, output_dir: Path, splits: dict[str, pd.DataFrame]) -> list[Path]:
-    """Copy `folder`'s files that `output_dir` lacks into it, scores with `ID_COLUMNS` from `splits`. Returns the
-    paths restored (relative)."""
+    """Write `folder`'s kept files that `output_dir` lacks into it: the JSON files from each `<row>.json`, scores
+    with `ID_COLUMNS` from `splits`, adapters as kept. Returns the paths restored (relative)."""
     restored = []
-    for relative in kept_files(folder) if folder.is_dir() else []:
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        for path, content in json.loads(record.read_text())["files"].items():
+            if not (output_dir / path).exists():
+                (output_dir / path).parent.mkdir(parents=True, exist_ok=True)
+                (output_dir / path).write_text(json.dumps(content, indent=2) + "\n")
+                restored.append(Path(path))
+    for relative in kept_files(folder) if folder.is_dir() else []:  # the scores and adapters
         target = output_dir / relative
         if target.exists():
             continue
@@ -172,7 +199,7 @@ def restore(folder: Path, output_dir: Path, splits: dict[str, pd.DataFrame]) -> 
         else:
             shutil.copyfile(folder / relative, target)
         restored.append(relative)
-    return restored
+    return sorted(restored)
 
 
 def movielens_splits(data_dir: str) -> dict[str, pd.DataFrame]:
@@ -184,7 +211,7 @@ def movielens_splits(data_dir: str) -> dict[str, pd.DataFrame]:
 
 
 def main():
-    from ccf_llm.precision import device_precision
+    from ccf_llm.precision import device_precision, resolve_dtype
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -195,10 +222,12 @@ def main():
     parser.add_argument("--name", default=None, help="the results' name (default: the output folder's name)")
     parser.add_argument("--data_dir", default="../shared/data/ml-1m")
     args = parser.parse_args()
-    from reproduce import ROWS
+    from report import provenance
+    from reproduce import LLM_ROWS
 
     folder = archive_folder(args.name or args.output_dir.name, device_precision().kind)
-    written = archive(args.output_dir, folder, movielens_splits(args.data_dir), rows=ROWS)
+    found = provenance(resolve_dtype("auto"))
+    written = archive(args.output_dir, folder, movielens_splits(args.data_dir), found, rows=LLM_ROWS)
     print(f"{len(written)} files written to {folder}" + "".join(f"\n  {path}" for path in written))
 
 

@@ -23,8 +23,8 @@ folder on its own). A row's time is
 the sum of its attempts (`OUTPUT_DIR/<row>.timing.json`); an interrupted attempt counts until its log's last write.
 Each attempt keeps the git commit it ran at, and the table says which rows ran at which code.
 
-`OUTPUT_DIR` is lost with its machine: every minute while a row runs and after it, the part of it later runs read
-(results, stage logs, final adapters, CF models, scores without ids) is copied to
+`OUTPUT_DIR` is lost with its machine: every minute while a row runs and after it, the part of an LLM row later
+runs read (results, stage logs, LoRA stages' adapters, scores without ids, with the machine's provenance) is kept in
 `benchmarks/results/<name>_rows/<CPU kind>/` (`archive.py`; commit it), and every run first restores from there what
 `OUTPUT_DIR` lacks, so a fresh clone on a machine of the same kind skips the finished rows and resumes an unfinished
 one after its last finished stage. Checkpoints are not kept: a restored row whose UAUC-selected checkpoint was not
@@ -701,13 +701,17 @@ def keep(action: str, args, name: str, splits) -> None:
     """`archive.restore` ("restore") or `archive.archive` ("archive") between `args.output_dir` and the committed
     folder of this CPU kind's finished rows (`archive.archive_folder`), printing what moved."""
     import archive
+    from report import provenance
 
-    from ccf_llm.precision import device_precision
+    from ccf_llm.precision import device_precision, resolve_dtype
 
     folder = archive.archive_folder(name, device_precision().kind)
     if action == "restore" and (moved := archive.restore(folder, args.output_dir, splits)):
         print(f"[reproduce] restored {len(moved)} files from {folder} into {args.output_dir}", flush=True)
-    if action == "archive" and (moved := archive.archive(args.output_dir, folder, splits, rows=ROWS)):
+    found = provenance(resolve_dtype(json.loads(args.config.read_text()).get("dtype", "auto")))
+    if action == "archive" and (
+        moved := archive.archive(args.output_dir, folder, splits, found, rows=LLM_ROWS)
+    ):
         print(f"[reproduce] archived {len(moved)} files in {folder}: commit them", flush=True)
 
 

@@ -37,70 +37,74 @@ def scores(split: str, values) -> pd.DataFrame:
 
 
 def run_folder(out: Path) -> None:
-    """A reproduction's output folder: `mf` finished, `gate_mf` with stage 1 finished and stage 2 mid-way."""
-    write(out / "mf" / "all_results.json", '{"test_auc": 0.64}')
-    write(out / "mf" / "config.json", '{"model_type": "mf"}')
+    """A reproduction's output folder: `mf` (CF) and `text` finished, `gate_mf` with stage 1 done, stage 2 mid-way."""
+    write(out / "mf" / "all_results.json", '{"test_auc": 0.64}')  # CF rows train again in minutes: not kept
     write(out / "mf" / "model.safetensors", b"mf-weights")
-    write(out / "mf" / "checkpoint-68" / "model.safetensors", b"not kept")
-    scores("validation", [0.1, 0.2, 0.3, 0.4]).to_parquet(out / "mf" / "scores_validation.parquet")
-    scores("test", [0.5, 0.25, 0.125]).to_parquet(out / "mf" / "scores_test.parquet")
-    write(
-        out / "mf.timing.json",
-        json.dumps({"attempts": [{"started": 100.0, "seconds": 90.0, "commit": "abc"}]}),
-    )
-    write(out / "mf.log", "log: not kept")
+    write(out / "mf.timing.json", json.dumps({"attempts": [{"started": 1.0, "seconds": 90.0}]}))
 
     mode = out / "gate_mf" / "gate"
     write(out / "gate_mf" / "run_ctr.json", '{"argv": []}')
     write(mode / "model.safetensors", b"the LLM with CF tables: not kept")
     write(mode / "stage_1_lora" / "final" / "adapter_model.safetensors", ADAPTER)
-    write(mode / "stage_1_lora" / "final" / "adapter_config.json", "{}")
+    write(mode / "stage_1_lora" / "final" / "adapter_config.json", '{"r": 8}')
+    write(mode / "stage_1_lora" / "final" / "README.md", "PEFT's card: not kept")
     write(mode / "stage_1_lora" / "stage_log.json", '{"stage": "lora", "best_auc_step": 200}')
     write(mode / "stage_1_lora" / "checkpoint-200" / "adapter_model.safetensors", b"not kept")
     write(mode / "stage_2_fusion" / "checkpoint-200" / "adapter_model.safetensors", b"not kept")
     write(
         mode / "stage_2_fusion" / "final" / "adapter_model.safetensors", ADAPTER
-    )  # being written: not kept yet
+    )  # the last stage's: not kept
     started = 1000.0
     write(out / "gate_mf.timing.json", json.dumps({"attempts": [{"started": started, "commit": "abc"}]}))
-    log = write(out / "gate_mf.log", "running")
+    log = write(out / "gate_mf.log", "running: not kept")
     os.utime(log, (started + 250.0, started + 250.0))  # its last write: 250 s into the attempt still running
 
     text = out / "text" / "text"  # finished, scored at its UAUC-selected checkpoint too
+    write(
+        out / "text.timing.json",
+        json.dumps({"attempts": [{"started": 1.0, "seconds": 90.0, "commit": "abc"}]}),
+    )
     write(out / "text" / "all_results.json", '{"by_mode": {}}')
     write(text / "all_results.json", '{"test_auc": 0.68}')
-    write(text / "README.md", "model card")
-    scores("test", [0.3, 0.2, 0.1]).to_parquet(text / "scores_test.parquet")
+    write(text / "README.md", "model card: not kept")
+    scores("validation", [0.1, 0.2, 0.3, 0.4]).to_parquet(text / "scores_validation.parquet")
+    scores("test", [0.5, 0.25, 0.125]).to_parquet(text / "scores_test.parquet")
     scores("test", [0.3, 0.1, 0.2]).to_parquet(text / "scores_test_uauc_selected.parquet")
     write(text / "scores_test_uauc_selected.parquet.json", '{"checkpoint": "stage_1_lora/checkpoint-400"}')
     write(out / "select" / "stage1_learning_rate_0.001" / "all_results.json", "{}")  # not a row: not kept
 
 
-KEPT = {
-    "mf.timing.json", "mf/all_results.json", "mf/config.json", "mf/model.safetensors",
-    "mf/scores_validation.parquet", "mf/scores_test.parquet", "gate_mf.timing.json", "gate_mf/run_ctr.json",
-    "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors", "gate_mf/gate/stage_1_lora/final/adapter_config.json",
-    "gate_mf/gate/stage_1_lora/stage_log.json", "text/all_results.json", "text/text/all_results.json",
-    "text/text/README.md", "text/text/scores_test.parquet", "text/text/scores_test_uauc_selected.parquet",
-    "text/text/scores_test_uauc_selected.parquet.json",
+JSON_FILES = {
+    "gate_mf.timing.json", "gate_mf/run_ctr.json", "gate_mf/gate/stage_1_lora/final/adapter_config.json",
+    "gate_mf/gate/stage_1_lora/stage_log.json", "text.timing.json", "text/all_results.json",
+    "text/text/all_results.json", "text/text/scores_test_uauc_selected.parquet.json",
 }  # fmt: skip
-ROWS = ("mf", "gate_mf", "text")
+BINARY_FILES = {
+    "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors", "text/text/scores_validation.parquet",
+    "text/text/scores_test.parquet", "text/text/scores_test_uauc_selected.parquet",
+}  # fmt: skip
+ROWS = ("gate_mf", "text")  # the LLM rows
+PROVENANCE = {"cpu_capability": "AVX512", "cpu_kind": "AMX"}
 
 
-def test_archive_keeps_finished_work_only_and_scores_without_ids(tmp_path):
+def test_archive_keeps_finished_work_only_with_its_provenance_and_scores_without_ids(tmp_path):
     out, kept = tmp_path / "out", tmp_path / "kept"
     run_folder(out)
-    written = archive.archive(out, kept, SPLITS, rows=ROWS)
-    assert {p.as_posix() for p in written} == KEPT
-    assert {p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()} == KEPT
-    stored = pd.read_parquet(kept / "mf" / "scores_test.parquet")
+    written = archive.archive(out, kept, SPLITS, PROVENANCE, rows=ROWS)
+    assert {p.as_posix() for p in written} == JSON_FILES | BINARY_FILES
+    on_disk = {p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()}
+    assert on_disk == BINARY_FILES | {"gate_mf.json", "text.json"}  # a row's JSON files: one record
+    record = json.loads((kept / "text.json").read_text())
+    assert record["provenance"] == PROVENANCE
+    assert record["files"]["text/text/all_results.json"] == {"test_auc": 0.68}
+    stored = pd.read_parquet(kept / "text" / "text" / "scores_test.parquet")
     assert list(stored.columns) == ["score"] and stored["score"].tolist() == [0.5, 0.25, 0.125]
-    running = json.loads((kept / "gate_mf.timing.json").read_text())["attempts"][-1]
+    gate = json.loads((kept / "gate_mf.json").read_text())["files"]
+    running = gate["gate_mf.timing.json"]["attempts"][-1]
     assert (running["seconds"], running["until_archived"]) == (250.0, True)
-    assert json.loads((kept / "mf.timing.json").read_text()) == json.loads(
-        (out / "mf.timing.json").read_text()
-    )
-    assert archive.archive(out, kept, SPLITS, rows=ROWS) == []  # nothing changed, nothing rewritten
+    assert (
+        archive.archive(out, kept, SPLITS, PROVENANCE, rows=ROWS) == []
+    )  # nothing changed, nothing rewritten
 
     # a LoRA stage's final adapter: its LoRA weights only (the fusion weights are still their seeded initialization)
     lora_stage = load((kept / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())
@@ -109,44 +113,53 @@ def test_archive_keeps_finished_work_only_and_scores_without_ids(tmp_path):
     stage_2 = out / "gate_mf" / "gate" / "stage_2_fusion"
     write(stage_2 / "stage_log.json", '{"stage": "fusion"}')  # written after final/: stage 2 has ended
     # the last stage's adapter is not kept: its row is scored right after it (the scores are what is kept)
-    assert [p.as_posix() for p in archive.archive(out, kept, SPLITS, rows=ROWS)] == [
+    assert [p.as_posix() for p in archive.archive(out, kept, SPLITS, PROVENANCE, rows=ROWS)] == [
         "gate_mf/gate/stage_2_fusion/stage_log.json"
     ]
+    assert (
+        json.loads((kept / "gate_mf.json").read_text())["files"]["gate_mf.timing.json"]
+        == gate["gate_mf.timing.json"]
+    )
 
 
 def test_restore_rebuilds_a_fresh_output_folder_and_keeps_what_is_there(tmp_path):
     out, kept, fresh = tmp_path / "out", tmp_path / "kept", tmp_path / "fresh"
     run_folder(out)
-    archive.archive(out, kept, SPLITS, rows=ROWS)
-    write(fresh / "mf" / "all_results.json", '{"test_auc": 0.65}')  # this machine's own: not replaced
+    archive.archive(out, kept, SPLITS, PROVENANCE, rows=ROWS)
+    write(
+        fresh / "text" / "all_results.json", '{"by_mode": {"text": {}}}'
+    )  # this machine's own: not replaced
     restored = {p.as_posix() for p in archive.restore(kept, fresh, SPLITS)}
-    assert restored == KEPT - {"mf/all_results.json"}
-    assert (fresh / "mf" / "all_results.json").read_text() == '{"test_auc": 0.65}'
-    for split in ("validation", "test"):
+    assert restored == (JSON_FILES | BINARY_FILES) - {"text/all_results.json"}
+    assert (fresh / "text" / "all_results.json").read_text() == '{"by_mode": {"text": {}}}'
+    assert json.loads((fresh / "gate_mf/gate/stage_1_lora/stage_log.json").read_text()) == {
+        "stage": "lora", "best_auc_step": 200,
+    }  # fmt: skip
+    for name in ("scores_validation", "scores_test", "scores_test_uauc_selected"):
         pd.testing.assert_frame_equal(
-            pd.read_parquet(fresh / "mf" / f"scores_{split}.parquet"),
-            pd.read_parquet(out / "mf" / f"scores_{split}.parquet"),
+            pd.read_parquet(fresh / "text" / "text" / f"{name}.parquet"),
+            pd.read_parquet(out / "text" / "text" / f"{name}.parquet"),
         )
     lora = load((fresh / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())
     assert list(lora) == [LORA]
     assert not (fresh / "gate_mf" / "gate" / "stage_2_fusion").exists()  # stage 2 restarts from its beginning
-    assert pd.read_parquet(fresh / "text" / "text" / "scores_test_uauc_selected.parquet")["score"].tolist() == [
-        0.3, 0.1, 0.2,
-    ]  # fmt: skip
+    assert not (fresh / "mf").exists()  # the CF row trains again
     # the restored rows are finished for reproduce.py: skipped, their time the archived attempts'
-    assert reproduce.run_logged(fresh / "mf", ["false"]) == (90.0, ["abc"])
+    write(fresh / "text" / "all_results.json", '{"by_mode": {}}')
+    assert reproduce.run_logged(fresh / "text", ["false"]) == (90.0, ["abc"])
     assert archive.restore(kept, fresh, SPLITS) == []
     assert archive.restore(tmp_path / "nothing kept yet", fresh, SPLITS) == []
 
 
 def test_scores_over_other_rows_are_not_kept(tmp_path):
     out, kept = tmp_path / "out", tmp_path / "kept"
-    scores("test", [0.5, 0.25, 0.125]).iloc[::-1].to_parquet(write(out / "mf" / "scores_test.parquet"))
+    folder = out / "text" / "text"
+    scores("test", [0.5, 0.25, 0.125]).iloc[::-1].to_parquet(write(folder / "scores_test.parquet"))
     with pytest.warns(
-        UserWarning, match=r"mf/scores_test.parquet: not kept, its rows are not the test split's"
+        UserWarning, match=r"text/text/scores_test.parquet: not kept, its rows are not the test"
     ):
-        assert archive.archive(out, kept, SPLITS, rows=ROWS) == []
-    pd.DataFrame({"score": [0.5, 0.25]}).to_parquet(write(kept / "mf" / "scores_test.parquet"))
+        assert archive.archive(out, kept, SPLITS, PROVENANCE, rows=ROWS) == []
+    pd.DataFrame({"score": [0.5, 0.25]}).to_parquet(write(kept / "text" / "text" / "scores_test.parquet"))
     with pytest.raises(ValueError, match="has 2 scores, the test split 3 rows"):
         archive.restore(kept, tmp_path / "fresh", SPLITS)
     with pytest.raises(ValueError, match="scores_validation"):
