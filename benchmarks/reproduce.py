@@ -686,15 +686,25 @@ def main():
     keep("restore", args, name, splits)  # what earlier sessions on this CPU kind finished, from git
     if args.report_only:
         rows = [row for row in rows if (args.output_dir / row / "all_results.json").is_file()]
+    run_rows(rows, args, name, splits, start)
+
+
+def run_rows(rows: list[str], args, name: str, splits, start: float) -> dict:
+    """Run `rows` in order, skipping finished ones; the table and the archive are written after each row that ran
+    here, and the table once more at the end. A row finished before this invocation is only read: writing the table
+    again for it would redo the bootstrap (minutes) at every resume, before any training."""
     results = {}
     try:
         for row in rows:  # finished stages are archived while a row runs; commit them as they come
+            ran = not (args.output_dir / row / "all_results.json").is_file()
             results[row] = run_row(row, args, while_running=lambda: keep("archive", args, name, splits))
-            write_table(results, args, name, start)  # each finished row lands in the table at once
-            keep("archive", args, name, splits)  # and in git's folder of finished rows
+            if ran:
+                write_table(results, args, name, start)  # each finished row lands in the table at once
+                keep("archive", args, name, splits)  # and in git's folder of finished rows
     finally:  # also when a row fails: what it finished is kept
         keep("archive", args, name, splits)
     write_table(results, args, name, start)
+    return results
 
 
 def keep(action: str, args, name: str, splits) -> None:

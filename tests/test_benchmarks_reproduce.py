@@ -147,3 +147,29 @@ def test_a_shared_stage_moved_with_its_output_folder_is_found_where_command_puts
     )
     folder, log = reproduce.last_stage_log("gate_lightgcn_stage1_only", args)
     assert (folder, log["best_uauc_step"]) == (source, 200)
+
+
+def test_a_resume_tabulates_once_per_row_it_runs_not_per_finished_row(tmp_path, monkeypatch):
+    """Rows finished in an earlier session are read, not tabulated again one by one (each table redoes the bootstrap)."""
+    (tmp_path / "mf").mkdir()
+    (tmp_path / "mf" / "all_results.json").write_text("{}")
+    ran, tables, kept = [], [], []
+
+    def run_row(row, args, while_running=None):
+        if not (args.output_dir / row / "all_results.json").is_file():
+            ran.append(row)
+            (args.output_dir / row).mkdir()
+            (args.output_dir / row / "all_results.json").write_text("{}")
+        return {"row": row}
+
+    monkeypatch.setattr(reproduce, "run_row", run_row)
+    monkeypatch.setattr(reproduce, "write_table", lambda results, *rest: tables.append(list(results)))
+    monkeypatch.setattr(reproduce, "keep", lambda action, *rest: kept.append(action))
+    args = argparse.Namespace(output_dir=tmp_path)
+    results = reproduce.run_rows(["mf", "text", "gate_mf"], args, "reproduce_full", None, 0.0)
+    assert list(results) == ["mf", "text", "gate_mf"] and ran == ["text", "gate_mf"]
+    assert tables == [["mf", "text"], ["mf", "text", "gate_mf"], ["mf", "text", "gate_mf"]]
+    assert kept == ["archive", "archive", "archive"]  # after text, after gate_mf, and in `finally`
+    tables.clear()
+    reproduce.run_rows(["mf", "text", "gate_mf"], args, "reproduce_full", None, 0.0)
+    assert tables == [["mf", "text", "gate_mf"]]  # everything finished: one table, at the end
