@@ -17,7 +17,10 @@ script measures, on the trained model (fp32, eval mode unless said), over the tr
   fp32 user vectors of a row, both standardized as `standardize_cf` does), dropout left on (RMS of train-mode minus
   eval-mode vectors, seeded), and rows without a history in the standardization (the RMS scale with and without
   them);
-* the item table: entry RMS and the mean cosine between two items' vectors.
+* the item table: entry RMS and the mean cosine between two items' vectors;
+* what training (CoLLM's recipe: Adam with L2 weight decay 1e-2) left of the weights: the largest RMS among the
+  encoder's weight matrices (attention and feed-forward), its biases, its LayerNorm gains, the position
+  embeddings and the item table (`parameter_groups`).
 
 Takes well under a minute on two cores. Writes this CPU kind's entry of `benchmarks/results/sasrec_user_vectors.{json,md}`.
 """
@@ -58,6 +61,31 @@ def encode(model, history: torch.Tensor, dtype=torch.float32, train: bool = Fals
     if dtype != torch.float32 or train:
         model = copy.deepcopy(model).to(dtype).train(train)
     return torch.cat([model.encode_history(h).float() for h in history.split(batch_size)])
+
+
+PARAMETER_GROUPS = ("encoder weight matrices (attention, feed-forward)", "encoder biases", "LayerNorm gains",
+                    "position embeddings", "item table")  # fmt: skip
+
+
+def parameter_group(name: str) -> str:
+    """Which of `PARAMETER_GROUPS` a SASRecModel parameter belongs to, by its name."""
+    if name.startswith("item_embeddings"):
+        return PARAMETER_GROUPS[4]
+    if "position_embeddings" in name:
+        return PARAMETER_GROUPS[3]
+    if "norm" in name and name.endswith("weight"):
+        return PARAMETER_GROUPS[2]
+    return PARAMETER_GROUPS[1] if name.endswith("bias") else PARAMETER_GROUPS[0]
+
+
+def parameter_groups(model) -> dict[str, dict]:
+    """Per group of `PARAMETER_GROUPS`: how many parameters tensors it has and the largest RMS among them."""
+    groups = {group: {"tensors": 0, "largest_rms": 0.0} for group in PARAMETER_GROUPS}
+    for name, weight in model.named_parameters():
+        group = groups[parameter_group(name)]
+        group["tensors"] += 1
+        group["largest_rms"] = max(group["largest_rms"], rms(weight.detach()))
+    return groups
 
 
 @torch.no_grad()
@@ -126,6 +154,7 @@ def user_vector_statistics(
         ),
         "dropout_noise_rms": rms(dropout_noise),
         "items": {"entry_rms": rms(items), "mean_cosine": mean_pairwise_cosine(items)},
+        "parameters": parameter_groups(model),
     }
 
 
@@ -157,6 +186,19 @@ def render(entry: dict) -> list[str]:
         "",
         f"Item table: entry RMS {s['items']['entry_rms']:.3g}, mean cosine between items "
         f"{s['items']['mean_cosine']:.4f}.",
+        *(
+            [
+                "",
+                "What training left of the weights (RMS of each parameter tensor; initialized at PyTorch's defaults "
+                "and N(0, 1) embeddings):",
+                "",
+                "| parameters | tensors | largest RMS |",
+                "|---|---|---|",
+                *(f"| {k} | {v['tensors']} | {v['largest_rms']:.2e} |" for k, v in s["parameters"].items()),
+            ]
+            if "parameters" in s
+            else []
+        ),
     ]
 
 

@@ -67,3 +67,33 @@ def test_statistics_of_a_tiny_sasrec():
     )  # left as found (eval, fp32)
     lines = sasrec_user_vectors.render({"cf_checkpoint": "tiny", "statistics": found})
     assert any(line.startswith("| full history (3 items) |") for line in lines)
+
+
+def test_parameter_groups_report_what_is_left_of_each_kind_of_weight():
+    torch.manual_seed(0)
+    model = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3, num_blocks=2))
+    found = sasrec_user_vectors.parameter_groups(model)
+    counts = {k: v["tensors"] for k, v in found.items()}
+    # per block: attention in/out + 2 feed-forward matrices; in/out + 2 feed-forward biases + 2 norm biases; 2 gains
+    assert counts == {
+        "encoder weight matrices (attention, feed-forward)": 8,
+        "encoder biases": 13,  # 12 in the blocks + the final norm's
+        "LayerNorm gains": 5,
+        "position embeddings": 1,
+        "item table": 1,
+    }
+    assert sum(counts.values()) == len(list(model.parameters()))
+    assert found["item table"]["largest_rms"] == pytest.approx(1.0, abs=0.3)  # N(0, 1) rows (padding row 0)
+    assert found["LayerNorm gains"]["largest_rms"] == pytest.approx(1.0)
+    assert found["encoder weight matrices (attention, feed-forward)"]["largest_rms"] > 0.05
+    with torch.no_grad():  # what L2 weight decay 1e-2 did to CoLLM's SASRec: every matrix at 0
+        for name, weight in model.named_parameters():
+            if sasrec_user_vectors.parameter_group(name).startswith("encoder weight matrices"):
+                weight.zero_()
+    found = sasrec_user_vectors.user_vector_statistics(
+        model, rows(60, seed=1), rows(40, seed=2), score_rows=10
+    )
+    assert found["parameters"]["encoder weight matrices (attention, feed-forward)"]["largest_rms"] == 0.0
+    assert found["parameters"]["LayerNorm gains"]["largest_rms"] == pytest.approx(1.0)  # the rest as it was
+    lines = sasrec_user_vectors.render({"cf_checkpoint": "tiny", "statistics": found})
+    assert "| encoder weight matrices (attention, feed-forward) | 8 | 0.00e+00 |" in lines
