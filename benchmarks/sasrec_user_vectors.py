@@ -1,6 +1,7 @@
 """What a trained SASRec's user vectors hold on ML-1M: why the LLM rows that read them gain little from the user token.
 
-    python benchmarks/sasrec_user_vectors.py --cf_checkpoint outputs/reproduce_full/sasrec --data_dir PATH/TO/ml-1m
+    python benchmarks/sasrec_user_vectors.py --cf_checkpoint outputs/reproduce_full/sasrec [OTHER ...] \
+        --data_dir PATH/TO/ml-1m
 
 SASRec has no user table: its user vector is the last position of a causal Transformer over the row's latest items
 (`SASRecEncoder`), and it is what `CCFLlamaForCTR` passes through ALG as the user token of a SASRec source. This
@@ -22,11 +23,15 @@ script measures, on the trained model (fp32, eval mode unless said), over the tr
   encoder's weight matrices (attention and feed-forward), its biases, its LayerNorm gains, the position
   embeddings and the item table (`parameter_groups`).
 
-Takes well under a minute on two cores. Writes this CPU kind's entry of `benchmarks/results/sasrec_user_vectors.{json,md}`.
+Several checkpoints (e.g. SASRecs trained with other weight decays) are measured one after the other and compared
+in one table, with the settings and AUCs their `all_results.json` (`pretrain_cf.py`) records.
+
+Takes well under a minute per checkpoint on two cores. Writes this CPU kind's entry of `benchmarks/results/sasrec_user_vectors.{json,md}`.
 """
 
 import argparse
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +163,55 @@ def user_vector_statistics(
     }
 
 
+TRAINING_KEYS = ("learning_rate", "weight_decay", "best_epoch", "eval_auc", "test_auc", "test_uauc")
+
+
+def training_record(checkpoint: Path) -> dict | None:
+    """What `pretrain_cf.py` recorded of the checkpoint's training (`TRAINING_KEYS`), None where it recorded nothing;
+    settings recorded before `pretrain_cf` kept them are None."""
+    path = checkpoint / "all_results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    return {key: results.get(key) for key in TRAINING_KEYS}
+
+
 def render(entry: dict) -> list[str]:
+    """All checkpoints of a CPU kind's entry (one for entries written before several were measured): a comparison
+    table when there are several, then each checkpoint's statistics."""
+    checkpoints = entry.get("checkpoints") or [entry]
+    lines = []
+    if len(checkpoints) > 1:
+
+        def setting(record, key, spec="g"):
+            value = (record or {}).get(key)
+            return "?" if value is None else format(value, spec)
+
+        lines += [
+            "| SASRec | weight decay | lr | valid AUC | test AUC (own users) | test AUC (one mean user) | user spread "
+            "| mean cosine between users | largest encoder-matrix RMS |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(
+                f"| `{c['cf_checkpoint']}` | {setting(c.get('training'), 'weight_decay')} | "
+                f"{setting(c.get('training'), 'learning_rate')} | {setting(c.get('training'), 'eval_auc', '.4f')} | "
+                f"{c['statistics']['test_auc_own_user_vector']:.4f} | "
+                f"{c['statistics']['test_auc_one_mean_user_vector']:.4f} | {c['statistics']['users']['spread']:.3g} | "
+                f"{c['statistics']['users']['mean_cosine']:.4f} | "
+                f"{c['statistics']['parameters'][PARAMETER_GROUPS[0]]['largest_rms']:.2e} |"
+                for c in checkpoints
+            ),
+            "",
+            "? where the checkpoint's `all_results.json` does not record it (trained before `pretrain_cf` kept its "
+            "settings). Test AUC with one mean user vector: every row scored with the mean of the training rows' "
+            "user vectors, i.e. by the item alone.",
+        ]
+    for c in checkpoints:
+        heading = [f"### `{c['cf_checkpoint']}`", ""] if len(checkpoints) > 1 else []
+        lines += [*([""] if lines else []), *heading, *render_checkpoint(c)]
+    return lines
+
+
+def render_checkpoint(entry: dict) -> list[str]:
     s = entry["statistics"]
     u, f, h, sc = s["users"], s["full_history"], s["short_history"], s["scores_full_history"]
     st = s["standardization"]
@@ -206,19 +259,29 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cf_checkpoint", type=Path, required=True, help="a trained SASRec (pretrain_cf.py)")
+    parser.add_argument(
+        "--cf_checkpoint", type=Path, nargs="+", required=True, help="trained SASRecs (pretrain_cf.py)"
+    )
     parser.add_argument("--data_dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model = AutoModel.from_pretrained(args.cf_checkpoint)
-    if not hasattr(model, "encode_history"):
-        raise ValueError(f"{args.cf_checkpoint} holds a {type(model).__name__}, not a SASRec model")
     splits = load_movielens_1m(args.data_dir)
-    rows = {name: CTRRows(splits[name], max_history=model.config.max_history) for name in ("train", "test")}
+    checkpoints = []
+    for checkpoint in args.cf_checkpoint:
+        model = AutoModel.from_pretrained(checkpoint)
+        if not hasattr(model, "encode_history"):
+            raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a SASRec model")
+        rows = {
+            name: CTRRows(splits[name], max_history=model.config.max_history) for name in ("train", "test")
+        }
+        checkpoints.append({
+            "cf_checkpoint": str(checkpoint),
+            "training": training_record(checkpoint),
+            "statistics": user_vector_statistics(model, rows["train"], rows["test"], seed=args.seed),
+        })  # fmt: skip
     entry = {
         "provenance": provenance("float32 (and bfloat16 for the encoder-in-bf16 check)"),
-        "cf_checkpoint": str(args.cf_checkpoint),
-        "statistics": user_vector_statistics(model, rows["train"], rows["test"], seed=args.seed),
+        "checkpoints": checkpoints,
     }
     print(
         "\n".join(

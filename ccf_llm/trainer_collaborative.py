@@ -69,7 +69,8 @@ def pretrain_cf(
 ):
     """
     Train `backbone` (`mf`, `lightgcn`, `sasrec`) on `splits` (a `DatasetDict` from `ccf_llm.data`).
-    Returns `(model, results)`; `results` has `eval_auc`, `eval_uauc`, `test_auc`, `test_uauc`, `best_epoch`,
+    Returns `(model, results)`; `results` has `eval_auc`, `eval_uauc`, `test_auc`, `test_uauc`, the
+    `learning_rate`, `weight_decay` and `per_device_train_batch_size` it trained with, `best_epoch`,
     `seconds_to_best_epoch`, `train_seconds` (all epochs run), `cold_users`, `cold_items`. The best model's
     per-row scores are written to `args.output_dir/scores_{validation,test}.parquet` (`user_id`, `item_id`,
     `label`, `score`).
@@ -122,6 +123,10 @@ def pretrain_cf(
     results.update(
         {
             "backbone": backbone,
+            # the settings that decide what the model learns (SASRec's L2 1e-2 zeroes its encoder's matrices)
+            "learning_rate": args.learning_rate,
+            "weight_decay": args.weight_decay,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
             "best_epoch": round(best_step / steps_per_epoch) if best_step else None,
             "seconds_to_best_epoch": round(clock.seconds.get(best_step, float("nan")), 1),
             "epochs_run": round(trainer.state.epoch or 0),

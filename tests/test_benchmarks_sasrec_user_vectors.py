@@ -97,3 +97,41 @@ def test_parameter_groups_report_what_is_left_of_each_kind_of_weight():
     assert found["parameters"]["LayerNorm gains"]["largest_rms"] == pytest.approx(1.0)  # the rest as it was
     lines = sasrec_user_vectors.render({"cf_checkpoint": "tiny", "statistics": found})
     assert "| encoder weight matrices (attention, feed-forward) | 8 | 0.00e+00 |" in lines
+
+
+def test_several_checkpoints_are_compared_with_the_settings_they_were_trained_with(tmp_path):
+    torch.manual_seed(0)
+    found = {}
+    for name, zero in (("recipe", True), ("light_decay", False)):
+        model = SASRecModel(SASRecConfig(num_users=5, num_items=9, hidden_size=8, max_history=3))
+        if zero:
+            with torch.no_grad():
+                for parameter, weight in model.named_parameters():
+                    if sasrec_user_vectors.parameter_group(parameter).startswith("encoder weight matrices"):
+                        weight.zero_()
+        found[name] = sasrec_user_vectors.user_vector_statistics(model, rows(60, seed=1), rows(40, seed=2))
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "all_results.json").write_text(
+        '{"weight_decay": 0.01, "learning_rate": 0.01, "eval_auc": 0.68889, "test_auc": 0.7}'
+    )
+    record = sasrec_user_vectors.training_record(tmp_path / "recipe")
+    assert record["weight_decay"] == 0.01 and record["best_epoch"] is None  # not recorded: None, not dropped
+    assert sasrec_user_vectors.training_record(tmp_path / "light_decay") is None
+    entry = {
+        "checkpoints": [
+            {"cf_checkpoint": "recipe", "training": record, "statistics": found["recipe"]},
+            {"cf_checkpoint": "light_decay", "training": None, "statistics": found["light_decay"]},
+        ]
+    }
+    lines = sasrec_user_vectors.render(entry)
+    recipe = next(line for line in lines if line.startswith("| `recipe` |"))
+    assert recipe.startswith("| `recipe` | 0.01 | 0.01 | 0.6889 |") and recipe.endswith("| 0.00e+00 |")
+    assert next(line for line in lines if line.startswith("| `light_decay` |")).startswith(
+        "| `light_decay` | ? | ? | ? |"
+    )
+    assert "### `recipe`" in lines and "### `light_decay`" in lines
+    # an entry written before several checkpoints were measured renders as before
+    single = sasrec_user_vectors.render({"cf_checkpoint": "recipe", "statistics": found["recipe"]})
+    assert single[0].startswith("SASRec `recipe`, fp32") and not any(
+        line.startswith("###") for line in single
+    )

@@ -81,6 +81,10 @@ def test_run_ctr_reports_every_mode_with_the_auc_of_its_saved_scores(demo_run):
         assert results["test_auc"] == pytest.approx(roc_auc_score(scores["label"], scores["score"]), abs=1e-9)
     cf = json.loads((out / "cf_mf" / "all_results.json").read_text())
     assert summary["cf_test_auc"] == cf["test_auc"]
+    assert (cf["learning_rate"], cf["weight_decay"]) == (
+        1e-3,
+        1e-4,
+    )  # CoLLM's MF settings, kept with the results
 
 
 def test_run_ctr_reports_warm_and_cold_test_auc_on_the_rows_the_llm_scored(demo_run):
