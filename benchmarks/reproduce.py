@@ -691,19 +691,21 @@ def main():
 
 def run_rows(rows: list[str], args, name: str, splits, start: float) -> dict:
     """Run `rows` in order, skipping finished ones; the table and the archive are written after each row that ran
-    here, and the table once more at the end. A row finished before this invocation is only read: writing the table
-    again for it would redo the bootstrap (minutes) at every resume, before any training."""
-    results = {}
+    here, and at the end (also when a row fails) the table once more only if it lacks rows: a row finished before
+    this invocation is only read, since tabulating it again would redo the bootstrap (minutes) at every resume."""
+    results, tabulated = {}, None
     try:
         for row in rows:  # finished stages are archived while a row runs; commit them as they come
             ran = not (args.output_dir / row / "all_results.json").is_file()
             results[row] = run_row(row, args, while_running=lambda: keep("archive", args, name, splits))
             if ran:
                 write_table(results, args, name, start)  # each finished row lands in the table at once
+                tabulated = list(results)
                 keep("archive", args, name, splits)  # and in git's folder of finished rows
-    finally:  # also when a row fails: what it finished is kept
+    finally:  # also when a row fails: what it finished is kept, and the table holds every finished row
         keep("archive", args, name, splits)
-    write_table(results, args, name, start)
+        if list(results) != tabulated:
+            write_table(results, args, name, start)
     return results
 
 

@@ -19,8 +19,8 @@ script measures, on the trained model (fp32, eval mode unless said), over the tr
   eval-mode vectors, seeded), and rows without a history in the standardization (the RMS scale with and without
   them);
 * the item table: entry RMS and the mean cosine between two items' vectors;
-* what training (CoLLM's recipe: Adam with L2 weight decay 1e-2) left of the weights: the largest RMS among the
-  encoder's weight matrices (attention and feed-forward), its biases, its LayerNorm gains, the position
+* what training left of the weights (CoLLM's recipe, Adam with L2 weight decay 1e-2, drives the encoder's matrices
+  to zero; a lighter decay does not): the largest RMS among the encoder's weight matrices (attention and feed-forward), its biases, its LayerNorm gains, the position
   embeddings and the item table (`parameter_groups`).
 
 Several checkpoints (e.g. SASRecs trained with other weight decays) are measured one after the other and compared
@@ -32,6 +32,7 @@ Takes well under a minute per checkpoint on two cores. Writes this CPU kind's en
 import argparse
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,18 +74,26 @@ PARAMETER_GROUPS = ("encoder weight matrices (attention, feed-forward)", "encode
 
 
 def parameter_group(name: str) -> str:
-    """Which of `PARAMETER_GROUPS` a SASRecModel parameter belongs to, by its name."""
-    if name.startswith("item_embeddings"):
+    """Which of `PARAMETER_GROUPS` a SASRecModel parameter belongs to, by its name; an unknown name is an error."""
+    if name == "item_embeddings.weight":
         return PARAMETER_GROUPS[4]
-    if "position_embeddings" in name:
+    if name == "encoder.position_embeddings.weight":
         return PARAMETER_GROUPS[3]
-    if "norm" in name and name.endswith("weight"):
+    if re.fullmatch(
+        r"encoder\.blocks\.\d+\.(attention\.(in_proj_weight|out_proj\.weight)|ffn\.\d+\.weight)", name
+    ):
+        return PARAMETER_GROUPS[0]
+    if re.fullmatch(r"encoder\.(blocks\.\d+\.(attention_norm|ffn_norm)|final_norm)\.weight", name):
         return PARAMETER_GROUPS[2]
-    return PARAMETER_GROUPS[1] if name.endswith("bias") else PARAMETER_GROUPS[0]
+    if re.fullmatch(r"encoder\..*bias", name):
+        return PARAMETER_GROUPS[1]
+    raise ValueError(
+        f"parameter {name!r} is not one of SASRecModel's: which group of {PARAMETER_GROUPS} is it?"
+    )
 
 
 def parameter_groups(model) -> dict[str, dict]:
-    """Per group of `PARAMETER_GROUPS`: how many parameters tensors it has and the largest RMS among them."""
+    """Per group of `PARAMETER_GROUPS`: how many parameter tensors it has and the largest RMS among them."""
     groups = {group: {"tensors": 0, "largest_rms": 0.0} for group in PARAMETER_GROUPS}
     for name, weight in model.named_parameters():
         group = groups[parameter_group(name)]

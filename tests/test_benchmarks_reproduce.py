@@ -150,13 +150,16 @@ def test_a_shared_stage_moved_with_its_output_folder_is_found_where_command_puts
 
 
 def test_a_resume_tabulates_once_per_row_it_runs_not_per_finished_row(tmp_path, monkeypatch):
-    """Rows finished in an earlier session are read, not tabulated again one by one (each table redoes the bootstrap)."""
+    """Rows finished in an earlier session are read, not tabulated again one by one (each table redoes the bootstrap);
+    the table is written once more at the end only if it lacks rows, also when a row fails."""
     (tmp_path / "mf").mkdir()
     (tmp_path / "mf" / "all_results.json").write_text("{}")
     ran, tables, kept = [], [], []
 
     def run_row(row, args, while_running=None):
         if not (args.output_dir / row / "all_results.json").is_file():
+            if row == "inject_mf":
+                raise subprocess.CalledProcessError(1, ["run_ctr.py"])
             ran.append(row)
             (args.output_dir / row).mkdir()
             (args.output_dir / row / "all_results.json").write_text("{}")
@@ -168,8 +171,20 @@ def test_a_resume_tabulates_once_per_row_it_runs_not_per_finished_row(tmp_path, 
     args = argparse.Namespace(output_dir=tmp_path)
     results = reproduce.run_rows(["mf", "text", "gate_mf"], args, "reproduce_full", None, 0.0)
     assert list(results) == ["mf", "text", "gate_mf"] and ran == ["text", "gate_mf"]
-    assert tables == [["mf", "text"], ["mf", "text", "gate_mf"], ["mf", "text", "gate_mf"]]
+    assert tables == [["mf", "text"], ["mf", "text", "gate_mf"]]  # nothing new at the end: no third table
     assert kept == ["archive", "archive", "archive"]  # after text, after gate_mf, and in `finally`
-    tables.clear()
+    tables.clear(), kept.clear()
     reproduce.run_rows(["mf", "text", "gate_mf"], args, "reproduce_full", None, 0.0)
-    assert tables == [["mf", "text", "gate_mf"]]  # everything finished: one table, at the end
+    assert tables == [["mf", "text", "gate_mf"]] and kept == [
+        "archive"
+    ]  # all finished: one table, at the end
+    tables.clear()
+    with pytest.raises(subprocess.CalledProcessError):  # a resume whose first new row fails
+        reproduce.run_rows(["mf", "text", "inject_mf"], args, "reproduce_full", None, 0.0)
+    assert tables == [["mf", "text"]]  # the rows read are still tabulated
+    tables.clear()
+    with pytest.raises(
+        subprocess.CalledProcessError
+    ):  # a row that ran, then one that failed: no second table
+        reproduce.run_rows(["mf", "lightgcn", "inject_mf"], args, "reproduce_full", None, 0.0)
+    assert tables == [["mf", "lightgcn"]]

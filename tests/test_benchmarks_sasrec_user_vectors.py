@@ -83,6 +83,8 @@ def test_parameter_groups_report_what_is_left_of_each_kind_of_weight():
         "item table": 1,
     }
     assert sum(counts.values()) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="'encoder.blocks.0.gate.weight' is not one of SASRecModel's"):
+        sasrec_user_vectors.parameter_group("encoder.blocks.0.gate.weight")
     assert found["item table"]["largest_rms"] == pytest.approx(1.0, abs=0.3)  # N(0, 1) rows (padding row 0)
     assert found["LayerNorm gains"]["largest_rms"] == pytest.approx(1.0)
     assert found["encoder weight matrices (attention, feed-forward)"]["largest_rms"] > 0.05
