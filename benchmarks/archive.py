@@ -71,7 +71,7 @@ def kept_files(output_dir: Path, rows=None) -> list[Path]:
     """
     found = {p.relative_to(output_dir) for pattern in KEEP for p in output_dir.glob(pattern) if p.is_file()}
     if rows is not None:
-        found = {p for p in found if p.parts[0].removesuffix(".timing.json") in rows}
+        found = {p for p in found if row_of(p) in rows}
     return sorted(found)
 
 

@@ -720,11 +720,10 @@ def keep(action: str, args, name: str, splits) -> None:
     folder = archive.archive_folder(name, device_precision().kind)
     if action == "restore" and (moved := archive.restore(folder, args.output_dir, splits)):
         print(f"[reproduce] restored {len(moved)} files from {folder} into {args.output_dir}", flush=True)
-    found = provenance(resolve_dtype(json.loads(args.config.read_text()).get("dtype", "auto")))
-    if action == "archive" and (
-        moved := archive.archive(args.output_dir, folder, splits, found, rows=LLM_ROWS)
-    ):
-        print(f"[reproduce] archived {len(moved)} files in {folder}: commit them", flush=True)
+    if action == "archive":
+        found = provenance(resolve_dtype(json.loads(args.config.read_text()).get("dtype", "auto")))
+        if moved := archive.archive(args.output_dir, folder, splits, found, rows=LLM_ROWS):
+            print(f"[reproduce] archived {len(moved)} files in {folder}: commit them", flush=True)
 
 
 def write_table(results: dict, args, name: str, start: float) -> None:

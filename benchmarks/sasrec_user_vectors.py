@@ -20,13 +20,14 @@ script measures, on the trained model (fp32, eval mode unless said), over the tr
   them);
 * the item table: entry RMS and the mean cosine between two items' vectors;
 * what training left of the weights (CoLLM's recipe, Adam with L2 weight decay 1e-2, drives the encoder's matrices
-  to zero; a lighter decay does not): the largest RMS among the encoder's weight matrices (attention and feed-forward), its biases, its LayerNorm gains, the position
-  embeddings and the item table (`parameter_groups`).
+  to zero; a lighter decay does not): the largest RMS among the encoder's weight matrices (attention and
+  feed-forward), its biases, its LayerNorm gains, the position embeddings and the item table (`parameter_groups`).
 
 Several checkpoints (e.g. SASRecs trained with other weight decays) are measured one after the other and compared
 in one table, with the settings and AUCs their `all_results.json` (`pretrain_cf.py`) records.
 
-Takes well under a minute per checkpoint on two cores. Writes this CPU kind's entry of `benchmarks/results/sasrec_user_vectors.{json,md}`.
+Takes well under a minute per checkpoint on two cores. Writes this CPU kind's entry of
+`benchmarks/results/sasrec_user_vectors.{json,md}`.
 """
 
 import argparse
@@ -191,24 +192,11 @@ def render(entry: dict) -> list[str]:
     checkpoints = entry.get("checkpoints") or [entry]
     lines = []
     if len(checkpoints) > 1:
-
-        def setting(record, key, spec="g"):
-            value = (record or {}).get(key)
-            return "?" if value is None else format(value, spec)
-
         lines += [
             "| SASRec | weight decay | lr | valid AUC | test AUC (own users) | test AUC (one mean user) | user spread "
             "| mean cosine between users | largest encoder-matrix RMS |",
             "|---|---|---|---|---|---|---|---|---|",
-            *(
-                f"| `{c['cf_checkpoint']}` | {setting(c.get('training'), 'weight_decay')} | "
-                f"{setting(c.get('training'), 'learning_rate')} | {setting(c.get('training'), 'eval_auc', '.4f')} | "
-                f"{c['statistics']['test_auc_own_user_vector']:.4f} | "
-                f"{c['statistics']['test_auc_one_mean_user_vector']:.4f} | {c['statistics']['users']['spread']:.3g} | "
-                f"{c['statistics']['users']['mean_cosine']:.4f} | "
-                f"{c['statistics']['parameters'][PARAMETER_GROUPS[0]]['largest_rms']:.2e} |"
-                for c in checkpoints
-            ),
+            *map(comparison_row, checkpoints),
             "",
             "? where the checkpoint's `all_results.json` does not record it (trained before `pretrain_cf` kept its "
             "settings). Test AUC with one mean user vector: every row scored with the mean of the training rows' "
@@ -218,6 +206,21 @@ def render(entry: dict) -> list[str]:
         heading = [f"### `{c['cf_checkpoint']}`", ""] if len(checkpoints) > 1 else []
         lines += [*([""] if lines else []), *heading, *render_checkpoint(c)]
     return lines
+
+
+def comparison_row(checkpoint: dict) -> str:
+    """A checkpoint's line of `render`'s comparison table; `?` for a setting its `all_results.json` does not record."""
+    training, s = checkpoint.get("training") or {}, checkpoint["statistics"]
+
+    def setting(key, spec="g"):
+        return "?" if training.get(key) is None else format(training[key], spec)
+
+    return (
+        f"| `{checkpoint['cf_checkpoint']}` | {setting('weight_decay')} | {setting('learning_rate')} | "
+        f"{setting('eval_auc', '.4f')} | {s['test_auc_own_user_vector']:.4f} | "
+        f"{s['test_auc_one_mean_user_vector']:.4f} | {s['users']['spread']:.3g} | {s['users']['mean_cosine']:.4f} | "
+        f"{s['parameters'][PARAMETER_GROUPS[0]]['largest_rms']:.2e} |"
+    )
 
 
 def render_checkpoint(entry: dict) -> list[str]:

@@ -175,16 +175,14 @@ def test_a_resume_tabulates_once_per_row_it_runs_not_per_finished_row(tmp_path, 
     assert kept == ["archive", "archive", "archive"]  # after text, after gate_mf, and in `finally`
     tables.clear(), kept.clear()
     reproduce.run_rows(["mf", "text", "gate_mf"], args, "reproduce_full", None, 0.0)
-    assert tables == [["mf", "text", "gate_mf"]] and kept == [
-        "archive"
-    ]  # all finished: one table, at the end
+    # all finished: one table, at the end
+    assert tables == [["mf", "text", "gate_mf"]] and kept == ["archive"]
     tables.clear()
     with pytest.raises(subprocess.CalledProcessError):  # a resume whose first new row fails
         reproduce.run_rows(["mf", "text", "inject_mf"], args, "reproduce_full", None, 0.0)
     assert tables == [["mf", "text"]]  # the rows read are still tabulated
     tables.clear()
-    with pytest.raises(
-        subprocess.CalledProcessError
-    ):  # a row that ran, then one that failed: no second table
+    # a row that ran, then one that failed: no second table
+    with pytest.raises(subprocess.CalledProcessError):
         reproduce.run_rows(["mf", "lightgcn", "inject_mf"], args, "reproduce_full", None, 0.0)
     assert tables == [["mf", "lightgcn"]]
