@@ -3,6 +3,7 @@
     python benchmarks/reproduce.py [--data_dir ../shared/data/ml-1m] [--output_dir outputs/reproduce]
                                    [--config examples/configs/reproduce_ml1m.json] [--only ROW ...]
     python benchmarks/reproduce.py --select [--select_eval_rows 5000]   # choose the learning rates first
+    python benchmarks/reproduce.py --budget full --seed 1 --only gate_mf inject_mf   # another seed of LLM rows
 
 Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, output in `OUTPUT_DIR/<row>`):
 
@@ -29,6 +30,11 @@ runs read (results, stage logs, LoRA stages' adapters, scores without ids, with 
 `OUTPUT_DIR` lacks, so a fresh clone on a machine of the same kind skips the finished rows and resumes an unfinished
 one after its last finished stage. Checkpoints are not kept: a restored row whose UAUC-selected checkpoint was not
 scored cannot be scored there (`no checkpoint`).
+
+`--seed N` (not the config's seed) runs the LLM rows with seed N (ALG/GATE initialization, data order,
+early-stopping rows) into `outputs/<name>_seed<N>` and `benchmarks/results/<name>_seed<N>*`, fusing the CF models of
+the budget's run (`--cf_output_dir`, default `outputs/<name>`); `benchmarks/reproduce_seeds.py` then compares the
+rows over seeds.
 
 Writes `benchmarks/results/reproduce.json` and `.md` (AUC, UAUC, RelaImpr as in Table 3, and each row's time).
 Each stage keeps the checkpoint validation AUC selects (the paper's rule) and records the one validation UAUC selects;
@@ -90,7 +96,7 @@ SELECTION = {"learning_rate": [1e-3, 2e-3, 5e-3], "fusion_learning_rate": [3e-3,
 
 
 def command(row: str, args, out: Path | None = None) -> list[str]:
-    out = str(out or args.output_dir / row)
+    out = str(out or row_dir(row, args))
     if row in CF_ARGS:
         return [sys.executable, "examples/pretrain_cf.py", "--backbone", row, "--data_dir", args.data_dir,
                 "--output_dir", out, *CF_ARGS[row], "--report_to", "none"]  # fmt: skip
@@ -98,8 +104,10 @@ def command(row: str, args, out: Path | None = None) -> list[str]:
     cmd = [sys.executable, "examples/run_ctr.py", str(args.config), "--data_dir", args.data_dir, "--output_dir", out,
            "--fusion_modes", mode, "--schedule", schedule, "--overwrite_output_dir", "true",
            "--resume_from_checkpoint", "true"]  # fmt: skip
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
     if sources:
-        cmd += ["--cf_checkpoints", *(str(args.output_dir / cf) for cf in sources)]
+        cmd += ["--cf_checkpoints", *(str(row_dir(cf, args)) for cf in sources)]
     source = shared_stage1_source(row, args)
     if source:
         cmd += [
@@ -107,6 +115,13 @@ def command(row: str, args, out: Path | None = None) -> list[str]:
             str(args.output_dir / source / LLM_ROWS[source][0] / "stage_1_lora" / "final"),
         ]
     return cmd
+
+
+def row_dir(row: str, args) -> Path:
+    """A row's output folder: `OUTPUT_DIR/<row>`; a CF row's is in `args.cf_output_dir` where set (a `--seed` run
+    reads the CF models of the config's seed: the LLM's seed varies, the CF models it fuses stay the same)."""
+    cf_output_dir = getattr(args, "cf_output_dir", None)
+    return (cf_output_dir if row in CF_ARGS and cf_output_dir else args.output_dir) / row
 
 
 def shared_stage1_source(row: str, args) -> str | None:
@@ -177,8 +192,8 @@ def wait(process: subprocess.Popen, seconds: float) -> int | None:
 
 
 def run_row(row: str, args, while_running=None) -> dict:
-    wall, commits = run_logged(args.output_dir / row, command(row, args), while_running)
-    results = json.loads((args.output_dir / row / "all_results.json").read_text())
+    wall, commits = run_logged(row_dir(row, args), command(row, args), while_running)
+    results = json.loads((row_dir(row, args) / "all_results.json").read_text())
     if row not in CF_ARGS:
         results = results["by_mode"][LLM_ROWS[row][0]]
     return {**results, "wall_seconds": wall, "commits": commits}
@@ -328,7 +343,7 @@ def row_order(wanted: list[str], args) -> list[str]:
 
 def row_folder(row: str, args) -> Path:
     """Where a row's model and scores are: `OUTPUT_DIR/<row>` for CF rows, `OUTPUT_DIR/<row>/<fusion mode>` else."""
-    return args.output_dir / row if row in CF_ARGS else args.output_dir / row / LLM_ROWS[row][0]
+    return row_dir(row, args) if row in CF_ARGS else row_dir(row, args) / LLM_ROWS[row][0]
 
 
 def row_scores(row: str, args, split: str = "test"):
@@ -578,7 +593,8 @@ def render(out: dict) -> list[str]:
     lines = [
         f"Budget: {json.dumps(out['budget'])}; validation ({out.get('eval_rows', 'all')} rows) and test sets. "
         "RelaImpr (Eq. 6) against the row's CF model, as in Table 3. Intervals: 95%, bootstrap over test users "
-        f"({out.get('bootstrap_resamples', 1000)} resamples), one seed; — where the row's scores were not kept.",
+        f"({out.get('bootstrap_resamples', 1000)} resamples), one seed ({out['budget'].get('seed', 0)}) per row; — "
+        "where the row's scores were not kept.",
         "",
         "| row | group | valid AUC | test AUC [95% CI] | test UAUC [95% CI] | RelaImpr vs CF [95% CI] | paper AUC | "
         "train s | eval s | row wall s |",
@@ -656,6 +672,19 @@ def main():
         help="score the test set at each finished LLM row's UAUC-selected checkpoint where not yet done (~6 min a row)",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the LLM rows' seed (ALG/GATE initialization, data order, early-stopping rows), when it is not the "
+        "config's: results go to <results name>_seed<N> and the CF rows are read from --cf_output_dir",
+    )
+    parser.add_argument(
+        "--cf_output_dir",
+        type=Path,
+        default=None,
+        help="where the CF rows are (default: OUTPUT_DIR; with --seed, outputs/<the budget's results name>)",
+    )
+    parser.add_argument(
         "--results_name",
         default=None,
         help="name of the results files in benchmarks/results/ (default: the budget's), e.g. for a sensitivity run",
@@ -668,8 +697,13 @@ def main():
     )
     args = parser.parse_args()
     config_path, name = BUDGETS[args.budget]
-    name = args.results_name or name
     args.config = args.config or config_path
+    if args.seed == json.loads(args.config.read_text()).get("seed"):
+        args.seed = None  # the config's own seed: the budget's run
+    if args.seed is not None:
+        args.cf_output_dir = args.cf_output_dir or Path("outputs") / name
+        name = f"{name}_seed{args.seed}"
+    name = args.results_name or name
     args.output_dir = args.output_dir or Path("outputs") / name
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.select and args.report_only:
@@ -685,7 +719,7 @@ def main():
     splits = movielens_splits(args.data_dir)
     keep("restore", args, name, splits)  # what earlier sessions on this CPU kind finished, from git
     if args.report_only:
-        rows = [row for row in rows if (args.output_dir / row / "all_results.json").is_file()]
+        rows = [row for row in rows if (row_dir(row, args) / "all_results.json").is_file()]
     run_rows(rows, args, name, splits, start)
 
 
@@ -696,7 +730,7 @@ def run_rows(rows: list[str], args, name: str, splits, start: float) -> dict:
     results, tabulated = {}, None
     try:
         for row in rows:  # finished stages are archived while a row runs; commit them as they come
-            ran = not (args.output_dir / row / "all_results.json").is_file()
+            ran = not (row_dir(row, args) / "all_results.json").is_file()
             results[row] = run_row(row, args, while_running=lambda: keep("archive", args, name, splits))
             if ran:
                 write_table(results, args, name, start)  # each finished row lands in the table at once
@@ -760,7 +794,10 @@ def write_table(results: dict, args, name: str, start: float) -> None:
             "early_stopping_patience", "eval_steps", "lora_dropout", "template")  # fmt: skip
     out = {
         "provenance": provenance(resolve_dtype(config.get("dtype", "auto"))),
-        "budget": {k: config[k] for k in keys if k in config},
+        "budget": {
+            **{k: config[k] for k in keys if k in config},
+            "seed": config.get("seed", 0) if args.seed is None else args.seed,
+        },
         "this_invocation_seconds": round(time.perf_counter() - start, 1),
         "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in results.values()), 1),
         "rows": table,

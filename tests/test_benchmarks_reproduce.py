@@ -186,3 +186,25 @@ def test_a_resume_tabulates_once_per_row_it_runs_not_per_finished_row(tmp_path, 
     with pytest.raises(subprocess.CalledProcessError):
         reproduce.run_rows(["mf", "lightgcn", "inject_mf"], args, "reproduce_full", None, 0.0)
     assert tables == [["mf", "lightgcn"]]
+
+
+def test_a_seed_run_passes_its_seed_and_reads_the_cf_models_of_the_budgets_run(tmp_path):
+    """`--seed N` varies the LLM rows only: they get `--seed N` and fuse the CF models trained for the budget's run."""
+    base, run = tmp_path / "reproduce_full", tmp_path / "reproduce_full_seed1"
+    args = argparse.Namespace(output_dir=run, cf_output_dir=base, seed=1, data_dir="data",
+                              config=Path("examples/configs/reproduce_ml1m_full.json"))  # fmt: skip
+    gate = reproduce.command("gate_mf", args)
+    assert gate[gate.index("--seed") + 1] == "1" and gate[gate.index("--output_dir") + 1] == str(
+        run / "gate_mf"
+    )
+    assert gate[gate.index("--cf_checkpoints") + 1] == str(base / "mf")
+    inject = reproduce.command("inject_mf", args)  # its stage 1 is this seed's text row's
+    assert inject[inject.index("--shared_stage1") + 1] == str(
+        run / "text" / "text" / "stage_1_lora" / "final"
+    )
+    cf = reproduce.command("mf", args)
+    assert "--seed" not in cf and cf[cf.index("--output_dir") + 1] == str(base / "mf")
+    assert reproduce.row_folder("mf", args) == base / "mf"
+    assert reproduce.row_folder("gate_mf", args) == run / "gate_mf" / "gate"
+    budget = argparse.Namespace(output_dir=base, seed=None, data_dir="data", config=args.config)
+    assert "--seed" not in reproduce.command("gate_mf", budget)

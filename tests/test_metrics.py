@@ -41,6 +41,22 @@ def test_paired_difference_separates_a_real_gap_and_not_a_null_one():
     assert null["auc_diff"] == 0 and null["auc_diff_ci"] == [0.0, 0.0] and null["auc_p"] == 1.0
 
 
+def test_a_pair_of_seed_groups_compares_their_mean_auc_on_each_resample():
+    user, label, signal, noise = ctr_rows()
+    rng = np.random.default_rng(7)
+    seeds = {f"a{s}": signal + rng.normal(0, 2.0, size=len(user)) for s in range(3)}  # one method, 3 seeds
+    out = user_bootstrap({**seeds, "b": signal + 2.5 * noise}, label, user, n_resamples=300,
+                         pairs=[*((a, "b") for a in seeds), (tuple(seeds), "b")])  # fmt: skip
+    single = [out["pairs"][f"{a} - b"] for a in seeds]
+    mean = out["pairs"]["mean(a0, a1, a2) - b"]
+    assert mean["auc_diff"] == pytest.approx(np.mean([d["auc_diff"] for d in single]))
+    assert mean["uauc_diff"] == pytest.approx(np.mean([d["uauc_diff"] for d in single]))
+    widths = [d["auc_diff_ci"][1] - d["auc_diff_ci"][0] for d in single]
+    # each seed's own noise partly cancels in the mean: its interval is narrower than any single seed's
+    assert mean["auc_diff_ci"][1] - mean["auc_diff_ci"][0] < min(widths)
+    assert min(d["auc_diff_ci"][0] for d in single) < mean["auc_diff_ci"][0] < mean["auc_diff"]
+
+
 def test_one_resample_weights_rows_as_if_the_drawn_users_were_copied():
     user, label, signal, _ = ctr_rows(users=30)
     unique, index, counts = _user_counts(user, n_resamples=1, seed=4)

@@ -52,7 +52,7 @@ def user_bootstrap(
     scores: Mapping[str, np.ndarray],
     labels,
     users,
-    pairs: list[tuple[str, str]] = (),
+    pairs: list[tuple[str | tuple[str, ...], str | tuple[str, ...]]] = (),
     base_auc: Mapping[str, str] | None = None,
     n_resamples: int = 1000,
     confidence: float = 0.95,
@@ -66,7 +66,10 @@ def user_bootstrap(
         scores: one score array per model, all over the same rows (`labels`, `users`).
         pairs: `(a, b)` pairs compared on every resample: the difference of AUC (and UAUC) `a - b`, its interval and
             a two-sided bootstrap p-value (twice the share of resamples on the other side of 0, within
-            `[1 / n_resamples, 1]`).
+            `[1 / n_resamples, 1]`). A side may be a tuple of models (the runs of one method with several seeds):
+            it stands for their mean AUC (and UAUC) on each resample, so the interval of a seed-averaged
+            difference holds the test users' sampling noise once, not once per seed; its key is
+            `"mean(a1, a2) - mean(b1, b2)"`.
         base_auc: model -> the model whose AUC is its RelaImpr base (Eq. 6), e.g. `{"gate_mf": "mf"}`; gives the
             RelaImpr interval.
     Returns:
@@ -108,14 +111,26 @@ def user_bootstrap(
     def p_value(diff: np.ndarray) -> float:
         return float(min(max(2 * min((diff <= 0).mean(), (diff >= 0).mean()), 1 / n_resamples), 1.0))
 
+    def side(names: str | tuple[str, ...]) -> tuple[str, dict[str, np.ndarray | float]]:
+        """A pair's side: its name in the key, and its point figures and resampled ones (the mean over a tuple)."""
+        group = (names,) if isinstance(names, str) else tuple(names)
+        label = group[0] if isinstance(names, str) else f"mean({', '.join(group)})"
+        return label, {
+            "auc": np.mean([models[n]["auc"] for n in group]),
+            "uauc": np.mean([models[n]["uauc"] for n in group]),
+            "aucs": np.mean([aucs[n] for n in group], axis=0),
+            "uaucs": np.mean([uaucs[n] for n in group], axis=0),
+        }
+
     compared = {}
     for a, b in pairs:
-        auc_diff, uauc_diff = aucs[a] - aucs[b], uaucs[a] - uaucs[b]
-        compared[f"{a} - {b}"] = {
-            "auc_diff": models[a]["auc"] - models[b]["auc"],
+        (name_a, a), (name_b, b) = side(a), side(b)
+        auc_diff, uauc_diff = a["aucs"] - b["aucs"], a["uaucs"] - b["uaucs"]
+        compared[f"{name_a} - {name_b}"] = {
+            "auc_diff": float(a["auc"] - b["auc"]),
             "auc_diff_ci": interval(auc_diff),
             "auc_p": p_value(auc_diff),
-            "uauc_diff": models[a]["uauc"] - models[b]["uauc"],
+            "uauc_diff": float(a["uauc"] - b["uauc"]),
             "uauc_diff_ci": interval(uauc_diff),
             "uauc_p": p_value(uauc_diff),
         }

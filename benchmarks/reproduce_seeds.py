@@ -1,0 +1,141 @@
+"""The reproduction's main comparisons over several seeds of the LLM rows: each seed's test AUC, and the paired
+differences averaged over seeds.
+
+    python benchmarks/reproduce_seeds.py --seeds 0 1 [--budget full] [--data_dir ../shared/data/ml-1m]
+
+Seed `s` of a row is `benchmarks/reproduce.py --budget BUDGET --seed s` (the config's own seed: the budget's run,
+`outputs/<name>`; another seed: `outputs/<name>_seed<s>`, the same CF models). Each seed's finished rows are first
+restored from their committed archives (`benchmarks/results/<name>[_seed<s>]_rows/<CPU kind>/`), so this runs on
+a fresh clone of a machine of that CPU kind; nothing is trained.
+
+The comparisons are `reproduce.comparisons` (gate and inject against their CF model, `gate` against `inject`, both
+against `text`) over the rows finished in every seed, on one bootstrap over test users
+(`ccf_llm.metrics.user_bootstrap`): each side is the mean test AUC of its seeds on each resample. The fixed test
+users' sampling noise then enters once; what the seeds add is the spread of training (ALG/GATE initialization, data
+order, early-stopping rows), which averaging shrinks. Writes `benchmarks/results/<name>_seeds.{json,md,png}`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import reproduce
+
+TITLE = "ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct: the main comparisons over seeds"
+
+
+def seed_run(seed: int, args) -> argparse.Namespace:
+    """The `reproduce.py` arguments of seed `seed`'s run: its results name and output folder, CF rows shared."""
+    config_path, name = reproduce.BUDGETS[args.budget]
+    base = Path("outputs") / name
+    own = seed == json.loads(config_path.read_text()).get("seed", 0)
+    name = name if own else f"{name}_seed{seed}"
+    return argparse.Namespace(
+        output_dir=Path("outputs") / name, cf_output_dir=base, results_name=name, seed=seed
+    )
+
+
+def collect(args) -> dict:
+    """Every seed's finished rows' test scores, restored from the archives where the output folders lack them."""
+    import archive
+
+    from ccf_llm.precision import device_precision
+
+    splits = archive.movielens_splits(args.data_dir)
+    kind = device_precision().kind
+    scores = {}
+    for seed in args.seeds:
+        run = seed_run(seed, args)
+        archive.restore(archive.archive_folder(run.results_name, kind), run.output_dir, splits)
+        for row in reproduce.ROWS:
+            if (frame := reproduce.row_scores(row, run)) is not None:
+                scores[row if row in reproduce.CF_ARGS else f"{row}@{seed}"] = frame
+    return reproduce.aligned(scores)
+
+
+def seed_table(frames: dict, seeds: list[int]) -> dict:
+    """Per-(row, seed) AUC intervals and the seed-averaged paired comparisons of the rows finished in every seed."""
+    from ccf_llm.metrics import user_bootstrap
+
+    llm = [row for row in reproduce.LLM_ROWS if all(f"{row}@{s}" in frames for s in seeds)]
+    cf = [row for row in reproduce.CF_ARGS if row in frames]
+    _, pairs = reproduce.comparisons(cf + llm)
+
+    def side(row: str) -> str | tuple[str, ...]:
+        return row if row in reproduce.CF_ARGS else tuple(f"{row}@{s}" for s in seeds)
+
+    first = next(iter(frames.values()))
+    boot = user_bootstrap({name: f["score"].to_numpy() for name, f in frames.items()}, first["label"].to_numpy(),
+                          first["user_id"].to_numpy(), pairs=[(side(a), side(b)) for a, b in pairs], seed=0)  # fmt: skip
+    named = dict(zip((f"{a} - {b}" for a, b in pairs), boot["pairs"].values(), strict=True))
+    return {"seeds": seeds, "rows_in_every_seed": llm, "models": boot["models"], "paired": named,
+            "n_resamples": boot["n_resamples"]}  # fmt: skip
+
+
+def render(out: dict) -> list[str]:
+    seeds = out["seeds"]
+    lines = [f"Seeds {', '.join(map(str, seeds))} of the LLM rows (the CF models are the same in every seed). Test "
+             f"AUC [95% interval, bootstrap over test users, {out['n_resamples']} resamples]; the paired differences "
+             "average each side's seeds on every resample.", "",
+             "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]  # fmt: skip
+    models = out["models"]
+    for row in [*reproduce.CF_ARGS, *reproduce.LLM_ROWS]:
+        if row in models:
+            lines.append(f"| {row} (CF) | " + " | ".join(f"{models[row]['auc']:.4f}" for _ in seeds)
+                         + f" | {models[row]['auc']:.4f} |")  # fmt: skip
+            continue
+        found = [models.get(f"{row}@{s}") for s in seeds]
+        if not any(found):
+            continue
+        cells = [f"{m['auc']:.4f}{reproduce.ci(m['auc_ci'])}" if m else "not run" for m in found]
+        mean = f"{sum(m['auc'] for m in found) / len(found):.4f}" if all(found) else ""
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean} |")
+    if out["paired"]:
+        lines += ["", f"Paired, mean over seeds {', '.join(map(str, seeds))} (rows finished in every seed):",
+                  *reproduce.paired_table(out["paired"], "a − b")]  # fmt: skip
+    return lines
+
+
+def plot(out: dict, path: Path) -> None:
+    """The seed-averaged paired differences of test AUC with their 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paired = out["paired"]
+    if not paired:
+        return
+    figure, axis = plt.subplots(figsize=(8, 0.4 * len(paired) + 1.2))
+    for position, d in enumerate(reversed(paired.values())):
+        low, high = d["auc_diff_ci"]
+        axis.errorbar(d["auc_diff"], position, xerr=[[d["auc_diff"] - low], [high - d["auc_diff"]]], fmt="o",
+                      color="tab:blue" if low > 0 else "tab:grey", capsize=3)  # fmt: skip
+    axis.set_yticks(range(len(paired)), list(reversed(paired)))
+    axis.axvline(0.0, color="k", lw=0.8, ls=":")
+    axis.set_xlabel(f"test AUC difference, mean over seeds {', '.join(map(str, out['seeds']))}, 95% interval")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--budget", choices=reproduce.BUDGETS, default="full")
+    parser.add_argument("--data_dir", default="../shared/data/ml-1m")
+    args = parser.parse_args()
+    from report import RESULTS, provenance, save_results
+
+    from ccf_llm.precision import resolve_dtype
+
+    config_path, name = reproduce.BUDGETS[args.budget]
+    out = {"provenance": provenance(resolve_dtype(json.loads(config_path.read_text()).get("dtype", "auto"))),
+           **seed_table(collect(args), args.seeds)}  # fmt: skip
+    print("\n".join(save_results(f"{name}_seeds", out, render, TITLE)))
+    plot(out, RESULTS / f"{name}_seeds.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""`benchmarks/reproduce_seeds.py`: the main comparisons over seeds, from the rows each seed's run finished."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import reproduce_seeds  # noqa: E402
+
+
+def scores(rows: int = 2000, users: int = 200, seed: int = 0):
+    """Test rows (ids, labels) and a scorer: `score(strength, noise_seed)` is the label plus noise, weaker for
+    smaller `strength`."""
+    rng = np.random.default_rng(seed)
+    ids = pd.DataFrame({"user_id": rng.integers(0, users, rows), "item_id": rng.integers(0, 500, rows),
+                        "label": rng.integers(0, 2, rows)})  # fmt: skip
+
+    def score(strength: float, noise_seed: int) -> pd.DataFrame:
+        noise = np.random.default_rng(noise_seed).normal(size=rows)
+        return ids.assign(score=strength * ids["label"] + noise)
+
+    return ids, score
+
+
+def test_seed_table_averages_each_sides_seeds_and_compares_rows_finished_in_every_seed():
+    ids, score = scores()
+    frames = {"mf": score(0.3, 1), "text@0": score(0.4, 2), "text@1": score(0.4, 3), "inject_mf@0": score(0.6, 4),
+              "inject_mf@1": score(0.6, 5), "gate_mf@0": score(1.0, 6), "gate_mf@1": score(0.9, 7),
+              "gate_lightgcn@0": score(0.8, 8)}  # fmt: skip
+    out = reproduce_seeds.seed_table(frames, [0, 1])
+    assert out["rows_in_every_seed"] == ["text", "inject_mf", "gate_mf"]  # gate_lightgcn lacks seed 1
+    auc = {name: roc_auc_score(f["label"], f["score"]) for name, f in frames.items()}
+    gap = out["paired"]["gate_mf - inject_mf"]
+    expected = np.mean([auc["gate_mf@0"] - auc["inject_mf@0"], auc["gate_mf@1"] - auc["inject_mf@1"]])
+    assert gap["auc_diff"] == pytest.approx(expected) and gap["auc_diff_ci"][0] > 0 and gap["auc_p"] < 0.01
+    over_cf = out["paired"]["gate_mf - mf"]  # the CF model is one model in every seed
+    assert over_cf["auc_diff"] == pytest.approx(np.mean([auc["gate_mf@0"], auc["gate_mf@1"]]) - auc["mf"])
+    assert set(out["paired"]) == {"inject_mf - mf", "gate_mf - mf", "gate_mf - inject_mf", "gate_mf - text",
+                                  "inject_mf - text"}  # fmt: skip
+    lines = reproduce_seeds.render(out)
+    row = next(line for line in lines if line.startswith("| gate_lightgcn |"))
+    assert row.endswith("| not run |  |") and f"{auc['gate_lightgcn@0']:.4f} [" in row
+    mean = next(line for line in lines if line.startswith("| gate_mf |")).split("|")[-2].strip()
+    assert float(mean) == pytest.approx(np.mean([auc["gate_mf@0"], auc["gate_mf@1"]]), abs=1e-4)
+
+
+def test_seed_runs_name_their_results_and_share_the_budgets_cf_models(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the budgets' configs are named relative to the repository
+    args = reproduce_seeds.argparse.Namespace(budget="full")
+    own, other = (
+        reproduce_seeds.seed_run(0, args),
+        reproduce_seeds.seed_run(3, args),
+    )  # the config's seed is 0
+    assert (own.results_name, own.output_dir) == ("reproduce_full", Path("outputs/reproduce_full"))
+    assert (other.results_name, other.output_dir) == (
+        "reproduce_full_seed3",
+        Path("outputs/reproduce_full_seed3"),
+    )
+    assert other.cf_output_dir == own.output_dir
