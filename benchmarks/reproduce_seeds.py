@@ -10,9 +10,10 @@ a fresh clone of a machine of that CPU kind; nothing is trained.
 
 The comparisons are `reproduce.comparisons` (gate and inject against their CF model, `gate` against `inject`, both
 against `text`) over the rows finished in every seed, on one bootstrap over test users
-(`ccf_llm.metrics.user_bootstrap`): each side is the mean test AUC of its seeds on each resample. The fixed test
-users' sampling noise then enters once; what the seeds add is the spread of training (ALG/GATE initialization, data
-order, early-stopping rows), which averaging shrinks. Writes `benchmarks/results/<name>_seeds.{json,md,png}`.
+(`ccf_llm.metrics.user_bootstrap`): each side is the mean test AUC of its seeds on each resample. The interval holds
+the test users' sampling noise, for these trained models; the spread between seeds (ALG/GATE initialization, data
+order, early-stopping rows) shows in the per-seed columns and is not in the interval: with a handful of seeds it
+cannot be estimated well enough to widen it. Writes `benchmarks/results/<name>_seeds.{json,md,png}`.
 """
 
 import argparse
@@ -76,7 +77,8 @@ def render(out: dict) -> list[str]:
     seeds = out["seeds"]
     lines = [f"Seeds {', '.join(map(str, seeds))} of the LLM rows (the CF models are the same in every seed). Test "
              f"AUC [95% interval, bootstrap over test users, {out['n_resamples']} resamples]; the paired differences "
-             "average each side's seeds on every resample.", "",
+             "average each side's seeds on every resample: their intervals hold the test users' noise, not the "
+             "spread between seeds (the columns).", "",
              "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]  # fmt: skip
     models = out["models"]
     for row in [*reproduce.CF_ARGS, *reproduce.LLM_ROWS]:
