@@ -31,7 +31,7 @@ runs read (results, stage logs, LoRA stages' adapters, scores without ids, with 
 one after its last finished stage. Checkpoints are not kept: a restored row whose UAUC-selected checkpoint was not
 scored cannot be scored there (`no checkpoint`).
 
-`--seed N` (not the config's seed) runs the LLM rows with seed N (ALG/GATE initialization, data order,
+`--seed N` (not the config's seed) runs the LLM rows with seed N (LoRA and ALG/GATE initialization, data order,
 early-stopping rows) into `outputs/<name>_seed<N>` and `benchmarks/results/<name>_seed<N>*`, fusing the CF models of
 the budget's run (`--cf_output_dir`, default `outputs/<name>`); `benchmarks/reproduce_seeds.py` then compares the
 rows over seeds.
@@ -117,6 +117,28 @@ def command(row: str, args, out: Path | None = None) -> list[str]:
     return cmd
 
 
+TRAINER_SEED = 42  # TrainingArguments' seed where a config sets none
+
+
+def seed_run(
+    name: str, config: Path, seed: int | None, cf_output_dir: Path | None = None
+) -> argparse.Namespace:
+    """
+    The results name, output folder, CF folder and LLM seed of the run of budget results `name` (config `config`)
+    with `seed`: the budget's run itself for None or the config's own seed (`seed` None: its rows get no `--seed`);
+    for another seed `<name>_seed<N>`, in `outputs/<name>_seed<N>`, fusing the CF models of `outputs/<name>` (or
+    `cf_output_dir`). `main` and `reproduce_seeds.py` both name runs here (`--output_dir` overrides the folder).
+    """
+    if seed == json.loads(config.read_text()).get("seed", TRAINER_SEED):
+        seed = None
+    base = Path("outputs") / name
+    if seed is None:
+        return argparse.Namespace(results_name=name, output_dir=base, cf_output_dir=cf_output_dir, seed=None)
+    name = f"{name}_seed{seed}"
+    return argparse.Namespace(results_name=name, output_dir=Path("outputs") / name,
+                              cf_output_dir=cf_output_dir or base, seed=seed)  # fmt: skip
+
+
 def row_dir(row: str, args) -> Path:
     """A row's output folder: `OUTPUT_DIR/<row>`; a CF row's is in `args.cf_output_dir` where set (a `--seed` run
     reads the CF models of the config's seed: the LLM's seed varies, the CF models it fuses stay the same)."""
@@ -192,6 +214,11 @@ def wait(process: subprocess.Popen, seconds: float) -> int | None:
 
 
 def run_row(row: str, args, while_running=None) -> dict:
+    if row in CF_ARGS and args.seed is not None and not (row_dir(row, args) / "all_results.json").is_file():
+        raise FileNotFoundError(
+            f"{row_dir(row, args)} holds no finished {row} model: a --seed run fuses the budget's CF models and "
+            f"trains none; train them first (`python benchmarks/reproduce.py --budget ... --only {row}`)"
+        )
     wall, commits = run_logged(row_dir(row, args), command(row, args), while_running)
     results = json.loads((row_dir(row, args) / "all_results.json").read_text())
     if row not in CF_ARGS:
@@ -640,8 +667,9 @@ def render(out: dict) -> list[str]:
     if by_commit:
         lines += ["", "Code each row ran at (git commit of its attempts): "
                   + "; ".join(f"{c}: {', '.join(rows)}" for c, rows in by_commit.items()) + "."]  # fmt: skip
-    total = out["total_row_wall_seconds"]
-    lines += ["", f"Sum of row wall times: {total} s ({total / 60:.1f} min)."]
+    total, cf_from = out["total_row_wall_seconds"], out.get("cf_rows_from")
+    lines += ["", f"Sum of row wall times: {total} s ({total / 60:.1f} min)"
+              + (f", of the LLM rows: the CF rows are the models in `{cf_from}`, timed there." if cf_from else ".")]  # fmt: skip
     if any(t["train_seconds"] is None for t in out["rows"]):
         lines += ["", "train s —: the row's stages finished in an earlier attempt that was then interrupted (its "
                   "training time is in the row's log and in its wall time)."]  # fmt: skip
@@ -675,7 +703,7 @@ def main():
         "--seed",
         type=int,
         default=None,
-        help="the LLM rows' seed (ALG/GATE initialization, data order, early-stopping rows), when it is not the "
+        help="the LLM rows' seed (LoRA, ALG/GATE initialization, data order, early-stopping rows), when it is not the "
         "config's: results go to <results name>_seed<N> and the CF rows are read from --cf_output_dir",
     )
     parser.add_argument(
@@ -698,13 +726,11 @@ def main():
     args = parser.parse_args()
     config_path, name = BUDGETS[args.budget]
     args.config = args.config or config_path
-    if args.seed == json.loads(args.config.read_text()).get("seed"):
-        args.seed = None  # the config's own seed: the budget's run
-    if args.seed is not None:
-        args.cf_output_dir = args.cf_output_dir or Path("outputs") / name
-        name = f"{name}_seed{args.seed}"
-    name = args.results_name or name
-    args.output_dir = args.output_dir or Path("outputs") / name
+    run = seed_run(args.results_name or name, args.config, args.seed, args.cf_output_dir)
+    if run.seed is not None and args.select:
+        parser.error("--select chooses the budget's learning rates: run it without --seed")
+    name, args.seed, args.cf_output_dir = run.results_name, run.seed, run.cf_output_dir
+    args.output_dir = args.output_dir or run.output_dir
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.select and args.report_only:
         from report import rerender
@@ -792,14 +818,16 @@ def write_table(results: dict, args, name: str, start: float) -> None:
     keys = ("train_rows_per_stage", "history_size", "learning_rate", "fusion_learning_rate", "gate_init_alpha",
             "per_device_train_batch_size", "num_train_epochs", "lr_scheduler_type", "warmup_steps",
             "early_stopping_patience", "eval_steps", "lora_dropout", "template")  # fmt: skip
+    # a --seed run's CF rows are the budget's run's: their time is counted there
+    timed = [r for row, r in results.items() if args.seed is None or row not in CF_ARGS]
     out = {
         "provenance": provenance(resolve_dtype(config.get("dtype", "auto"))),
         "budget": {
             **{k: config[k] for k in keys if k in config},
-            "seed": config.get("seed", 0) if args.seed is None else args.seed,
+            "seed": config.get("seed", TRAINER_SEED) if args.seed is None else args.seed,
         },
         "this_invocation_seconds": round(time.perf_counter() - start, 1),
-        "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in results.values()), 1),
+        "total_row_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in timed), 1),
         "rows": table,
         "paired": boot.get("pairs", {}),
         "slices": {
@@ -809,7 +837,8 @@ def write_table(results: dict, args, name: str, start: float) -> None:
         "bootstrap_resamples": boot.get("n_resamples"),
         "uauc_selected": uauc_selected_table(results, args),
         "shared_stage1": {row: src for row in results if (src := shared_stage1_source(row, args))},
-        "rows_not_run": [row for row in ROWS if row not in results],
+        "cf_rows_from": None if args.seed is None else str(args.cf_output_dir),
+        "rows_not_run": [row for row in (ROWS if args.seed is None else LLM_ROWS) if row not in results],
     }
     title = f"ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct, budget `{args.budget}`"
     print("\n".join(save_results(name, out, render, title)))

@@ -11,8 +11,8 @@ a fresh clone of a machine of that CPU kind; nothing is trained.
 The comparisons are `reproduce.comparisons` (gate and inject against their CF model, `gate` against `inject`, both
 against `text`) over the rows finished in every seed, on one bootstrap over test users
 (`ccf_llm.metrics.user_bootstrap`): each side is the mean test AUC of its seeds on each resample. The interval holds
-the test users' sampling noise, for these trained models; the spread between seeds (ALG/GATE initialization, data
-order, early-stopping rows) shows in the per-seed columns and is not in the interval: with a handful of seeds it
+the test users' sampling noise, for these trained models; the spread between seeds (LoRA and ALG/GATE
+initialization, data order, early-stopping rows) shows in the per-seed columns and is not in the interval: with a handful of seeds it
 cannot be estimated well enough to widen it. Writes `benchmarks/results/<name>_seeds.{json,md,png}`.
 """
 
@@ -25,32 +25,36 @@ import reproduce
 TITLE = "ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct: the main comparisons over seeds"
 
 
-def seed_run(seed: int, args) -> argparse.Namespace:
-    """The `reproduce.py` arguments of seed `seed`'s run: its results name and output folder, CF rows shared."""
-    config_path, name = reproduce.BUDGETS[args.budget]
-    base = Path("outputs") / name
-    own = seed == json.loads(config_path.read_text()).get("seed", 0)
-    name = name if own else f"{name}_seed{seed}"
-    return argparse.Namespace(
-        output_dir=Path("outputs") / name, cf_output_dir=base, results_name=name, seed=seed
-    )
-
-
-def collect(args) -> dict:
-    """Every seed's finished rows' test scores, restored from the archives where the output folders lack them."""
+def collect(budget: str, seeds: list[int], data_dir: str) -> dict:
+    """
+    Every seed's finished rows' test scores (`<row>@<seed>`; CF rows once, from the budget's run), restored from the
+    archives where the output folders lack them. CF rows are not archived: an LLM row whose CF model has no scores
+    here is an error, not a silently missing comparison.
+    """
     import archive
 
     from ccf_llm.precision import device_precision
 
-    splits = archive.movielens_splits(args.data_dir)
+    config, name = reproduce.BUDGETS[budget]
+    splits = archive.movielens_splits(data_dir)
     kind = device_precision().kind
     scores = {}
-    for seed in args.seeds:
-        run = seed_run(seed, args)
+    for seed in seeds:
+        run = reproduce.seed_run(name, config, seed)
         archive.restore(archive.archive_folder(run.results_name, kind), run.output_dir, splits)
         for row in reproduce.ROWS:
             if (frame := reproduce.row_scores(row, run)) is not None:
                 scores[row if row in reproduce.CF_ARGS else f"{row}@{seed}"] = frame
+    llm = {key.split("@")[0] for key in scores if "@" in key}
+    if not llm:
+        raise FileNotFoundError(
+            f"no finished LLM rows of seeds {seeds} in outputs/ or their archives ({kind})"
+        )
+    if missing := sorted({cf for row in llm for cf in reproduce.LLM_ROWS[row][1] if cf not in scores}):
+        raise FileNotFoundError(
+            f"the CF models {missing} have no test scores in outputs/{name}/ (CF rows are not archived): train them "
+            f"first, `python benchmarks/reproduce.py --budget {budget} --only {' '.join(missing)}`"
+        )
     return reproduce.aligned(scores)
 
 
@@ -62,13 +66,20 @@ def seed_table(frames: dict, seeds: list[int]) -> dict:
     cf = [row for row in reproduce.CF_ARGS if row in frames]
     _, pairs = reproduce.comparisons(cf + llm)
 
-    def side(row: str) -> str | tuple[str, ...]:
-        return row if row in reproduce.CF_ARGS else tuple(f"{row}@{s}" for s in seeds)
+    def side(row: str, seed: int | None = None) -> str | tuple[str, ...]:
+        """A row's models: the CF model itself, one seed's run, or (`seed` None) all seeds' runs."""
+        if row in reproduce.CF_ARGS:
+            return row
+        return f"{row}@{seed}" if seed is not None else tuple(f"{row}@{s}" for s in seeds)
 
+    compared = [(side(a), side(b)) for a, b in pairs]
+    compared += [(side(a, s), side(b, s)) for a, b in pairs for s in seeds]  # each seed's own difference
     first = next(iter(frames.values()))
     boot = user_bootstrap({name: f["score"].to_numpy() for name, f in frames.items()}, first["label"].to_numpy(),
-                          first["user_id"].to_numpy(), pairs=[(side(a), side(b)) for a, b in pairs], seed=0)  # fmt: skip
-    named = dict(zip((f"{a} - {b}" for a, b in pairs), boot["pairs"].values(), strict=True))
+                          first["user_id"].to_numpy(), pairs=compared, seed=0)  # fmt: skip
+    found = list(boot["pairs"].values())
+    named = {f"{a} - {b}": {**found[n], "per_seed": [found[len(pairs) * (1 + k) + n] for k in range(len(seeds))]}
+             for n, (a, b) in enumerate(pairs)}  # fmt: skip
     return {"seeds": seeds, "rows_in_every_seed": llm, "models": boot["models"], "paired": named,
             "n_resamples": boot["n_resamples"]}  # fmt: skip
 
@@ -93,8 +104,14 @@ def render(out: dict) -> list[str]:
         mean = f"{sum(m['auc'] for m in found) / len(found):.4f}" if all(found) else ""
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean} |")
     if out["paired"]:
-        lines += ["", f"Paired, mean over seeds {', '.join(map(str, seeds))} (rows finished in every seed):",
-                  *reproduce.paired_table(out["paired"], "a − b")]  # fmt: skip
+        lines += ["", f"Paired on the same test users, each side the mean over seeds {', '.join(map(str, seeds))} "
+                  "(rows finished in every seed), and each seed's own difference:", "",
+                  "| a − b | test AUC diff [95% CI] | p | per seed: AUC diff (p) | test UAUC diff [95% CI] | p |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, d in out["paired"].items():
+            each = ", ".join(f"{e['auc_diff']:+.4f} ({e['auc_p']:.3f})" for e in d["per_seed"])
+            lines.append(f"| {name} | {d['auc_diff']:+.4f}{reproduce.signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
+                         f"{each} | {d['uauc_diff']:+.4f}{reproduce.signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |")  # fmt: skip
     return lines
 
 
@@ -133,8 +150,9 @@ def main():
     from ccf_llm.precision import resolve_dtype
 
     config_path, name = reproduce.BUDGETS[args.budget]
+    seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run
     out = {"provenance": provenance(resolve_dtype(json.loads(config_path.read_text()).get("dtype", "auto"))),
-           **seed_table(collect(args), args.seeds)}  # fmt: skip
+           **seed_table(collect(args.budget, seeds, args.data_dir), seeds)}  # fmt: skip
     print("\n".join(save_results(f"{name}_seeds", out, render, TITLE)))
     plot(out, RESULTS / f"{name}_seeds.png")
 

@@ -208,3 +208,44 @@ def test_a_seed_run_passes_its_seed_and_reads_the_cf_models_of_the_budgets_run(t
     assert reproduce.row_folder("gate_mf", args) == run / "gate_mf" / "gate"
     budget = argparse.Namespace(output_dir=base, seed=None, data_dir="data", config=args.config)
     assert "--seed" not in reproduce.command("gate_mf", budget)
+
+
+def test_seed_run_names_the_budgets_run_and_other_seeds_runs(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"seed": 0}')
+    for seed in (None, 0):  # the config's own seed is the budget's run: no --seed, no separate folder
+        run = reproduce.seed_run("reproduce_full", config, seed)
+        assert (run.results_name, run.output_dir, run.seed) == (
+            "reproduce_full",
+            Path("outputs/reproduce_full"),
+            None,
+        )
+    run = reproduce.seed_run("reproduce_full", config, 3)
+    assert (run.results_name, run.output_dir, run.seed) == (
+        "reproduce_full_seed3",
+        Path("outputs/reproduce_full_seed3"),
+        3,
+    )
+    assert run.cf_output_dir == Path("outputs/reproduce_full")
+    assert reproduce.seed_run("reproduce_full", config, 3, tmp_path / "cf").cf_output_dir == tmp_path / "cf"
+    config.write_text("{}")  # no seed in the config: TrainingArguments' 42
+    assert reproduce.seed_run("reproduce_full", config, 42).seed is None
+    assert reproduce.seed_run("reproduce_full", config, 0).results_name == "reproduce_full_seed0"
+
+
+def test_a_seed_run_trains_no_cf_model(tmp_path, monkeypatch):
+    """A CF model missing from the budget's folder is an error in a --seed run, not a second training into it."""
+    ran = []
+    monkeypatch.setattr(reproduce, "run_logged", lambda folder, cmd, while_running=None: ran.append(folder))
+    args = argparse.Namespace(
+        output_dir=tmp_path / "seed1", cf_output_dir=tmp_path / "budget", seed=1, data_dir="d"
+    )
+    with pytest.raises(FileNotFoundError, match=r"budget/mf holds no finished mf model: a --seed run"):
+        reproduce.run_row("mf", args)
+    assert ran == []
+    (tmp_path / "budget" / "mf").mkdir(parents=True)
+    (tmp_path / "budget" / "mf" / "all_results.json").write_text('{"test_auc": 0.64}')
+    monkeypatch.setattr(
+        reproduce, "run_logged", lambda folder, cmd, while_running=None: ran.append(folder) or (None, [])
+    )
+    assert reproduce.run_row("mf", args)["test_auc"] == 0.64 and ran == [tmp_path / "budget" / "mf"]

@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import archive  # noqa: E402
 import reproduce_seeds  # noqa: E402
 
 
@@ -49,16 +50,40 @@ def test_seed_table_averages_each_sides_seeds_and_compares_rows_finished_in_ever
     assert float(mean) == pytest.approx(np.mean([auc["gate_mf@0"], auc["gate_mf@1"]]), abs=1e-4)
 
 
-def test_seed_runs_name_their_results_and_share_the_budgets_cf_models(monkeypatch):
-    monkeypatch.chdir(ROOT)  # the budgets' configs are named relative to the repository
-    args = reproduce_seeds.argparse.Namespace(budget="full")
-    own, other = (
-        reproduce_seeds.seed_run(0, args),
-        reproduce_seeds.seed_run(3, args),
-    )  # the config's seed is 0
-    assert (own.results_name, own.output_dir) == ("reproduce_full", Path("outputs/reproduce_full"))
-    assert (other.results_name, other.output_dir) == (
-        "reproduce_full_seed3",
-        Path("outputs/reproduce_full_seed3"),
+def test_per_seed_differences_sit_beside_the_mean():
+    _, score = scores()
+    frames = {"inject_mf@0": score(0.6, 4), "inject_mf@1": score(0.6, 5), "gate_mf@0": score(0.6, 6),
+              "gate_mf@1": score(1.2, 7)}  # fmt: skip
+    out = reproduce_seeds.seed_table(frames, [0, 1])
+    gap = out["paired"]["gate_mf - inject_mf"]
+    auc = {name: roc_auc_score(f["label"], f["score"]) for name, f in frames.items()}
+    each = [d["auc_diff"] for d in gap["per_seed"]]
+    assert each == pytest.approx(
+        [auc["gate_mf@0"] - auc["inject_mf@0"], auc["gate_mf@1"] - auc["inject_mf@1"]]
     )
-    assert other.cf_output_dir == own.output_dir
+    assert abs(each[0]) < 0.03 < each[1] and gap["per_seed"][1]["auc_p"] < 0.01  # a tie, then a clear gap
+    row = next(line for line in reproduce_seeds.render(out) if line.startswith("| gate_mf - inject_mf |"))
+    assert f"{each[0]:+.4f} (" in row and f"{each[1]:+.4f} (0.001)" in row
+
+
+def test_collect_refuses_llm_rows_whose_cf_model_has_no_scores(tmp_path, monkeypatch):
+    """CF rows are not archived: without the budget's CF models the comparisons against them would vanish."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text('{"seed": 0}')
+    monkeypatch.setitem(reproduce_seeds.reproduce.BUDGETS, "full", (config, "reproduce_full"))
+    monkeypatch.setattr(archive, "movielens_splits", lambda data_dir: {})
+    restored = []
+    monkeypatch.setattr(archive, "restore", lambda folder, out, splits: restored.append(folder.parent.name))
+    ids, score = scores()
+    for folder in ("reproduce_full/gate_mf/gate", "reproduce_full_seed1/gate_mf/gate"):
+        (tmp_path / "outputs" / folder).mkdir(parents=True)
+        score(1.0, 0).to_parquet(tmp_path / "outputs" / folder / "scores_test.parquet")
+    with pytest.raises(FileNotFoundError, match=r"\['mf'\] have no test scores in outputs/reproduce_full/"):
+        reproduce_seeds.collect("full", [0, 1], "data")
+    assert restored == ["reproduce_full_rows", "reproduce_full_seed1_rows"]  # each seed's own archive
+    (tmp_path / "outputs" / "reproduce_full" / "mf").mkdir()
+    score(0.3, 1).to_parquet(tmp_path / "outputs" / "reproduce_full" / "mf" / "scores_test.parquet")
+    assert set(reproduce_seeds.collect("full", [0, 1], "data")) == {"mf", "gate_mf@0", "gate_mf@1"}
+    with pytest.raises(FileNotFoundError, match=r"no finished LLM rows of seeds \[5\]"):
+        reproduce_seeds.collect("full", [5], "data")
