@@ -762,10 +762,12 @@ def run_rows(rows: list[str], args, name: str, splits, start: float) -> dict:
                 write_table(results, args, name, start)  # each finished row lands in the table at once
                 tabulated = list(results)
                 keep("archive", args, name, splits)  # and in git's folder of finished rows
-    finally:  # also when a row fails: what it finished is kept, and the table holds every finished row
-        keep("archive", args, name, splits)
-        if list(results) != tabulated:
-            write_table(results, args, name, start)
+    finally:  # also when a row fails: the table holds every finished row, and what it finished is kept
+        try:
+            if list(results) != tabulated:
+                write_table(results, args, name, start)
+        finally:  # after the table: `--uauc_selected` scores rows there, and their scores are kept too
+            keep("archive", args, name, splits)
     return results
 
 

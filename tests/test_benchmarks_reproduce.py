@@ -166,8 +166,10 @@ def test_a_resume_tabulates_once_per_row_it_runs_not_per_finished_row(tmp_path, 
         return {"row": row}
 
     monkeypatch.setattr(reproduce, "run_row", run_row)
-    monkeypatch.setattr(reproduce, "write_table", lambda results, *rest: tables.append(list(results)))
-    monkeypatch.setattr(reproduce, "keep", lambda action, *rest: kept.append(action))
+    events = []
+    monkeypatch.setattr(reproduce, "write_table", lambda results, *rest: (tables.append(list(results)),
+                                                                          events.append("table")))  # fmt: skip
+    monkeypatch.setattr(reproduce, "keep", lambda action, *rest: (kept.append(action), events.append(action)))
     args = argparse.Namespace(output_dir=tmp_path)
     results = reproduce.run_rows(["mf", "text", "gate_mf"], args, "reproduce_full", None, 0.0)
     assert list(results) == ["mf", "text", "gate_mf"] and ran == ["text", "gate_mf"]
@@ -175,8 +177,9 @@ def test_a_resume_tabulates_once_per_row_it_runs_not_per_finished_row(tmp_path, 
     assert kept == ["archive", "archive", "archive"]  # after text, after gate_mf, and in `finally`
     tables.clear(), kept.clear()
     reproduce.run_rows(["mf", "text", "gate_mf"], args, "reproduce_full", None, 0.0)
-    # all finished: one table, at the end
+    # all finished: one table, at the end, then the archive (which keeps the scores `--uauc_selected` made there)
     assert tables == [["mf", "text", "gate_mf"]] and kept == ["archive"]
+    assert events[-2:] == ["table", "archive"]
     tables.clear()
     with pytest.raises(subprocess.CalledProcessError):  # a resume whose first new row fails
         reproduce.run_rows(["mf", "text", "inject_mf"], args, "reproduce_full", None, 0.0)
