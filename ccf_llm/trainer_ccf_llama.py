@@ -305,13 +305,16 @@ def is_fsdp_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def load_adapter_weights(model, folder, keep_missing_fusion: bool = False) -> bool:
+def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, lora_only: bool = False) -> bool:
     """
     Load the adapter saved in `folder` (LoRA and ALG/GATE) into the PEFT-wrapped `model`, renaming the keys of
     adapters saved before the model split (`CCFLlamaForCTR._checkpoint_conversion_mapping`). Returns False, loading
     nothing, where this does not apply: no adapter file there, a model without PEFT, or one FSDP has sharded.
     With `keep_missing_fusion`, fusion weights (ALG/GATE) the file lacks keep their current values: a shared stage 1
     from a `text` run has LoRA only (CoLLM's inject rows start from the TALLRec LoRA); anything else missing raises.
+    With `lora_only`, only the LoRA weights are loaded and every other weight keeps its current value: a shared LoRA
+    stage (stage 1 trains LoRA only) holds ALG/GATE at their untrained initialization, of another fusion mode's
+    shape where `token_gate` shares `gate`'s stage 1 (its GATE outputs one α per token, not one per dimension).
     """
     from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
@@ -324,6 +327,8 @@ def load_adapter_weights(model, folder, keep_missing_fusion: bool = False) -> bo
     mapping = getattr(model.get_base_model(), "_checkpoint_conversion_mapping", None)
     loaded = load_peft_weights(str(folder), key_mapping=mapping)
     current = get_peft_model_state_dict(model)
+    if lora_only:
+        loaded = {key: value for key, value in loaded.items() if "lora_" in key}
     missing = sorted(current.keys() - loaded.keys())
     if missing and not (keep_missing_fusion and all("lora_" not in key for key in missing)):
         raise ValueError(
@@ -421,7 +426,8 @@ class CCFTwoStageTrainer:
     * **resume**: a stage whose `final/` adapter exists is loaded and skipped; an unfinished one resumes from its
       last checkpoint when `train(resume_from_checkpoint=True)`;
     * **sharing**: `shared_stages={"lora": folder}` loads a finished stage from another run instead of training it
-      (e.g. the TALLRec LoRA that CoLLM's stage 2 starts from, or a stage 1 that several rows have in common);
+      (e.g. the TALLRec LoRA that CoLLM's stage 2 starts from, or a stage 1 that several rows have in common):
+      the weights that stage trains, LoRA for a LoRA stage, while ALG/GATE keep this run's initialization;
     * **early stopping and checkpoint choice** (with `args.early_stopping_patience` and evaluation every
       `eval_steps`): the best validation-AUC checkpoint is kept (the paper's rule); the best-UAUC one is recorded;
     * **the divergence guard**: a stage whose training loss climbs `divergence_tolerance` above where it started is
@@ -480,8 +486,8 @@ class CCFTwoStageTrainer:
         data = self.train_dataset
         return data[stage] if isinstance(data, dict) else data
 
-    def _load(self, folder) -> None:
-        if not load_adapter_weights(self.model, folder, keep_missing_fusion=True):
+    def _load(self, folder, lora_only: bool = False) -> None:
+        if not load_adapter_weights(self.model, folder, keep_missing_fusion=True, lora_only=lora_only):
             raise ValueError(f"{folder} holds no adapter to load into this PEFT model")
 
     def _trainable_state(self) -> dict:
@@ -495,8 +501,8 @@ class CCFTwoStageTrainer:
             folder = self.stage_dir(number, stage)
             final = folder / "final"
             record = {"stage": stage, "output_dir": str(folder), "rolled_back": False}
-            if stage in self.shared_stages:
-                self._load(self.shared_stages[stage])
+            if stage in self.shared_stages:  # what the stage trains: a LoRA stage shares its LoRA only
+                self._load(self.shared_stages[stage], lora_only=stage == "lora")
                 self.stage_log.append({**record, "shared_from": str(self.shared_stages[stage])})
                 previous_metrics = None
                 continue

@@ -401,6 +401,23 @@ def test_a_stage_resumes_from_and_keeps_the_best_of_checkpoints_saved_before_the
             )
 
 
+def test_a_token_gate_run_shares_a_gate_runs_stage_1_lora_and_keeps_its_own_gate(tmp_path):
+    """Stage 1 trains LoRA only, so `token_gate` (one α per token) can start from `gate`'s stage 1 (one α per
+    dimension): the LoRA is loaded, ALG and GATE keep the second run's initialization, of its own shapes."""
+    second, shared, lora = shared_stage_run(tmp_path, "gate", "token_gate")
+    before = {n: p.detach().clone() for n, p in second.model.named_parameters() if "modules_to_save" in n}
+    saved = load_peft_weights(str(shared))
+    assert any(v.shape[0] == 1 for k, v in before.items() if "fc2" in k)  # token_gate's α: one per token
+    assert any("fc2" in k and v.shape[0] > 1 for k, v in saved.items())  # gate's: one per dimension
+    log = second.train()
+    assert log[0]["shared_from"] == str(shared) and log[1]["stage"] == "fusion" and log[1]["steps"] == 6
+    now = dict(second.model.named_parameters())
+    assert lora and all(torch.equal(now[n], p) for n, p in lora.items())
+    # stage 2 trained GATE from the second run's own initialization
+    assert all(now[n].shape == p.shape for n, p in before.items())
+    assert any(not torch.equal(now[n], p) for n, p in before.items() if ".gate." in n)
+
+
 def test_an_inject_run_starts_from_a_text_runs_lora_with_its_fusion_weights_at_init(tmp_path):
     """CoLLM's inject rows start from the TALLRec (text) LoRA, whose adapter has no ALG weights to load."""
     second, shared, lora = shared_stage_run(tmp_path, "text", "inject")
