@@ -369,7 +369,7 @@ def row_order(wanted: list[str], args) -> list[str]:
 
 
 def row_folder(row: str, args) -> Path:
-    """Where a row's model and scores are: `OUTPUT_DIR/<row>` for CF rows, `OUTPUT_DIR/<row>/<fusion mode>` else."""
+    """Where a row's model and scores are: its `row_dir` for CF rows, `OUTPUT_DIR/<row>/<fusion mode>` else."""
     return row_dir(row, args) if row in CF_ARGS else row_dir(row, args) / LLM_ROWS[row][0]
 
 
