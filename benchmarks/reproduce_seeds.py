@@ -11,8 +11,8 @@ a fresh clone of a machine of that CPU kind; nothing is trained.
 The comparisons are `reproduce.comparisons` (gate and inject against their CF model, `gate` against `inject`, both
 against `text`) over the rows finished in every seed, on one bootstrap over test users
 (`ccf_llm.metrics.user_bootstrap`): each side is the mean test AUC of its seeds on each resample. The interval holds
-the test users' sampling noise, for these trained models; the spread between seeds (LoRA and ALG/GATE
-initialization, data order, early-stopping rows) shows in the per-seed columns and is not in the interval: with a handful of seeds it
+the test users' sampling noise, for these trained models; the spread between seeds (LoRA and ALG/GATE initialization,
+data order, early-stopping rows) shows in the per-seed columns and is not in the interval: with a handful of seeds it
 cannot be estimated well enough to widen it. Writes `benchmarks/results/<name>_seeds.{json,md,png}`.
 """
 
