@@ -82,8 +82,9 @@ LLM_ROWS = {
 # row -> the row whose finished stage 1 it starts from instead of training its own (run_ctr.py --shared_stage1):
 # * CoLLM-style inject rows: the text row's LoRA, as CoLLM starts its stage 2 from the TALLRec LoRA;
 # * token_gate and stage-1-only on LightGCN: gate_lightgcn's stage 1, which sees exactly the same prompts (the GATE
-#   starts as the constant α = gate_init_alpha in every mode, ALG is initialized from the same seed, and stage 1
-#   trains LoRA only); add_lightgcn too when gate_init_alpha is 1 (α = 1 is then the add fusion).
+#   starts as the constant α = gate_init_alpha in every mode and stage 1 trains LoRA only); the row loads its LoRA and
+#   the frozen ALG it was trained against, and keeps its own GATE (`load_adapter_weights(skip_gate=True)`);
+#   add_lightgcn too when gate_init_alpha is 1 (α = 1 is then the add fusion).
 SHARED_STAGE1 = {"inject_mf": "text", "inject_lightgcn": "text", "inject_sasrec": "text",
                  "token_gate_lightgcn": "gate_lightgcn", "gate_lightgcn_stage1_only": "gate_lightgcn"}  # fmt: skip
 BUDGETS = {  # name -> (config, results file): `quick` is the smoke run, `full` trains to validation convergence

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -305,16 +306,23 @@ def is_fsdp_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, lora_only: bool = False) -> bool:
+_GATE_KEY = re.compile(r"(^|\.)model\.gate\.")
+"""The GATE's weights in a PEFT adapter's keys (`base_model.model.model.gate.cf_gates.0.fc1.weight`); not the LLM's
+`mlp.gate_proj`."""
+
+
+def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, skip_gate: bool = False) -> bool:
     """
     Load the adapter saved in `folder` (LoRA and ALG/GATE) into the PEFT-wrapped `model`, renaming the keys of
     adapters saved before the model split (`CCFLlamaForCTR._checkpoint_conversion_mapping`). Returns False, loading
     nothing, where this does not apply: no adapter file there, a model without PEFT, or one FSDP has sharded.
     With `keep_missing_fusion`, fusion weights (ALG/GATE) the file lacks keep their current values: a shared stage 1
     from a `text` run has LoRA only (CoLLM's inject rows start from the TALLRec LoRA); anything else missing raises.
-    With `lora_only`, only the LoRA weights are loaded and every other weight keeps its current value: a shared LoRA
-    stage (stage 1 trains LoRA only) holds ALG/GATE at their untrained initialization, of another fusion mode's
-    shape where `token_gate` shares `gate`'s stage 1 (its GATE outputs one α per token, not one per dimension).
+    With `skip_gate`, the file's GATE weights are not loaded and the model's GATE keeps its current values: a shared
+    LoRA stage (stage 1 trains LoRA only) gives its LoRA and the ALG that LoRA was trained against, frozen at the first
+    run's initialization (ALG's random draws depend on the fusion mode's other modules, so a second run's own ALG
+    differs). GATE never reached stage 1's LoRA beyond the constant α = `gate_init_alpha` (`zero_init_gate`), and its
+    shape depends on the fusion mode: `token_gate`'s outputs one α per token where `gate`'s outputs one per dimension.
     """
     from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
@@ -327,8 +335,8 @@ def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, lora_
     mapping = getattr(model.get_base_model(), "_checkpoint_conversion_mapping", None)
     loaded = load_peft_weights(str(folder), key_mapping=mapping)
     current = get_peft_model_state_dict(model)
-    if lora_only:
-        loaded = {key: value for key, value in loaded.items() if "lora_" in key}
+    if skip_gate:
+        loaded = {key: value for key, value in loaded.items() if not _GATE_KEY.search(key)}
     missing = sorted(current.keys() - loaded.keys())
     if missing and not (keep_missing_fusion and all("lora_" not in key for key in missing)):
         raise ValueError(
@@ -486,8 +494,8 @@ class CCFTwoStageTrainer:
         data = self.train_dataset
         return data[stage] if isinstance(data, dict) else data
 
-    def _load(self, folder, lora_only: bool = False) -> None:
-        if not load_adapter_weights(self.model, folder, keep_missing_fusion=True, lora_only=lora_only):
+    def _load(self, folder, skip_gate: bool = False) -> None:
+        if not load_adapter_weights(self.model, folder, keep_missing_fusion=True, skip_gate=skip_gate):
             raise ValueError(f"{folder} holds no adapter to load into this PEFT model")
 
     def _trainable_state(self) -> dict:
@@ -501,8 +509,8 @@ class CCFTwoStageTrainer:
             folder = self.stage_dir(number, stage)
             final = folder / "final"
             record = {"stage": stage, "output_dir": str(folder), "rolled_back": False}
-            if stage in self.shared_stages:  # what the stage trains: a LoRA stage shares its LoRA only
-                self._load(self.shared_stages[stage], lora_only=stage == "lora")
+            if stage in self.shared_stages:  # a LoRA stage shares its LoRA and ALG, not the GATE
+                self._load(self.shared_stages[stage], skip_gate=stage == "lora")
                 self.stage_log.append({**record, "shared_from": str(self.shared_stages[stage])})
                 previous_metrics = None
                 continue

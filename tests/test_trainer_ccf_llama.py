@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from peft import load_peft_weights
+from peft import get_peft_model_state_dict, load_peft_weights
 from sklearn.metrics import roc_auc_score
 from transformers import TrainerCallback
 
@@ -401,21 +401,30 @@ def test_a_stage_resumes_from_and_keeps_the_best_of_checkpoints_saved_before_the
             )
 
 
-def test_a_token_gate_run_shares_a_gate_runs_stage_1_lora_and_keeps_its_own_gate(tmp_path):
+def test_a_token_gate_run_shares_a_gate_runs_stage_1_lora_and_alg_and_keeps_its_own_gate(tmp_path):
     """Stage 1 trains LoRA only, so `token_gate` (one α per token) can start from `gate`'s stage 1 (one α per
-    dimension): the LoRA is loaded, ALG and GATE keep the second run's initialization, of its own shapes."""
+    dimension): the LoRA and the ALG it was trained against are loaded, the GATE keeps the second run's initialization,
+    of its own shape. (The tiny runs differ in seed, so the second run's own ALG differs from the shared one.)"""
     second, shared, lora = shared_stage_run(tmp_path, "gate", "token_gate")
-    before = {n: p.detach().clone() for n, p in second.model.named_parameters() if "modules_to_save" in n}
+    # cloned: a PEFT state dict shares its tensors' storage with the model
+    own = {k: v.clone() for k, v in get_peft_model_state_dict(second.model).items()}
     saved = load_peft_weights(str(shared))
-    assert any(v.shape[0] == 1 for k, v in before.items() if "fc2" in k)  # token_gate's α: one per token
-    assert any("fc2" in k and v.shape[0] > 1 for k, v in saved.items())  # gate's: one per dimension
+    # token_gate's GATE outputs one α per token, gate's one per dimension
+    assert any(v.shape[0] == 1 for k, v in own.items() if ".gate." in k and "fc2" in k)
+    assert any(v.shape[0] > 1 for k, v in saved.items() if ".gate." in k and "fc2" in k)
+    alg = [k for k in saved if ".alignment." in k]
+    assert len(alg) == 4 and not all(torch.equal(own[k], saved[k]) for k in alg)
+    assert load_adapter_weights(second.model, shared, keep_missing_fusion=True, skip_gate=True)
+    start = {k: v.clone() for k, v in get_peft_model_state_dict(second.model).items()}
+    # LoRA and ALG are the shared ones, the GATE keeps its own initialization
+    assert all(torch.equal(start[k], saved[k]) for k in saved if ".gate." not in k)
+    assert all(torch.equal(start[k], v) for k, v in own.items() if ".gate." in k)
     log = second.train()
     assert log[0]["shared_from"] == str(shared) and log[1]["stage"] == "fusion" and log[1]["steps"] == 6
     now = dict(second.model.named_parameters())
-    assert lora and all(torch.equal(now[n], p) for n, p in lora.items())
-    # stage 2 trained GATE from the second run's own initialization
-    assert all(now[n].shape == p.shape for n, p in before.items())
-    assert any(not torch.equal(now[n], p) for n, p in before.items() if ".gate." in n)
+    assert lora and all(torch.equal(now[n], p) for n, p in lora.items())  # frozen in stage 2
+    trained = get_peft_model_state_dict(second.model)
+    assert any(not torch.equal(trained[k], v) for k, v in own.items() if ".gate." in k)  # stage 2 trained it
 
 
 def test_an_inject_run_starts_from_a_text_runs_lora_with_its_fusion_weights_at_init(tmp_path):
