@@ -13,7 +13,12 @@ against `text`) over the rows finished in every seed, on one bootstrap over test
 (`ccf_llm.metrics.user_bootstrap`): each side is the mean test AUC of its seeds on each resample. The interval holds
 the test users' sampling noise, for these trained models; the spread between seeds (LoRA and ALG/GATE initialization,
 data order, early-stopping rows) shows in the per-seed columns and is not in the interval: with a handful of seeds it
-cannot be estimated well enough to widen it. Writes `benchmarks/results/<name>_seeds.{json,md,png}`.
+cannot be estimated well enough to widen it.
+
+Beside each CF row, its item-only reference (`<cf> (item only)`: the CF model scoring every row with the mean
+training user, `cf_references.py`, which the README reads the rows against: CoLLM's CF rows give users absent from
+train the zero vector) is compared with the `gate` and `inject` rows on it; it needs the CF models in
+`outputs/<name>/<cf>`. Writes `benchmarks/results/<name>_seeds.{json,md,png}`.
 """
 
 import argparse
@@ -23,6 +28,7 @@ from pathlib import Path
 import reproduce
 
 TITLE = "ML-1M reproduction (CoLLM split), SmolLM2-135M-Instruct: the main comparisons over seeds"
+ITEM_ONLY = "{} (item only)"
 
 
 def collect(budget: str, seeds: list[int], data_dir: str) -> dict:
@@ -58,17 +64,42 @@ def collect(budget: str, seeds: list[int], data_dir: str) -> dict:
     return reproduce.aligned(scores)
 
 
+def item_only_references(budget: str, frames: dict, data_dir: str) -> dict:
+    """`<cf> (item only)` -> test scores (as `frames`' are) for every CF row in `frames`, from the CF model of the
+    budget's run (`cf_references.reference_scores`)."""
+    import cf_references
+    from transformers import AutoModel
+
+    from ccf_llm.data import CTRRows, load_movielens_1m
+
+    config, name = reproduce.BUDGETS[budget]
+    folder = reproduce.seed_run(name, config, None).output_dir
+    splits = load_movielens_1m(data_dir)
+    found = {}
+    for cf in (row for row in reproduce.CF_ARGS if row in frames):
+        model = AutoModel.from_pretrained(folder / cf)
+        rows = [
+            CTRRows(splits[s], max_history=getattr(model.config, "max_history", 1)) for s in ("test", "train")
+        ]
+        scores = cf_references.reference_scores(model, *rows)["item only"]
+        found[ITEM_ONLY.format(cf)] = frames[cf].assign(score=scores)
+    return found
+
+
 def seed_table(frames: dict, seeds: list[int]) -> dict:
-    """Per-(row, seed) AUC intervals and the seed-averaged paired comparisons of the rows finished in every seed."""
+    """Per-(row, seed) AUC intervals and the seed-averaged paired comparisons of the rows finished in every seed;
+    `gate` and `inject` rows are also compared with their CF row's item-only reference where `frames` holds it."""
     from ccf_llm.metrics import user_bootstrap
 
     llm = [row for row in reproduce.LLM_ROWS if all(f"{row}@{s}" in frames for s in seeds)]
     cf = [row for row in reproduce.CF_ARGS if row in frames]
-    _, pairs = reproduce.comparisons(cf + llm)
+    base, pairs = reproduce.comparisons(cf + llm)
+    pairs += [(row, ITEM_ONLY.format(c)) for row, c in base.items()
+              if row.startswith(("gate_", "inject_")) and ITEM_ONLY.format(c) in frames]  # fmt: skip
 
     def side(row: str, seed: int | None = None) -> str | tuple[str, ...]:
-        """A row's models: the CF model itself, one seed's run, or (`seed` None) all seeds' runs."""
-        if row in reproduce.CF_ARGS:
+        """A row's models: a CF model or reference itself, one seed's run, or (`seed` None) all seeds' runs."""
+        if row in frames:
             return row
         return f"{row}@{seed}" if seed is not None else tuple(f"{row}@{s}" for s in seeds)
 
@@ -92,9 +123,11 @@ def render(out: dict) -> list[str]:
              "spread between seeds (the columns).", "",
              "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]  # fmt: skip
     models = out["models"]
-    for row in [*reproduce.CF_ARGS, *reproduce.LLM_ROWS]:
+    references = [ITEM_ONLY.format(cf) for cf in reproduce.CF_ARGS]
+    for row in [*reproduce.CF_ARGS, *references, *reproduce.LLM_ROWS]:
         if row in models:
-            lines.append(f"| {row} (CF) | " + " | ".join(f"{models[row]['auc']:.4f}" for _ in seeds)
+            label = row if row in references else f"{row} (CF)"
+            lines.append(f"| {label} | " + " | ".join(f"{models[row]['auc']:.4f}" for _ in seeds)
                          + f" | {models[row]['auc']:.4f} |")  # fmt: skip
             continue
         found = [models.get(f"{row}@{s}") for s in seeds]
@@ -151,8 +184,10 @@ def main():
 
     config_path, name = reproduce.BUDGETS[args.budget]
     seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run
+    frames = collect(args.budget, seeds, args.data_dir)
+    frames.update(item_only_references(args.budget, frames, args.data_dir))
     out = {"provenance": provenance(resolve_dtype(json.loads(config_path.read_text()).get("dtype", "auto"))),
-           **seed_table(collect(args.budget, seeds, args.data_dir), seeds)}  # fmt: skip
+           **seed_table(frames, seeds)}  # fmt: skip
     print("\n".join(save_results(f"{name}_seeds", out, render, TITLE)))
     plot(out, RESULTS / f"{name}_seeds.png")
 

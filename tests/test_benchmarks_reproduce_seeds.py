@@ -87,3 +87,51 @@ def test_collect_refuses_llm_rows_whose_cf_model_has_no_scores(tmp_path, monkeyp
     assert set(reproduce_seeds.collect("full", [0, 1], "data")) == {"mf", "gate_mf@0", "gate_mf@1"}
     with pytest.raises(FileNotFoundError, match=r"no finished LLM rows of seeds \[5\]"):
         reproduce_seeds.collect("full", [5], "data")
+
+
+def test_gate_and_inject_rows_are_also_compared_with_their_cf_rows_item_only_reference():
+    _, score = scores()
+    frames = {"mf": score(0.3, 1), "mf (item only)": score(0.8, 2), "inject_mf@0": score(0.6, 4),
+              "inject_mf@1": score(0.6, 5), "gate_mf@0": score(1.0, 6), "gate_mf@1": score(0.9, 7)}  # fmt: skip
+    out = reproduce_seeds.seed_table(frames, [0, 1])
+    auc = {name: roc_auc_score(f["label"], f["score"]) for name, f in frames.items()}
+    gap = out["paired"]["gate_mf - mf (item only)"]
+    assert gap["auc_diff"] == pytest.approx(
+        np.mean([auc["gate_mf@0"], auc["gate_mf@1"]]) - auc["mf (item only)"]
+    )
+    assert "inject_mf - mf (item only)" in out["paired"] and "gate_mf - inject_mf" in out["paired"]
+    row = next(line for line in reproduce_seeds.render(out) if line.startswith("| mf (item only) |"))
+    assert row.count(f"{auc['mf (item only)']:.4f}") == 3  # each seed's column and the mean: one model
+
+
+def test_item_only_references_score_every_row_with_the_mean_training_user(tmp_path, monkeypatch):
+    import datasets
+    import torch
+
+    from ccf_llm import MFConfig, MFModel
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text('{"seed": 0}')
+    monkeypatch.setitem(reproduce_seeds.reproduce.BUDGETS, "full", (config, "reproduce_full"))
+    model = MFModel(MFConfig(num_users=3, num_items=4, hidden_size=2))
+    with torch.no_grad():
+        model.user_embeddings.weight.copy_(torch.tensor([[0, 0], [1, 0], [3, 2], [0, 0.0]]))
+        model.item_embeddings.weight.copy_(torch.tensor([[0, 0], [1, 1], [2, -1], [0, 5], [1, 0.0]]))
+    model.save_pretrained(tmp_path / "outputs" / "reproduce_full" / "mf")
+
+    def split(users, items):
+        return datasets.Dataset.from_dict({"user_id": users, "item_id": items, "label": [n % 2 for n in range(len(users))],
+                                           "history": [[1]] * len(users)})  # fmt: skip
+
+    test = split([1, 3], [3, 4])
+    monkeypatch.setattr(
+        "ccf_llm.data.load_movielens_1m", lambda data_dir: {"train": split([1, 2], [1, 2]), "test": test}
+    )
+    frames = {"mf": test.to_pandas()[["user_id", "item_id", "label"]].assign(score=[5.0, 0.0])}
+    found = reproduce_seeds.item_only_references("full", frames, "data")
+    assert list(found) == ["mf (item only)"]
+    np.testing.assert_allclose(
+        found["mf (item only)"]["score"], [0 * 2 + 5 * 1, 1 * 2 + 0 * 1]
+    )  # mean user (2, 1)
+    assert (found["mf (item only)"]["user_id"] == [1, 3]).all()
