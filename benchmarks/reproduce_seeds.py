@@ -75,8 +75,12 @@ def item_only_references(budget: str, frames: dict, data_dir: str) -> dict:
     config, name = reproduce.BUDGETS[budget]
     folder = reproduce.seed_run(name, config, None).output_dir
     splits = load_movielens_1m(data_dir)
+    test = splits["test"].select_columns(["user_id", "item_id"]).to_pandas()
     found = {}
     for cf in (row for row in reproduce.CF_ARGS if row in frames):
+        ids = frames[cf][["user_id", "item_id"]].to_numpy()
+        if ids.shape != test.shape or not (ids == test.to_numpy()).all():
+            raise ValueError(f"{cf}'s test scores are not over the test split's rows in its order")
         model = AutoModel.from_pretrained(folder / cf)
         rows = [
             CTRRows(splits[s], max_history=getattr(model.config, "max_history", 1)) for s in ("test", "train")

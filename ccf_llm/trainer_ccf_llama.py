@@ -335,16 +335,19 @@ def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, skip_
     mapping = getattr(model.get_base_model(), "_checkpoint_conversion_mapping", None)
     loaded = load_peft_weights(str(folder), key_mapping=mapping)
     current = get_peft_model_state_dict(model)
-    if skip_gate:
-        loaded = {key: value for key, value in loaded.items() if not _GATE_KEY.search(key)}
-    missing = sorted(current.keys() - loaded.keys())
+    skipped = sorted(key for key in current if skip_gate and _GATE_KEY.search(key))
+    loaded = {key: value for key, value in loaded.items() if not (skip_gate and _GATE_KEY.search(key))}
+    missing = sorted(current.keys() - loaded.keys() - set(skipped))
     if missing and not (keep_missing_fusion and all("lora_" not in key for key in missing)):
         raise ValueError(
             f"{folder} lacks {len(missing)} adapter weights of this model (first: {missing[:3]})"
         )
     if missing:
-        logger.info("%s has no fusion weights: %d keep their initialization", folder, len(missing))
-    set_peft_model_state_dict(model, {**{key: current[key] for key in missing}, **loaded})
+        logger.info("%s lacks %d fusion weights: they keep their initialization", folder, len(missing))
+    if skipped:
+        logger.info("GATE not loaded from %s: its %d weights keep their current values", folder, len(skipped))
+    kept = {key: current[key] for key in [*missing, *skipped]}
+    set_peft_model_state_dict(model, {**kept, **loaded})
     return True
 
 

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from ccf_llm import CCFDataCollator, CCFLlamaForCTR, CCFLlamaProcessor, ccf_ctr_loss
 from ccf_llm.metrics import uauc
 from ccf_llm.trainer_ccf_llama import (
+    _GATE_KEY,
     CCFTrainer,
     CCFTrainingArguments,
     CCFTwoStageTrainer,
@@ -414,7 +415,9 @@ def test_a_token_gate_run_shares_a_gate_runs_stage_1_lora_and_alg_and_keeps_its_
     assert any(v.shape[0] > 1 for k, v in saved.items() if ".gate." in k and "fc2" in k)
     alg = [k for k in saved if ".alignment." in k]
     assert len(alg) == 4 and not all(torch.equal(own[k], saved[k]) for k in alg)
-    assert load_adapter_weights(second.model, shared, keep_missing_fusion=True, skip_gate=True)
+    # the file holds every weight but the skipped GATE's: nothing is missing, so nothing may keep its value silently
+    assert load_adapter_weights(second.model, shared, keep_missing_fusion=False, skip_gate=True)
+    assert not _GATE_KEY.search("base_model.model.model.language_model.layers.0.mlp.gate_proj.lora_A.weight")
     start = {k: v.clone() for k, v in get_peft_model_state_dict(second.model).items()}
     # LoRA and ALG are the shared ones, the GATE keeps its own initialization
     assert all(torch.equal(start[k], saved[k]) for k in saved if ".gate." not in k)
