@@ -71,6 +71,23 @@ def reference_scores(model, test: CTRRows, train: CTRRows) -> dict[str, np.ndarr
     }
 
 
+def split_references(model, splits: dict) -> dict[str, np.ndarray]:
+    """`reference_scores` of `model` on the test split of `splits` (`load_movielens_1m`), its train split giving the
+    mean user and which users are new."""
+    max_history = getattr(model.config, "max_history", 1)
+    return reference_scores(
+        model, *(CTRRows(splits[name], max_history=max_history) for name in ("test", "train"))
+    )
+
+
+def check_test_order(frame: pd.DataFrame, test: pd.DataFrame, what: str) -> None:
+    """Raise unless `frame`'s rows are `test`'s (by `user_id`, `item_id`), in the same order: scores from another
+    split or another order would be paired with the wrong rows."""
+    ids, expected = (f[["user_id", "item_id"]].to_numpy() for f in (frame, test))
+    if ids.shape != expected.shape or not (ids == expected).all():
+        raise ValueError(f"{what}'s test scores are not over the test split's rows in its order")
+
+
 def spectrum(table: torch.Tensor) -> dict:
     """How many directions the rows of `table` use (all-zero rows, the cold ones, left out): the share of the
     squared singular values in the first direction, uncentered and centered, and the effective rank of the centered
@@ -94,15 +111,12 @@ def llm_scores(output_dir: Path, cf: str) -> dict[str, pd.DataFrame]:
 def compare(cf: str, model, splits: dict, output_dir: Path, n_resamples: int) -> dict:
     """One CF source: its references, the LLM rows on it and `text`, intervals and paired differences (each LLM row
     against each reference), on all test rows and on `SLICES`; the tables' spectra for a table model."""
-    rows = {name: CTRRows(splits[name], max_history=getattr(model.config, "max_history", 1))
-            for name in ("train", "test")}  # fmt: skip
     test, train_users = splits["test"].to_pandas(), np.unique(splits["train"]["user_id"])
     frames = aligned(
         {cf: pd.read_parquet(output_dir / cf / "scores_test.parquet"), **llm_scores(output_dir, cf)}
     )
-    if not (frames[cf][["user_id", "item_id"]].to_numpy() == test[["user_id", "item_id"]].to_numpy()).all():
-        raise ValueError(f"{output_dir / cf}'s test scores are not over the test split's rows in its order")
-    references = reference_scores(model, rows["test"], rows["train"])
+    check_test_order(frames[cf], test, str(output_dir / cf))
+    references = split_references(model, splits)
     if not np.allclose(references["own"], frames[cf]["score"], atol=1e-4):
         raise ValueError(f"{output_dir / cf}'s model does not give the test scores it wrote")
     scores = {reference_name(cf, r): s for r, s in references.items()}

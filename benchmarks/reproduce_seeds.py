@@ -70,7 +70,7 @@ def item_only_references(budget: str, frames: dict, data_dir: str) -> dict:
     import cf_references
     from transformers import AutoModel
 
-    from ccf_llm.data import CTRRows, load_movielens_1m
+    from ccf_llm.data import load_movielens_1m
 
     config, name = reproduce.BUDGETS[budget]
     folder = reproduce.seed_run(name, config, None).output_dir
@@ -78,14 +78,8 @@ def item_only_references(budget: str, frames: dict, data_dir: str) -> dict:
     test = splits["test"].select_columns(["user_id", "item_id"]).to_pandas()
     found = {}
     for cf in (row for row in reproduce.CF_ARGS if row in frames):
-        ids = frames[cf][["user_id", "item_id"]].to_numpy()
-        if ids.shape != test.shape or not (ids == test.to_numpy()).all():
-            raise ValueError(f"{cf}'s test scores are not over the test split's rows in its order")
-        model = AutoModel.from_pretrained(folder / cf)
-        rows = [
-            CTRRows(splits[s], max_history=getattr(model.config, "max_history", 1)) for s in ("test", "train")
-        ]
-        scores = cf_references.reference_scores(model, *rows)["item only"]
+        cf_references.check_test_order(frames[cf], test, cf)
+        scores = cf_references.split_references(AutoModel.from_pretrained(folder / cf), splits)["item only"]
         found[ITEM_ONLY.format(cf)] = frames[cf].assign(score=scores)
     return found
 

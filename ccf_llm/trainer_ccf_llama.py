@@ -335,9 +335,12 @@ def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, skip_
     mapping = getattr(model.get_base_model(), "_checkpoint_conversion_mapping", None)
     loaded = load_peft_weights(str(folder), key_mapping=mapping)
     current = get_peft_model_state_dict(model)
-    skipped = sorted(key for key in current if skip_gate and _GATE_KEY.search(key))
-    loaded = {key: value for key, value in loaded.items() if not (skip_gate and _GATE_KEY.search(key))}
-    missing = sorted(current.keys() - loaded.keys() - set(skipped))
+    skipped = {key for key in current if skip_gate and _GATE_KEY.search(key)}
+    if (
+        skip_gate
+    ):  # the file's GATE keys, also where this model has none (`add`) or another shape (`token_gate`)
+        loaded = {key: value for key, value in loaded.items() if not _GATE_KEY.search(key)}
+    missing = sorted(current.keys() - loaded.keys() - skipped)
     if missing and not (keep_missing_fusion and all("lora_" not in key for key in missing)):
         raise ValueError(
             f"{folder} lacks {len(missing)} adapter weights of this model (first: {missing[:3]})"
@@ -438,7 +441,8 @@ class CCFTwoStageTrainer:
       last checkpoint when `train(resume_from_checkpoint=True)`;
     * **sharing**: `shared_stages={"lora": folder}` loads a finished stage from another run instead of training it
       (e.g. the TALLRec LoRA that CoLLM's stage 2 starts from, or a stage 1 that several rows have in common):
-      the weights that stage trains, LoRA for a LoRA stage, while ALG/GATE keep this run's initialization;
+      a LoRA stage gives its LoRA and the frozen ALG that LoRA read, while the GATE keeps this run's initialization
+      (`load_adapter_weights(skip_gate=True)`);
     * **early stopping and checkpoint choice** (with `args.early_stopping_patience` and evaluation every
       `eval_steps`): the best validation-AUC checkpoint is kept (the paper's rule); the best-UAUC one is recorded;
     * **the divergence guard**: a stage whose training loss climbs `divergence_tolerance` above where it started is

@@ -77,3 +77,15 @@ def test_spectrum_counts_the_directions_a_table_uses():
     )
     spread = cf_references.spectrum(torch.linalg.qr(torch.randn(6, 6, generator=generator)).Q * 10 + 1)
     assert spread["first_share_centered"] < 0.5 and spread["effective_rank"] > 4
+
+
+def test_scores_over_other_rows_or_another_order_are_refused():
+    import pandas as pd
+
+    test = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [3, 4, 3]})
+    cf_references.check_test_order(test.assign(score=0.5), test, "mf")  # the same rows: accepted
+    for other in (test.iloc[::-1], test.iloc[:2]):  # reordered, or fewer rows
+        with pytest.raises(
+            ValueError, match="mf's test scores are not over the test split's rows in its order"
+        ):
+            cf_references.check_test_order(other, test, "mf")
