@@ -336,9 +336,8 @@ def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, skip_
     loaded = load_peft_weights(str(folder), key_mapping=mapping)
     current = get_peft_model_state_dict(model)
     skipped = {key for key in current if skip_gate and _GATE_KEY.search(key)}
-    if (
-        skip_gate
-    ):  # the file's GATE keys, also where this model has none (`add`) or another shape (`token_gate`)
+    if skip_gate:
+        # the file's GATE keys go too, also where this model has none (`add`) or another shape (`token_gate`)
         loaded = {key: value for key, value in loaded.items() if not _GATE_KEY.search(key)}
     missing = sorted(current.keys() - loaded.keys() - skipped)
     if missing and not (keep_missing_fusion and all("lora_" not in key for key in missing)):
