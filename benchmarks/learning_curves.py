@@ -8,7 +8,9 @@ here), from each stage's `stage_log.json` (`eval_log`) or, for a stage still tra
 existed, from its newest `checkpoint-*/trainer_state.json`. Training rows = steps x batch x gradient accumulation
 (from the budget's config). Run it at any time: rows and stages not started yet are listed as such.
 
-Writes this CPU kind's entry of `benchmarks/results/learning_curves.json` and `.md` (`report.save_results`) and
+Writes this CPU kind's entry (`--cpu_kind KIND`: the kind that trained the rows, for rows restored from
+`benchmarks/results/reproduce_full_rows/KIND/` on another machine) of `benchmarks/results/learning_curves.json` and
+`.md` (`report.save_results`) and
 `learning_curves.png` (one panel per stage: LoRA, then fusion). Intervals: Hanley & McNeil's (1982) normal
 approximation of an AUC's standard error from the subsample's positive and negative counts (`--data_dir`); it
 treats rows as independent, so it is narrower than the user-level bootstrap of the final tables.
@@ -64,6 +66,14 @@ def collect(output_dir: Path, rows_per_step: int) -> dict:
                 points = [{**e, "training_rows": e["step"] * rows_per_step} for e in evals]
                 curves.setdefault(row, {})[folder.name] = {"state": state, "points": points}
     return curves
+
+
+def trained_on(found: dict, kind: str | None) -> dict:
+    """`found` (this machine's provenance) filed under `kind`, the CPU kind that trained the rows, saying so."""
+    if kind is None or kind == found["cpu_kind"]:
+        return found
+    note = f"rows trained on {kind}, tabulated on {found['cpu_kind']}"
+    return {**found, "cpu_kind": kind, "inferred": note}
 
 
 def class_counts(data_dir: str, config: dict) -> tuple[int, int] | None:
@@ -161,12 +171,17 @@ def main():
         default="learning_curves",
         help="name of the results files in benchmarks/results/, e.g. for a sensitivity run's folder",
     )
+    parser.add_argument(
+        "--cpu_kind",
+        help="the CPU kind that trained the rows, when it is not this machine's: rows restored from another kind's "
+        "archive (`benchmarks/archive.py`) are filed under the kind that trained them",
+    )
     args = parser.parse_args()
     config = json.loads(args.config.read_text())
     rows_per_step = config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1)
     curves = collect(args.output_dir, rows_per_step)
     entry = {
-        "provenance": provenance("n/a (reads finished evaluations)"),
+        "provenance": trained_on(provenance("n/a (reads finished evaluations)"), args.cpu_kind),
         "output_dir": str(args.output_dir),
         "eval_rows": config.get("early_stopping_rows", 2000),
         "eval_steps": config["eval_steps"],

@@ -425,13 +425,17 @@ SLICES = {"warm": "users and items with more than 3 train rows (CoLLM's warm rul
 
 def comparisons(rows) -> tuple[dict, list[tuple[str, str]]]:
     """Among `rows`: each LLM row's CF model (its RelaImpr base), and the paired comparisons: gate and inject vs
-    their CF model, gate vs inject on each CF source, gate and inject vs text."""
+    their CF model, gate vs inject on each CF source, gate and inject vs text, and each ablation vs the `gate` and
+    `inject` rows of its (first) CF source."""
     base = {row: LLM_ROWS[row][1][0] for row in rows if row in LLM_ROWS and LLM_ROWS[row][1]}
     base = {row: cf for row, cf in base.items() if cf in rows}
     pairs = [(row, cf) for row, cf in base.items() if row.startswith(("gate_", "inject_"))]
     pairs += [(f"gate_{cf}", f"inject_{cf}") for cf in CF_ARGS if {f"gate_{cf}", f"inject_{cf}"} <= set(rows)]
     pairs += [(f"{mode}_{cf}", "text") for mode in ("gate", "inject") for cf in CF_ARGS
               if {f"{mode}_{cf}", "text"} <= set(rows)]  # fmt: skip
+    ablations = [row for row in rows if row in LLM_ROWS and LLM_ROWS[row][3].startswith("ablation")]
+    pairs += [(row, f"{mode}_{LLM_ROWS[row][1][0]}") for row in ablations for mode in ("gate", "inject")
+              if f"{mode}_{LLM_ROWS[row][1][0]}" in set(rows) - {row}]  # fmt: skip
     return base, pairs
 
 

@@ -3,9 +3,12 @@
 
 Why this matters on CPUs (measured with torch 2.13, 2 threads, square matmuls):
 
-* AMX (Intel Sapphire Rapids and later): bf16 ~1–2 TFLOP/s, ~5–8× fp32;
-* AVX512-BF16 without AMX (AMD EPYC Zen 4): bf16 ~400 GFLOP/s, ~3× fp32 (~135 GFLOP/s);
-* AVX2 only (older AMD EPYC): bf16 ~0.3 GFLOP/s, ~450× *slower* than fp32 — oneDNN has no bf16 kernel there.
+* AMX (Intel Sapphire Rapids and later): bf16 ~1.7–2.4 TFLOP/s on LLM-sized shapes, ~5–8× fp32;
+* AVX512-BF16 without AMX (AMD EPYC Zen 4): bf16 ~420 GFLOP/s, ~2× fp32 (~190 GFLOP/s);
+* AVX2 only (older AMD EPYC): bf16 ~1 GFLOP/s on a 512² matmul, 116× *slower* than fp32 (~150 GFLOP/s) — oneDNN
+  has no bf16 kernel there.
+
+Medians from `benchmarks/matmul_peak.py`, one section per CPU kind in `benchmarks/results/matmul_peak.md`.
 
 `torch.backends.cpu.get_cpu_capability()` reports only the vector ISA ("AVX2", "AVX512"), which does not tell
 AVX512-BF16 or AMX apart from plain AVX512, so the decision reads the CPU features torch itself detects

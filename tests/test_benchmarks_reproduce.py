@@ -252,3 +252,16 @@ def test_a_seed_run_trains_no_cf_model(tmp_path, monkeypatch):
         reproduce, "run_logged", lambda folder, cmd, while_running=None: ran.append(folder) or (None, [])
     )
     assert reproduce.run_row("mf", args)["test_auc"] == 0.64 and ran == [tmp_path / "budget" / "mf"]
+
+
+def test_ablations_are_paired_with_the_gate_and_inject_rows_of_their_cf_source():
+    rows = ["lightgcn", "text", "gate_lightgcn", "inject_lightgcn", "token_gate_lightgcn", "add_lightgcn"]
+    rows.append("gate_mf")
+    base, pairs = reproduce.comparisons(rows)
+    assert base["token_gate_lightgcn"] == "lightgcn" and "gate_mf" not in base  # mf's CF row is absent
+    for ablation in ("token_gate_lightgcn", "add_lightgcn"):
+        assert (ablation, "gate_lightgcn") in pairs and (ablation, "inject_lightgcn") in pairs
+    assert ("gate_lightgcn", "inject_lightgcn") in pairs and ("gate_lightgcn", "gate_lightgcn") not in pairs
+    # an ablation whose reference rows have not run is paired with nothing (its CF model is its RelaImpr base only)
+    base, alone = reproduce.comparisons(["lightgcn", "token_gate_lightgcn"])
+    assert alone == [] and base == {"token_gate_lightgcn": "lightgcn"}
