@@ -68,6 +68,18 @@ def collect(output_dir: Path, rows_per_step: int) -> dict:
     return curves
 
 
+def finished_without_stages(output_dir: Path, curves: dict) -> list[str]:
+    """
+    LLM rows that finished (their `all_results.json` is written) without training a stage of their own: rows that
+    score a stage shared from another row (`--shared_stage1`, e.g. the stage-1-only ablation), so no curve of theirs.
+    """
+    return [
+        row
+        for row, (mode, *_rest) in LLM_ROWS.items()
+        if row not in curves and (output_dir / row / mode / "all_results.json").is_file()
+    ]
+
+
 def trained_on(found: dict, kind: str | None) -> dict:
     """`found` (this machine's provenance) filed under `kind`, the CPU kind that trained the rows, saying so."""
     if kind is None or kind == found["cpu_kind"]:
@@ -129,7 +141,13 @@ def render(entry: dict) -> list[str]:
                 + " | ".join(cell(read[str(m)]) for m in MILESTONES)
                 + f" | {cell(read['best'])} |"
             )
-    missing = [row for row in LLM_ROWS if row not in entry["curves"]]
+    shared = entry.get("finished_without_own_stages", [])
+    missing = [row for row in LLM_ROWS if row not in entry["curves"] and row not in shared]
+    if shared:
+        lines += [
+            "",
+            f"Finished without a stage of their own (they score another row's shared stage): {', '.join(shared)}.",
+        ]
     return lines + ["", f"Not started yet: {', '.join(missing) or 'none'}."]
 
 
@@ -188,6 +206,7 @@ def main():
         "rows_per_step": rows_per_step,
         "class_counts": class_counts(args.data_dir, config),
         "curves": curves,
+        "finished_without_own_stages": finished_without_stages(args.output_dir, curves),
     }
     plot(curves, RESULTS / f"{args.results_name}.png")
     print("\n".join(save_results(args.results_name, entry, render, TITLE)))
