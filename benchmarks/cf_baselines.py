@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from report import provenance, save_results
+from report import checkout_env, provenance, save_results
 
 TITLE = "CF baselines on the CoLLM ML-1M split (paper Table 3)"
 PAPER = {  # Table 3 test AUC; CoLLM's logs (../shared/data/README.md) for UAUC and validation AUC
@@ -67,7 +67,7 @@ def main():
         if trained:
             command = [sys.executable, "examples/pretrain_cf.py", "--backbone", backbone, "--data_dir", args.data_dir,
                        "--output_dir", str(folder)]  # fmt: skip
-            subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            subprocess.run(command, check=True, env=checkout_env(OMP_NUM_THREADS="1"))
         got = json.loads(results_file.read_text())
         paper = PAPER[backbone]
         rows[backbone] = {

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import RESULTS, ROOT, dtype_name, provenance, rerender, save_results
+from report import RESULTS, ROOT, checkout_env, dtype_name, provenance, rerender, save_results
 
 from ccf_llm.data import COLD_RULES
 from ccf_llm.precision import device_precision, resolve_dtype
@@ -88,7 +88,9 @@ def main():
         ["--dtype", args.dtype] if args.dtype != "auto" else []
     )
     start = time.perf_counter()
-    subprocess.run([sys.executable, *command[1:], "--overwrite_output_dir", "true"], check=True)
+    subprocess.run(
+        [sys.executable, *command[1:], "--overwrite_output_dir", "true"], check=True, env=checkout_env()
+    )
     wall = time.perf_counter() - start
     summary = json.loads((output_dir / "all_results.json").read_text())
     cf = json.loads(next(output_dir.glob("cf_*/all_results.json")).read_text())

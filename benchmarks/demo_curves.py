@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from learning_curves import hanley_mcneil_se, stage_evaluations
-from report import RESULTS, provenance, save_results
+from report import RESULTS, checkout_env, provenance, save_results
 
 from ccf_llm.precision import device_precision, resolve_dtype
 
@@ -246,12 +246,12 @@ def main():
         )
     else:
         start = time.perf_counter()
-        subprocess.run([sys.executable, *command[1:]], check=True)
+        subprocess.run([sys.executable, *command[1:]], check=True, env=checkout_env())
         for rate, folder in variants.items():  # stage 2 only, from the main run's CF model and gate stage 1
             subprocess.run([sys.executable, *base[1:], "--output_dir", str(folder), "--fusion_modes", "gate",
                             "--cf_checkpoints", str(next(args.output_dir.glob("cf_*"))), "--fusion_learning_rate",
                             str(rate), "--shared_stage1", str(args.output_dir / "gate" / "stage_1_lora" / "final")],
-                           check=True)  # fmt: skip
+                           check=True, env=checkout_env())  # fmt: skip
         wall = time.perf_counter() - start
         recorded = provenance(resolve_dtype(args.dtype))
     summary = json.loads((args.output_dir / "all_results.json").read_text())

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from demo_curves import test_comparison
-from report import RESULTS, dtype_name, provenance, save_results
+from report import RESULTS, checkout_env, dtype_name, provenance, save_results
 
 from ccf_llm.precision import device_precision, resolve_dtype
 
@@ -152,7 +152,7 @@ def main():
                 if args.report_only:
                     continue
                 start = time.perf_counter()
-                subprocess.run([sys.executable, *base[1:], *extra], check=True)
+                subprocess.run([sys.executable, *base[1:], *extra], check=True, env=checkout_env())
                 timing.write_text(f"{time.perf_counter() - start:.1f}\n")
             summary = json.loads((folder / "all_results.json").read_text())
             runs[f"{name}_seed{seed}"] = {

@@ -37,10 +37,35 @@ def cpu_model() -> str:
     return found.group(1).strip() if found else (platform.processor() or "unknown CPU")
 
 
+def checkout_env(**overrides: str) -> dict[str, str]:
+    """
+    The environment for a benchmark's child processes (`examples/*.py`): this process's, with this checkout (`ROOT`)
+    first on PYTHONPATH, so that they import `ccf_llm` from the checkout that started them, plus `overrides`.
+    Without it a run from a `git worktree` imports the package that the editable install (`pip install -e .`)
+    points at: another checkout's code, recorded under this one's commit.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **overrides}
+
+
+def check_checkout() -> None:
+    """Raise unless `ccf_llm` was imported from this checkout (`ROOT`): results are filed as this checkout's."""
+    import ccf_llm
+
+    package = Path(ccf_llm.__file__).resolve().parent
+    if not package.is_relative_to(ROOT):
+        raise RuntimeError(
+            f"the benchmarks in {ROOT} imported ccf_llm from {package} (an editable install of another checkout?): "
+            f"run them with PYTHONPATH={ROOT} so that they measure this checkout's code"
+        )
+
+
 def provenance(dtype: torch.dtype | str, command: str | None = None) -> dict:
     """Where and how this run was made: date (UTC), command (by default this invocation: `python` and its
     arguments), machine, the CPU's capability and kind (whether bf16 is native, and why:
-    `ccf_llm.precision.device_precision`), torch, its threads and the dtype used."""
+    `ccf_llm.precision.device_precision`), torch, its threads and the dtype used. Raises when the package was not
+    imported from this checkout (`check_checkout`)."""
+    check_checkout()
     found = device_precision("cpu")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -178,6 +178,8 @@ def run_logged(folder: Path, cmd: list[str], while_running=None) -> tuple[float 
     every `WHILE_RUNNING_SECONDS` until it ends: the seconds of all attempts and the commits they ran at
     (`unrecorded` for an attempt that did not keep it).
     """
+    from report import checkout_env
+
     timing, log = folder.with_name(f"{folder.name}.timing.json"), folder.with_name(f"{folder.name}.log")
     attempts = json.loads(timing.read_text())["attempts"] if timing.is_file() else []
     if not (folder / "all_results.json").is_file():
@@ -187,7 +189,7 @@ def run_logged(folder: Path, cmd: list[str], while_running=None) -> tuple[float 
         timing.write_text(json.dumps({"attempts": attempts}) + "\n")
         print(f"[reproduce] {folder.name}: {' '.join(cmd)} (log: {log})", flush=True)
         with open(log, "a") as handle:
-            process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=checkout_env())
             try:
                 while (code := wait(process, WHILE_RUNNING_SECONDS)) is None:
                     if while_running:
@@ -508,6 +510,8 @@ def scored_name(row: str, checkpoint: Path, args) -> str:
 def score_uauc_selected(row: str, found: dict, args) -> None:
     """Score the test set at `row`'s UAUC-selected checkpoint (`examples/score.py --adapter`) into `UAUC_SCORES`,
     over the same rows, in the same order, as the row's `scores_test.parquet`; the checkpoint goes beside it."""
+    from report import checkout_env
+
     from ccf_llm.data import load_movielens_1m
 
     folder = row_folder(row, args)
@@ -527,7 +531,7 @@ def score_uauc_selected(row: str, found: dict, args) -> None:
     )
     try:
         with open(log, "a") as handle:
-            subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT)
+            subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT, env=checkout_env())
     finally:
         rows.unlink()
     scored = {"checkpoint": scored_name(row, Path(found["checkpoint"]), args)}
@@ -729,6 +733,9 @@ def main():
         "--select_eval_rows", type=int, default=5000, help="validation rows per `--select` point"
     )
     args = parser.parse_args()
+    from report import check_checkout
+
+    check_checkout()  # before hours of training whose table would be filed under another checkout's commit
     config_path, name = BUDGETS[args.budget]
     args.config = args.config or config_path
     run = seed_run(args.results_name or name, args.config, args.seed, args.cf_output_dir)
