@@ -3,7 +3,8 @@
     python benchmarks/cf_baselines.py --data_dir PATH/TO/ml-1m [--runs_dir outputs] [--backbones mf lightgcn sasrec]
 
 For each backbone, reads `<runs_dir>/cf_<backbone>/all_results.json` when it exists, else trains it (CoLLM's
-settings, 1 thread) into that folder. Writes this CPU kind's entry of `benchmarks/results/cf_baselines.{json,md}`
+settings, 1 thread, with the reproduction's stopping rule `reproduce.CF_ARGS`: CoLLM's patience 100, except SASRec
+at patience 10 and at most 50 epochs) into that folder. Writes this CPU kind's entry of `benchmarks/results/cf_baselines.{json,md}`
 (`report.save_results`: the other kinds' figures stay) with the run's `provenance` (the CF models run in fp32), test
 AUC/UAUC, the paper's and CoLLM's logged figures, the differences and the wall time to the best epoch;
 `trained_in_this_run` tells a backbone trained here from one whose `all_results.json` was read.
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from report import checkout_env, provenance, save_results
+from reproduce import CF_ARGS
 
 TITLE = "CF baselines on the CoLLM ML-1M split (paper Table 3)"
 PAPER = {  # Table 3 test AUC; CoLLM's logs (../shared/data/README.md) for UAUC and validation AUC
@@ -24,6 +26,12 @@ PAPER = {  # Table 3 test AUC; CoLLM's logs (../shared/data/README.md) for UAUC 
     "lightgcn": {"test_auc": 0.5959, "test_uauc": None, "eval_auc": None, "best_epoch": None},
     "sasrec": {"test_auc": 0.7078, "test_uauc": 0.6738, "eval_auc": 0.6902, "best_epoch": 194},
 }
+
+
+STOPPING_NOTE = (
+    "patience 10 and at most 50 epochs, as in `benchmarks/reproduce.py` (`CF_ARGS`): CoLLM's patience 100 would run "
+    "~300 epochs, longer than a session"
+)
 
 
 def fmt(value) -> str:
@@ -66,7 +74,7 @@ def main():
         trained = not results_file.is_file()
         if trained:
             command = [sys.executable, "examples/pretrain_cf.py", "--backbone", backbone, "--data_dir", args.data_dir,
-                       "--output_dir", str(folder)]  # fmt: skip
+                       "--output_dir", str(folder), *CF_ARGS[backbone]]  # fmt: skip
             subprocess.run(command, check=True, env=checkout_env(OMP_NUM_THREADS="1"))
         got = json.loads(results_file.read_text())
         paper = PAPER[backbone]
@@ -90,8 +98,9 @@ def main():
             "collm_eval_auc": paper["eval_auc"],
             "collm_best_epoch": paper["best_epoch"],
             "test_auc_diff": round(got["test_auc"] - paper["test_auc"], 4),
-            "command": f"python examples/pretrain_cf.py --backbone {backbone} --data_dir DATA --output_dir {folder}",
-            "note": got.get("note"),
+            "command": f"python examples/pretrain_cf.py --backbone {backbone} --data_dir DATA --output_dir {folder} "
+            + " ".join(CF_ARGS[backbone]),
+            "note": got.get("note") or (STOPPING_NOTE if backbone == "sasrec" else None),
             "trained_in_this_run": trained,
         }
     out = {
