@@ -129,23 +129,43 @@ def layer_matmul_tflops(model, tokens: int, dtype: torch.dtype) -> tuple[float, 
     return flops / seconds / 1e12, fastest
 
 
+def matmul_flops(event) -> int:
+    """
+    FLOPs of a profiled `aten::mm` (inputs [M, K], [K, N]) or `aten::addmm` (bias, [M, K], [K, N]) event of
+    `key_averages(group_by_input_shape=True)`: 2·M·K·N per call, from its recorded input shapes. torch.profiler's
+    `with_flops=True` counts the same, but with it one profiled fp32 step of the `defaults` setup grew the process by
+    9 GB (AVX2 machine with 24 GB: the run was killed for memory); with input shapes alone, 1-4 GB per step, so
+    `profile_step` records them in one step per setup.
+    """
+    first, second = event.input_shapes[event.key == "aten::addmm" :][:2]
+    return 2 * first[0] * first[1] * second[1] * event.count
+
+
 def profile_step(trainer, repeats: int = 3) -> dict:
     """Where a forward + backward of `trainer` on its batch of median length goes, the fastest of `repeats` profiled
-    ones (torch.profiler, with FLOP counts; compiled kernels show under their own names when
+    ones (torch.profiler; compiled kernels show under their own names when
     `torch._inductor.config.cpp.enable_kernel_profile` is on): the shares of its time in the linear layers' matmuls
     (aten::mm / addmm), in attention's own kernels (its batched matmuls, softmax forward and backward, compiled or
     not, or SDPA's kernels) and elsewhere (norms, RoPE, SiLU, casts, Python), and the TFLOP/s that the linear layers'
-    matmuls reach inside training."""
-    # the batch of median length (group_by_length puts the longest first), run once unprofiled in case its shape
-    # makes the compiled layers recompile
+    matmuls reach inside training (their FLOPs counted once from input shapes, `matmul_flops`: a step with input
+    shapes recorded is not timed, recording them costs time and memory)."""
+    # the batch of median length (group_by_length puts the longest first), run once first, with input shapes, which
+    # also takes any recompilation its shape causes in the compiled layers out of the timed steps
     batches = sorted(trainer.get_train_dataloader(), key=lambda b: int(b["attention_mask"].sum()))
     batch = trainer._prepare_inputs(batches[len(batches) // 2])
-    trainer.compute_loss(trainer.model, batch).backward()
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+    ) as counted:
+        trainer.compute_loss(trainer.model, batch).backward()
+    flops = sum(
+        matmul_flops(e)
+        for e in counted.key_averages(group_by_input_shape=True)
+        if e.key in ("aten::mm", "aten::addmm")
+    )
+    del counted
     profiles = []
     for _ in range(repeats):
-        with torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True
-        ) as profiler:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
             trainer.compute_loss(trainer.model, batch).backward()
         events = profiler.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
@@ -164,7 +184,7 @@ def profile_step(trainer, repeats: int = 3) -> dict:
             "matmul_share": round(matmul / total, 3),
             "attention_share": round(attention / total, 3),
             "other_share": round(1 - (matmul + attention) / total, 3),
-            "matmul_tflops": round(sum(e.flops for e in matmuls) / matmul / 1e6, 3),
+            "matmul_tflops": round(flops / matmul / 1e6, 3),
         })  # fmt: skip
     return min(profiles, key=lambda p: p["seconds"])
 
