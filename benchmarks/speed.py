@@ -129,6 +129,9 @@ def layer_matmul_tflops(model, tokens: int, dtype: torch.dtype) -> tuple[float, 
     return flops / seconds / 1e12, fastest
 
 
+MATMULS = ("aten::mm", "aten::addmm")  # the profiler's names of the linear layers' matmuls
+
+
 def matmul_flops(event) -> int:
     """
     FLOPs of a profiled `aten::mm` (inputs [M, K], [K, N]) or `aten::addmm` (bias, [M, K], [K, N]) event of
@@ -157,11 +160,7 @@ def profile_step(trainer, repeats: int = 3) -> dict:
         activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
     ) as counted:
         trainer.compute_loss(trainer.model, batch).backward()
-    flops = sum(
-        matmul_flops(e)
-        for e in counted.key_averages(group_by_input_shape=True)
-        if e.key in ("aten::mm", "aten::addmm")
-    )
+    flops = sum(matmul_flops(e) for e in counted.key_averages(group_by_input_shape=True) if e.key in MATMULS)
     del counted
     profiles = []
     for _ in range(repeats):
@@ -169,7 +168,7 @@ def profile_step(trainer, repeats: int = 3) -> dict:
             trainer.compute_loss(trainer.model, batch).backward()
         events = profiler.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
-        matmuls = [e for e in events if e.key in ("aten::mm", "aten::addmm")]
+        matmuls = [e for e in events if e.key in MATMULS]
         matmul = sum(e.self_cpu_time_total for e in matmuls)
         attention = sum(
             e.self_cpu_time_total
