@@ -14,10 +14,11 @@ Model: SmolLM2-135M-Instruct as CCF-LLM in `gate` mode with the paper's template
 * `test_set`: `ccf_llm.score_rows` over the ML-1M test split (all 7,331 rows, or the first `--test_rows`) in the
   chosen dtype (`--dtype`, default `auto`: bf16 where native, fp32 elsewhere), rows per second for each strategy
   (`prefix_cache`: rows sharing a prefix grouped, `score_candidates`; `full`: whole prompts in batches of similar
-  length; `auto`: per block, whichever runs fewer tokens), then `auto` again with the decoder layers compiled
-  (`compile_decoder_layers`, after one warm-up call whose seconds are recorded); `--template_from CONFIG` takes the
-  prompt template of a run_ctr.py config (e.g. the reproduction's). `--rounds` interleaved rounds, every sample kept; `--history_size` items in the
-  prompt (10: the paper's; 2: the reproduction's budget).
+  length; `auto`: per block, whichever runs fewer tokens; the tokens each runs and `auto`'s choices are recorded),
+  then `auto` again with the decoder layers compiled (`compile_decoder_layers`, after one warm-up call whose seconds
+  are recorded); `--template_from CONFIG` takes the prompt template of a run_ctr.py config (e.g. the
+  reproduction's). `--rounds` interleaved rounds, every sample kept; `--history_size` items in the prompt (10: the
+  paper's; 2: the reproduction's budget).
 
 Writes this CPU kind's entry of `benchmarks/results/ranking.json` and `.md` (`report.save_results`: the other
 kinds' figures stay), with the run's `provenance`.
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from report import dtype_name, provenance, save_results
 
-from ccf_llm import CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows
+from ccf_llm import CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows, scoring_tokens
 from ccf_llm.data import item_titles, load_movielens_1m
 from ccf_llm.precision import DTYPE_NAMES, device_precision, resolve_dtype
 from ccf_llm.trainer_ccf_llama import compile_decoder_layers
@@ -93,13 +94,25 @@ def render(out: dict) -> list[str]:
         f"{test_set['history_size']}-item history, batches of {settings['batch_size']}, {test_set['rows_per_prefix']} "
         f"rows per distinct prompt prefix; template: {test_set.get('template', 'paper')}), rows/s per round:",
         "",
-        "| strategy | rows/s (each round) | median | vs prefix_cache |",
-        "|---|---|---|---|",
+        "| strategy | rows/s (each round) | median | vs prefix_cache | tokens run, padding included |",
+        "|---|---|---|---|---|",
     ]
     base = statistics.median(test_set["rows_per_s"]["prefix_cache"])
+    tokens = test_set.get("tokens", {})  # absent from entries written before it was counted
     for name, samples in test_set["rows_per_s"].items():
         median = statistics.median(samples)
-        lines.append(f"| {name} | {', '.join(map(str, samples))} | {median:.1f} | {median / base:.2f}x |")
+        count = tokens.get(name.removesuffix(", compiled layers"))
+        cell = f"{count:,}" if count else ""
+        lines.append(
+            f"| {name} | {', '.join(map(str, samples))} | {median:.1f} | {median / base:.2f}x | {cell} |"
+        )
+    if tokens:
+        blocks = tokens["auto_blocks"]
+        lines += [
+            "",
+            f"`auto` chose the prefix cache for {blocks['prefix_cache']} and full prompts for {blocks['full']} of its "
+            f"blocks of rows (`ccf_llm.scoring_tokens`, counted from the tokenized prompts).",
+        ]
     return lines + [
         "",
         f"Compiling took {test_set['compile_warmup_seconds']} s (one warm-up call of {settings['batch_size']} rows). "
@@ -208,6 +221,7 @@ def main():
         seconds, scores["compiled"] = timed(lambda: run("auto"))
         rows_per_s["auto, compiled layers"].append(round(len(items_t) / seconds, 1))
         print("auto compiled", rows_per_s["auto, compiled layers"][-1], "rows/s", flush=True)
+    tokens = scoring_tokens(processor, users_t, histories_t, items_t, args.batch_size)
     latest = [tuple(h[-args.history_size :]) for h in histories_t.to_pylist()]
     prefixes = len(set(zip(users_t.tolist(), latest, strict=True)))
     test_set = {
@@ -217,6 +231,7 @@ def main():
         "template": template or "paper",
         "rows_per_prefix": round(len(items_t) / prefixes, 2),
         "rows_per_s": rows_per_s,
+        "tokens": tokens,
         "compile_warmup_seconds": round(warmup, 1),
         "max_abs_diff": float(max(np.abs(scores[k] - scores["prefix_cache"]).max() for k in scores)),
     }

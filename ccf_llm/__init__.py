@@ -14,7 +14,7 @@ from .distributed_scoring import score_rows_distributed, shard_rows_by_user
 from .loss_ccf_llama import ccf_ctr_loss
 from .modeling_ccf_llama import CCFCTROutput, CCFLlamaForCTR, CCFLlamaModel, CCFLlamaPreTrainedModel
 from .modeling_collaborative import LightGCNModel, MFModel, SASRecModel, cf_backbone
-from .pipeline_ctr_scoring import CTRScoringPipeline, load_ctr_model, score_rows
+from .pipeline_ctr_scoring import CTRScoringPipeline, load_ctr_model, score_rows, scoring_tokens
 from .pretrained_llm import DEFAULT_LLM, load_llm, resolve_llm
 from .processing_ccf_llama import PAPER_TEMPLATE, CCFDataCollator, CCFLlamaProcessor
 
@@ -59,5 +59,6 @@ __all__ = [
     "resolve_llm",
     "score_rows",
     "score_rows_distributed",
+    "scoring_tokens",
     "shard_rows_by_user",
 ]

@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from .modeling_ccf_llama import CCFLlamaForCTR
 from .precision import device_precision
-from .ragged import latest_items, offsets_of, to_ragged
+from .ragged import as_int_array, latest_items, offsets_of, to_ragged
 
 logger = logging.get_logger(__name__)
 
@@ -231,7 +231,8 @@ def score_rows(
       Better when few rows share a prefix and the part after the target is long (CTR tables: about 1.8 rows per
       prefix on ML-1M's validation and test splits), where the cache saves fewer tokens than its padding costs.
     * `"auto"` (default): per block of `64 * batch_size` rows, the strategy that runs fewer tokens, padding
-      included (both are counted exactly from the block's tokenized prompts before anything runs).
+      included (both are counted exactly from the block's tokenized prompts before anything runs;
+      `scoring_tokens` gives the counts without running the model).
 
     Args:
         model: a `CCFLlamaForCTR` (or a PEFT model around one).
@@ -243,8 +244,48 @@ def score_rows(
     """
     if strategy not in SCORING_STRATEGIES:
         raise ValueError(f"strategy must be one of {SCORING_STRATEGIES}, got {strategy!r}")
-    users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
-    items = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+    users, items = as_int_array(user_ids), as_int_array(item_ids)
+    history_table = pa.LargeListArray.from_arrays(*reversed(to_ragged(histories)))  # (offsets, values)
+    scores = np.empty(len(items), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(items), disable=not progress, unit="row", desc="scoring") as bar:
+        for rows, features, plan in _blocks(
+            processor, users, history_table, items, batch_size, strategy != "full"
+        ):
+            if plan is not None and (strategy == "prefix_cache" or plan.cheaper == "prefix_cache"):
+                scores[rows] = plan.run(model, features, batch_size, bar)
+            else:
+                block = history_table.take(pa.array(rows))
+                scores[rows] = _score_full_prompts(
+                    model, processor, users[rows], block, items[rows], batch_size, bar
+                )
+    return scores
+
+
+def scoring_tokens(processor, user_ids, histories, item_ids, batch_size: int = 64) -> dict:
+    """
+    The tokens each `score_rows` strategy runs through the LLM for a table of rows, padding included, counted from
+    the tokenized prompts without running the model: `{"prefix_cache": ..., "full": ..., "auto": ...}`, and
+    `"auto_blocks"`, how many of `"auto"`'s blocks (of `64 * batch_size` rows) use each strategy. Arguments as
+    `score_rows`.
+    """
+    users, items = as_int_array(user_ids), as_int_array(item_ids)
+    counts = {"prefix_cache": 0, "full": 0, "auto": 0, "auto_blocks": {"prefix_cache": 0, "full": 0}}
+    for _, _, plan in _blocks(processor, users, histories, items, batch_size, with_plan=True):
+        counts["prefix_cache"] += plan.tokens
+        counts["full"] += plan.full_tokens
+        counts["auto"] += min(plan.tokens, plan.full_tokens)
+        counts["auto_blocks"][plan.cheaper] += 1
+    return counts
+
+
+def _blocks(processor, users, histories, items, batch_size: int, with_plan: bool):
+    """
+    `score_rows`' work, block by block: rows grouped by prompt prefix (same user, same latest history items), whole
+    groups in blocks of about `64 * batch_size` rows. Yields each block's row indices and, with `with_plan`, its
+    prefix-cache inputs and `_PrefixCachePlan` (else `None, None`).
+    """
     flat_hist, hist_off = to_ragged(histories)
     if not len(users) == len(items) == len(hist_off) - 1:
         raise ValueError(
@@ -264,35 +305,26 @@ def score_rows(
     group_start = np.cumsum(sizes) - sizes
     block_of_group = group_start // (64 * batch_size)  # blocks of whole groups, tokenized at once
     block_bounds = np.append(np.searchsorted(block_of_group, np.unique(block_of_group)), len(keys))
-    history_table = pa.LargeListArray.from_arrays(hist_off, flat_hist)
-    scores = np.empty(len(items), dtype=np.float32)
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(items), disable=not progress, unit="row", desc="scoring") as bar:
-        for lo, hi in zip(block_bounds[:-1], block_bounds[1:], strict=True):
-            rows = order[group_start[lo] : group_start[hi - 1] + sizes[hi - 1]]
-            if strategy != "full":  # the prefix-cache inputs: run, or counted against full prompts (auto)
-                present = keys[lo:hi, 1:] > 0  # latest items, left-padded with 0
-                features = processor.ranking_inputs(
-                    keys[lo:hi, 0],
-                    pa.LargeListArray.from_arrays(offsets_of(present.sum(1)), keys[lo:hi, 1:][present]),
-                    pa.LargeListArray.from_arrays(offsets_of(sizes[lo:hi]), items[rows]),
-                )
-                plan = _PrefixCachePlan(features, batch_size)
-                if strategy == "prefix_cache" or plan.tokens <= _full_prompt_tokens(plan, batch_size):
-                    scores[rows] = plan.run(model, features, batch_size, bar)
-                    continue
-            block = history_table.take(pa.array(rows))
-            scores[rows] = _score_full_prompts(
-                model, processor, users[rows], block, items[rows], batch_size, bar
-            )
-    return scores
+    for lo, hi in zip(block_bounds[:-1], block_bounds[1:], strict=True):
+        rows = order[group_start[lo] : group_start[hi - 1] + sizes[hi - 1]]
+        if not with_plan:
+            yield rows, None, None
+            continue
+        present = keys[lo:hi, 1:] > 0  # latest items, left-padded with 0
+        features = processor.ranking_inputs(
+            keys[lo:hi, 0],
+            pa.LargeListArray.from_arrays(offsets_of(present.sum(1)), keys[lo:hi, 1:][present]),
+            pa.LargeListArray.from_arrays(offsets_of(sizes[lo:hi]), items[rows]),
+        )
+        yield rows, features, _PrefixCachePlan(features, batch_size)
 
 
 class _PrefixCachePlan:
     """
     How `score_rows` runs a block with the prefix cache: prefixes in order of length, packed into calls of about
-    `batch_size` candidates; `tokens` is what the calls run, padding included.
+    `batch_size` candidates; `tokens` is what the calls run, padding included, and `full_tokens` what
+    `strategy="full"` would run instead (the block's whole prompts, sorted by length, in batches of `batch_size`);
+    `cheaper` is the strategy that runs fewer (`auto`'s choice).
     """
 
     def __init__(self, features, batch_size: int):
@@ -317,6 +349,11 @@ class _PrefixCachePlan:
             self.tokens += sum(
                 len(b) * int(b.max()) for b in np.split(cand, range(batch_size, len(cand), batch_size))
             )
+        lengths = np.sort(self.prefix_len[self.prefix_index] + self.suffix_len)
+        self.full_tokens = int(
+            sum(len(b) * int(b[-1]) for b in np.split(lengths, range(batch_size, len(lengths), batch_size)))
+        )
+        self.cheaper = "prefix_cache" if self.tokens <= self.full_tokens else "full"  # `auto`'s choice
 
     def chunks(self):
         return zip(self.bounds[:-1], self.bounds[1:], strict=True)
@@ -336,14 +373,6 @@ class _PrefixCachePlan:
         return scores
 
 
-def _full_prompt_tokens(plan: _PrefixCachePlan, batch_size: int) -> int:
-    """Tokens `score_rows(strategy="full")` runs for a block, padding included: its rows sorted by length."""
-    lengths = np.sort(plan.prefix_len[plan.prefix_index] + plan.suffix_len)
-    return int(
-        sum(len(b) * int(b[-1]) for b in np.split(lengths, range(batch_size, len(lengths), batch_size)))
-    )
-
-
 def _score_full_prompts(model, processor, users, histories, items, batch_size, bar) -> np.ndarray:
     """`score_rows(strategy="full")` on a block: whole prompts, tokenized at once, in batches sorted by length."""
     batch = processor(users, histories, items, padding_side="left")
@@ -361,4 +390,4 @@ def _score_full_prompts(model, processor, users, histories, items, batch_size, b
     return scores
 
 
-__all__ = ["SCORING_STRATEGIES", "CTRScoringPipeline", "load_ctr_model", "score_rows"]
+__all__ = ["SCORING_STRATEGIES", "CTRScoringPipeline", "load_ctr_model", "score_rows", "scoring_tokens"]

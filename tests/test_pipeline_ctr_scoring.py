@@ -9,7 +9,15 @@ import pytest
 import torch
 from transformers import AutoModel, pipeline
 
-from ccf_llm import FUSION_MODES, CCFLlamaForCTR, CCFLlamaProcessor, SASRecConfig, SASRecModel, score_rows
+from ccf_llm import (
+    FUSION_MODES,
+    CCFLlamaForCTR,
+    CCFLlamaProcessor,
+    SASRecConfig,
+    SASRecModel,
+    score_rows,
+    scoring_tokens,
+)
 
 from .conftest import tiny_llm, tiny_tokenizer
 
@@ -188,6 +196,23 @@ def test_score_rows_matches_full_prompts_in_row_order_and_score_script(tmp_path,
             atol=1e-5,
         )
         assert bool(calls) == uses_cache
+        # the counts auto chose by, checked against the prompts: full prompts in sorted batches of 8, padded to
+        # the longest; with one shared prefix the cache runs it once, then the suffixes (prompt - prefix)
+        counted = scoring_tokens(processor, rows_users, rows_histories, ranking, batch_size=8)
+        lengths = np.sort(processor(rows_users, rows_histories, ranking)["attention_mask"].sum(1).numpy())
+        assert counted["full"] == sum(len(b) * b.max() for b in np.split(lengths, range(8, 30, 8)))
+        assert counted["auto"] == min(counted["full"], counted["prefix_cache"])
+        assert counted["auto_blocks"] == {"prefix_cache": int(uses_cache), "full": int(not uses_cache)}
+        if uses_cache:
+            prefix = (
+                processor.ranking_inputs([2], [[1, 3, 5]], [ranking])["prefix_attention_mask"].sum().item()
+            )
+            # the cache's calls keep the candidates' row order, not sorted: padded to each batch's longest suffix
+            by_row = processor(rows_users, rows_histories, ranking)["attention_mask"].sum(1).numpy() - prefix
+            assert counted["prefix_cache"] == prefix + sum(
+                len(b) * b.max() for b in np.split(by_row, range(8, 30, 8))
+            )
+            assert counted["prefix_cache"] < counted["full"]
     with pytest.raises(ValueError, match="strategy must be one of"):
         score_rows(model, processor, users, histories, items, strategy="fast")
     monkeypatch.undo()
