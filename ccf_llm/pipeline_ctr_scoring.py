@@ -349,6 +349,7 @@ class _PrefixCachePlan:
             self.tokens += sum(
                 len(b) * int(b.max()) for b in np.split(cand, range(batch_size, len(cand), batch_size))
             )
+        self.tokens = int(self.tokens)
         lengths = np.sort(self.prefix_len[self.prefix_index] + self.suffix_len)
         self.full_tokens = int(
             sum(len(b) * int(b[-1]) for b in np.split(lengths, range(batch_size, len(lengths), batch_size)))

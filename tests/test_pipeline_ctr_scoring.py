@@ -1,5 +1,6 @@
 """Serving: prefix-cached candidate scoring, the `ctr-scoring` pipeline, offline row scoring and examples/score.py."""
 
+import json
 import runpy
 import sys
 
@@ -202,6 +203,7 @@ def test_score_rows_matches_full_prompts_in_row_order_and_score_script(tmp_path,
         lengths = np.sort(processor(rows_users, rows_histories, ranking)["attention_mask"].sum(1).numpy())
         assert counted["full"] == sum(len(b) * b.max() for b in np.split(lengths, range(8, 30, 8)))
         assert counted["auto"] == min(counted["full"], counted["prefix_cache"])
+        assert json.loads(json.dumps(counted)) == counted  # plain ints: benchmarks write them to JSON
         assert counted["auto_blocks"] == {"prefix_cache": int(uses_cache), "full": int(not uses_cache)}
         if uses_cache:
             prefix = (
