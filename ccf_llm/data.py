@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ragged import latest_items
+from .ragged import latest_items, to_ragged
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
@@ -284,6 +284,13 @@ def item_titles(splits: datasets.DatasetDict) -> dict[int, str]:
     frames = [splits[s].select_columns(["item_id", "title"]).to_pandas() for s in splits]
     table = pd.concat(frames).drop_duplicates("item_id").sort_values("item_id")
     return dict(zip(table["item_id"].tolist(), table["title"].tolist(), strict=True))
+
+
+def id_counts(splits: datasets.DatasetDict) -> tuple[int, int]:
+    """`(num_users, num_items)` of a split dict: the largest user and item id over every split (ids start at 1; row
+    0 of the CF tables pads), what the CF tables and `CCFLlamaForCTR.from_llm` are sized by."""
+    largest = [max(max(splits[s][column]) for s in splits) for column in ("user_id", "item_id")]
+    return largest[0], largest[1]
 
 
 COLD_RULES = {
@@ -683,11 +690,8 @@ class CTRRows(torch.utils.data.Dataset):
             "labels": torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
         }
         if max_history:
-            history = table.column("history").combine_chunks()
-            offsets = history.offsets.to_numpy().astype(np.int64)
-            values = history.values.to_numpy().astype(np.int64)[offsets[0] :]
             self.tensors["history"] = torch.from_numpy(
-                latest_items(values, offsets - offsets[0], max_history)
+                latest_items(*to_ragged(table.column("history")), max_history)
             )
 
     def __len__(self) -> int:
@@ -725,6 +729,7 @@ __all__ = [
     "COLD_RULES",
     "SPLITS",
     "CTRRows",
+    "id_counts",
     "identity_collator",
     "build_splits",
     "item_titles",

@@ -13,9 +13,11 @@ rows in every process, in step, as `examples/run_ctr.py` does after FSDP trainin
 
 import numpy as np
 import pyarrow as pa
+import torch
 import torch.distributed as dist
 
 from .pipeline_ctr_scoring import score_rows
+from .ragged import as_int_array
 
 
 def shard_rows_by_user(user_ids, num_shards: int) -> list[np.ndarray]:
@@ -48,8 +50,7 @@ def score_rows_distributed(
     Arguments as `score_rows`; `histories` is a list of lists or an arrow list array. The progress bar (with
     `progress`) counts the first process's share.
     """
-    users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
-    items = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+    users, items = as_int_array(user_ids), as_int_array(item_ids)
     if isinstance(histories, pa.ChunkedArray):
         histories = histories.combine_chunks()
     elif not isinstance(histories, pa.Array):
@@ -76,11 +77,17 @@ def score_rows_distributed(
         if len(mine)
         else np.zeros(0, dtype=np.float32)
     )
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, local)
+    # every process knows every share's length: gather fixed-width float tensors (no pickled objects)
+    device = (
+        None if dist.get_backend() == "gloo" else next(model.parameters()).device
+    )  # NCCL etc.: the model's
+    padded = torch.zeros(max(map(len, shares)), dtype=torch.float32, device=device)
+    padded[: len(local)] = torch.from_numpy(local)
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
     scores = np.empty(len(users), dtype=np.float32)
     for share, part in zip(shares, gathered, strict=True):
-        scores[share] = part
+        scores[share] = part[: len(share)].cpu().numpy()
     return scores
 
 

@@ -17,6 +17,7 @@ without the `ccf_llm` package.
 
 import re
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -83,7 +84,8 @@ class CCFCTROutput(ModelOutput):
 class CCFMLP(nn.Module):
     """
     Two-layer perceptron `Linear → act → Linear`, the "MLP" of Eq. 2 and Eq. 3. It computes in its own weights'
-    dtype (inputs are cast to it), so trainable fusion weights may stay fp32 beside a bf16 LLM.
+    dtype (inputs are cast to it; autocast is off inside it, even under `Trainer(bf16=True)`'s autocast), so
+    trainable fusion weights may stay fp32 beside a bf16 LLM.
     """
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, act: str):
@@ -93,7 +95,13 @@ class CCFMLP(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))
+        device = x.device.type
+        with (
+            torch.autocast(device, enabled=False)
+            if torch.amp.is_autocast_available(device)
+            else nullcontext()
+        ):
+            return self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))
 
 
 # Θ_E, Θ_A and Θ_G (ENC, ALG, GATE) load and compute in fp32 beside a bf16 LLM, as they train (see
@@ -632,6 +640,13 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         `config.cf_input_scales` to the RMS around it, per source and side (`CCFCollaborativeEncoder.standardization`).
         A sequential source (SASRec) needs `cf_history`, the training rows' latest items, to standardize its users.
         """
+        if not isinstance(
+            self.model.cf_encoder, CCFCollaborativeEncoder
+        ):  # PEFT's trainable copy (modules_to_save)
+            raise ValueError(
+                "fit_cf_standardization must run before add_lora(..., train_cf_encoder=True): PEFT's trainable copy "
+                "of the CF encoder holds its own copy of the config and would never read the new statistics"
+            )
         self.config.cf_input_shifts, self.config.cf_input_scales = None, None  # the encoder's raw outputs
         self.config.cf_input_shifts, self.config.cf_input_scales = self.model.cf_encoder.standardization(
             cf_history

@@ -244,14 +244,21 @@ class SASRecEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=1e-8)
 
     def forward(self, history: torch.LongTensor, item_embeddings: nn.Embedding) -> torch.Tensor:
-        """`(batch, max_history)` left-padded item ids → `(batch, hidden_size)` user vectors."""
+        """
+        `(batch, max_history)` left-padded item ids → `(batch, hidden_size)` user vectors. Exactly `max_history`
+        columns: the padding positions still affect the output and the latest item's position is `max_history - 1`,
+        so the same items padded to another width would give other vectors.
+        """
         if history is None:
             raise ValueError("SASRec computes the user vector from the history: pass history= (cf_history=)")
         length = history.shape[1]
-        if length > self.max_history:
-            raise ValueError(f"history has {length} columns, more than max_history={self.max_history}")
+        if length != self.max_history:
+            raise ValueError(
+                f"history has {length} columns; SASRec reads exactly max_history={self.max_history}, left-padded "
+                "with 0 (another width moves every item to another position)"
+            )
         x = item_embeddings(history) * math.sqrt(self.hidden_size)
-        x = self.dropout(x + self.position_embeddings.weight[:length])
+        x = self.dropout(x + self.position_embeddings.weight)
         keep = (history != 0).unsqueeze(-1).to(x.dtype)
         x = x * keep
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)

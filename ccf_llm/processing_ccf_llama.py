@@ -379,7 +379,7 @@ class CCFLlamaProcessor(ProcessorMixin):
             np.int64
         )
         if "history" not in self._slots:
-            self._check_fits(fixed, fixed > self.max_length)
+            self._check_fits(fixed)
             return parts
         history = self._slots.index("history")
         spaced = self._spaced[history]
@@ -394,7 +394,7 @@ class CCFLlamaProcessor(ProcessorMixin):
         suffix = row_end[unit_row] - cum + cost  # the cost of this item and every later one of its row
         kept = fixed[unit_row] + suffix + seg_len[first_open] - seg_len[self._piece("sep")] <= self.max_length
         n_kept = np.bincount(unit_row[kept], minlength=n_rows)
-        self._check_fits(fixed, (n_kept == 0) & (fixed + seg_len[empty] > self.max_length))
+        self._check_fits(fixed + seg_len[empty], n_kept == 0)  # rows left with the empty-history rendering
         keep = ~units
         keep[units] = kept[unit[units]]
         parts = {k: v[keep] for k, v in parts.items()}
@@ -405,11 +405,13 @@ class CCFLlamaProcessor(ProcessorMixin):
         emptied = self._parts(np.flatnonzero(n_kept == 0), 2 * history + 1, empty)
         return {k: np.concatenate([parts[k], emptied[k]]) for k in parts}
 
-    def _check_fits(self, fixed: np.ndarray, too_long: np.ndarray):
+    def _check_fits(self, needed: np.ndarray, rows: np.ndarray | None = None):
+        """Raise for the rows (all, or those of the mask `rows`) whose `needed` tokens exceed `max_length`."""
+        too_long = needed > self.max_length if rows is None else rows & (needed > self.max_length)
         if too_long.any():
             bad = np.flatnonzero(too_long)[:5]
             raise ValueError(
-                f"rows {bad.tolist()} need {fixed[bad].tolist()} tokens without any history, more than "
+                f"rows {bad.tolist()} need {needed[bad].tolist()} tokens without any history, more than "
                 f"max_length={self.max_length}; the user and target item are never dropped"
             )
 

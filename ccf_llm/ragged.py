@@ -6,6 +6,7 @@ at once with index arithmetic, never a Python loop over rows; the data layer, th
 pipeline and the examples share them. They depend on numpy and pyarrow only.
 """
 
+import numbers
 from itertools import chain
 
 import numpy as np
@@ -18,23 +19,65 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
 
 
 def to_ragged(values) -> tuple[np.ndarray, np.ndarray]:
-    """(flat values, offsets) of a list of lists, a pyarrow ListArray or ChunkedArray, without a Python loop."""
+    """
+    (flat values, offsets) of a list of lists, a pyarrow ListArray or ChunkedArray, without a Python loop. The
+    values are ids: a missing row or value, a fraction or a non-number raises an error naming the rows.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    if isinstance(values, pa.FixedSizeListArray):  # e.g. a datasets `Sequence(..., length=k)` column
+        values = values.cast(pa.large_list(values.type.value_type))
     if isinstance(values, (pa.ListArray, pa.LargeListArray)):
         offsets = values.offsets.to_numpy().astype(np.int64)
-        flat = values.values.to_numpy(zero_copy_only=False).astype(np.int64)
-        return flat[offsets[0] : offsets[-1]], offsets - offsets[0]
-    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    flat = np.fromiter(chain.from_iterable(values), dtype=np.int64, count=int(lengths.sum()))
-    return flat, offsets_of(lengths)
+        if values.null_count:
+            rows = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[:5]
+            raise ValueError(f"rows {rows.tolist()} are missing (null) where a list of ids was expected")
+        flat = values.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
+    else:
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        flat, offsets = np.array(list(chain.from_iterable(values))), offsets_of(lengths)
+    return _ids(flat, offsets), offsets
 
 
 def as_int_array(values) -> np.ndarray:
-    """A flat int64 array of ids from a sequence, numpy array, tensor or pyarrow (Chunked)Array."""
+    """
+    A flat int64 array of ids from a sequence, numpy array, tensor or pyarrow (Chunked)Array; a missing value, a
+    fraction or a non-number raises an error naming its rows.
+    """
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values.to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.asarray(values, dtype=np.int64).reshape(-1)
+        values = values.to_numpy(zero_copy_only=False)  # nulls become NaN (or None), refused below
+    return _ids(np.asarray(values).reshape(-1))
+
+
+def _ids(flat: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """`flat` as int64 ids, refusing what the cast would change: fractions, NaN, None, values beyond int64,
+    booleans, strings. Errors name rows (through `offsets`, for ragged values) or positions."""
+    if flat.dtype.kind == "O" and len(
+        flat
+    ):  # Python objects (e.g. a mixed frame's column): their numeric dtype
+        flat = np.array(flat.tolist())
+    kind = flat.dtype.kind
+    if kind == "i" or not len(flat):
+        return flat.astype(np.int64, copy=False)
+    if kind == "u":
+        bad = flat > np.iinfo(np.int64).max
+    elif kind == "f":
+        bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (np.abs(flat) >= 2.0**63)
+    elif kind == "O":  # numbers beside None or other objects
+        bad = ~np.frompyfunc(lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), 1, 1)(
+            flat
+        ).astype(bool)
+    else:  # booleans, strings, dates
+        bad = np.ones(len(flat), dtype=bool)
+    if not bad.any():
+        return flat.astype(np.int64)
+    where = np.flatnonzero(bad)
+    rows = where if offsets is None else np.searchsorted(offsets, where, side="right") - 1
+    raise ValueError(
+        f"ids must be whole numbers: rows {np.unique(rows)[:5].tolist()} hold {flat[where[:5]].tolist()} "
+        f"({flat.dtype})"
+    )
 
 
 def latest_items(flat: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:

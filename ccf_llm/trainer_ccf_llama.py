@@ -425,6 +425,15 @@ class _EarlyStopping(EarlyStoppingCallback):
         if (state.epoch or 0.0) < self.min_epochs:
             control.should_training_stop = False
 
+    def resume_from(self, checkpoint: str | Path):
+        """Take the patience counter saved in `checkpoint`'s `trainer_state.json`, so a resumed stage stops where an
+        uninterrupted one would (transformers restores callback states only with
+        `restore_callback_states_from_checkpoint`, which rebuilds every stateful callback from its saved arguments)."""
+        saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        found = saved.get("stateful_callbacks", {}).get(type(self).__name__)
+        if found:
+            self.early_stopping_patience_counter = found["attributes"]["early_stopping_patience_counter"]
+
 
 class CCFTwoStageTrainer:
     """
@@ -538,11 +547,15 @@ class CCFTwoStageTrainer:
                 reference = start_metrics.get("eval_loss") if start_metrics else None
                 guard = DivergenceGuard(self.args.divergence_tolerance, reference)
                 trainer.add_callback(guard)
+            early = None
             if self.args.early_stopping_patience is not None:
-                trainer.add_callback(
-                    _EarlyStopping(self.args.early_stopping_patience, self.args.early_stopping_min_epochs)
-                )
+                early = _EarlyStopping(self.args.early_stopping_patience, self.args.early_stopping_min_epochs)
+                trainer.add_callback(early)
             last = get_last_checkpoint(str(folder)) if resume_from_checkpoint and folder.is_dir() else None
+            if last is not None and early is not None:
+                early.resume_from(last)
+            if resume_from_checkpoint and last is None:
+                logger.info("stage %s: no checkpoint in %s, trained from its beginning", stage, folder)
             start = time.perf_counter()
             trainer.train(resume_from_checkpoint=last)
             record |= {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),

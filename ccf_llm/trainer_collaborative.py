@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .data import CTRRows, identity_collator
+from .data import CTRRows, id_counts, identity_collator
 from .metrics import compute_ctr_metrics
 from .modeling_collaborative import cf_backbone
 
@@ -79,8 +79,7 @@ def pretrain_cf(
     backbone = backbone.lower()
     if len(splits["train"]) == 0:
         raise ValueError("the train split is empty: nothing to pretrain the CF backbone on")
-    num_users = max(max(splits[s]["user_id"]) for s in splits)
-    num_items = max(max(splits[s]["item_id"]) for s in splits)
+    num_users, num_items = id_counts(splits)
     rows = {
         name: CTRRows(split, max_history if backbone == "sasrec" else 0) for name, split in splits.items()
     }

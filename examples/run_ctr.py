@@ -46,6 +46,7 @@ from ccf_llm import (
 )
 from ccf_llm.data import (
     COLD_RULES,
+    id_counts,
     item_titles,
     load_amazon_book,
     load_interactions,
@@ -228,6 +229,18 @@ def cf_models_for(
     return models
 
 
+def resume_flag(value: str | None) -> bool:
+    """`--resume_from_checkpoint`: true or false, since each stage resumes from its own folder's last checkpoint."""
+    if value is None or value.lower() in ("false", "0", "no"):
+        return False
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    raise ValueError(
+        f"--resume_from_checkpoint takes true or false here (each stage resumes from the last checkpoint in its own "
+        f"folder under --output_dir), got {value!r}"
+    )
+
+
 def check_output_dir(output_dir: Path, overwrite: bool):
     """Refuse an output folder that holds another model's results unless told to overwrite it."""
     marker = output_dir / "run_ctr.json"
@@ -282,7 +295,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
         ) if args.eval_strategy != "no" else None,
         shared_stages={"lora": model_args.shared_stage1} if model_args.shared_stage1 else None,
     )  # fmt: skip
-    stage_log = trainer.train(resume_from_checkpoint=bool(args.resume_from_checkpoint))
+    stage_log = trainer.train(resume_from_checkpoint=resume_flag(args.resume_from_checkpoint))
     peft_model = trainer.model
     timings = {
         f"stage_{number + 1}_{record['stage']}_seconds": record["seconds"]
@@ -344,6 +357,7 @@ def main():
     else:
         model_args, data_args, args = parser.parse_args_into_dataclasses()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    resume_flag(args.resume_from_checkpoint)  # a bad value fails here, before anything trains
     for mode in model_args.fusion_modes:
         if mode not in FUSION_MODES:
             raise ValueError(f"unknown fusion mode {mode!r}; choose from {FUSION_MODES}")
@@ -361,8 +375,7 @@ def main():
     logger.info("process %d of %d (%s)", args.process_index, args.world_size, args.parallel_mode.value)
     splits = load_splits(data_args)
     titles = item_titles(splits)
-    num_users = max(max(splits[s]["user_id"]) for s in splits)
-    num_items = max(max(splits[s]["item_id"]) for s in splits)
+    num_users, num_items = id_counts(splits)
     needs_cf = any(FUSION_MODE_TABLE[mode].uses_cf for mode in model_args.fusion_modes)
     cf_models = cf_models_for(model_args, splits, args, num_users, num_items) if needs_cf else None
     cf_results = {}

@@ -89,6 +89,12 @@ def test_sasrec_user_vector_comes_from_history_only():
     history = torch.tensor([[0, 0, 3, 4], [0, 0, 3, 4], [0, 1, 3, 4]])
     users = model.encode_history(history)
     assert torch.equal(users[0], users[1]) and not torch.allclose(users[0], users[2])
+    # another width would give the same items other positions (and other vectors): refused
+    for width in (3, 5):
+        with pytest.raises(
+            ValueError, match=f"history has {width} columns; SASRec reads exactly max_history=4"
+        ):
+            model.encode_history(torch.zeros(1, width, dtype=torch.long))
     with pytest.raises(ValueError, match="pass history="):
         model(torch.tensor([1]), torch.tensor([2]))
 

@@ -12,6 +12,7 @@ import pytest
 
 from ccf_llm.data import (
     build_splits,
+    id_counts,
     item_titles,
     load_amazon_book,
     load_interactions,
@@ -244,6 +245,7 @@ def test_collm_movielens_split_reproduced_exactly():
         assert [list(h) for h in got["history"]] == [list(h[1:]) for h in ref["his"]], name
     everything = pd.concat([splits[s].to_pandas() for s in splits])
     assert everything["user_id"].max() == 838 and everything["item_id"].max() == 3255
+    assert id_counts(splits) == (838, 3255)
     subsets = warm_cold_subsets(splits["test"], splits["train"])
     assert (len(subsets["warm"]), len(subsets["cold"])) == (3522, 26)
 
@@ -267,8 +269,11 @@ def test_collm_movielens_prompts_for_every_row():
     assert len(ids) == 7_331 and max(map(len, ids)) <= 700
     assert all(row.count(user_token) == 1 for row in ids)
     row = test[int(np.argmax([len(h) for h in test["history"]]))]
-    marked = list(dict.fromkeys(i for i in row["token_item_ids"] if i))  # items in prompt order
-    assert marked == row["history"][-10:] + [row["item_id"]] or marked[-1] == row["item_id"]
+    marks = np.array(row["token_item_ids"])
+    starts = (marks != 0) & (
+        marks != np.append(0, marks[:-1])
+    )  # first token of each title (titles are apart)
+    assert marks[starts].tolist() == row["history"][-10:] + [row["item_id"]]  # items in prompt order
     assert all(len(processor.process_dataset(splits[s])) == len(splits[s]) for s in ("train", "validation"))
 
 

@@ -297,6 +297,17 @@ def test_push_to_hub_without_a_token_fails_before_training(tmp_path, monkeypatch
     assert not (tmp_path / "o").exists()
 
 
+def test_resume_from_checkpoint_takes_true_or_false_and_a_path_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_ctr.py"])
+    resume_flag = runpy.run_path("examples/run_ctr.py")["resume_flag"]
+    assert [resume_flag(v) for v in (None, "false", "False", "0", "true", "1")] == [False] * 4 + [True] * 2
+    monkeypatch.setattr(sys, "argv", ["run_ctr.py", "--dataset", "demo", "--output_dir", str(tmp_path / "o"),
+                                      "--resume_from_checkpoint", "o/checkpoint-20", "--use_cpu", "true"])  # fmt: skip
+    with pytest.raises(ValueError, match="takes true or false here .* got 'o/checkpoint-20'"):
+        runpy.run_path("examples/run_ctr.py", run_name="__main__")
+    assert not (tmp_path / "o").exists()
+
+
 def test_run_ctr_under_torchrun_with_two_cpu_workers(tmp_path, monkeypatch):
     """DDP on CPU (gloo): a single-process run pretrains the CF backbone, then torchrun reuses it with 2 workers."""
     import os
@@ -327,7 +338,23 @@ def test_run_ctr_under_torchrun_with_two_cpu_workers(tmp_path, monkeypatch):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "process 1 of 2 (distributed)" in done.stderr and "process 0 of 2 (distributed)" in done.stderr
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
-    assert results["test_rows"] == 32 and 0 <= results["test_auc"] <= 1
+    # the two workers' scores, gathered, are the saved model's scores of run_ctr's test rows (seed 1) in one process
+    from peft import PeftModel
+
+    from ccf_llm.data import seeded_subsample
+    from ccf_llm.synthetic import make_demo_log
+
+    model = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(tmp_path / "out" / "gate"), tmp_path / "out" / "gate", subfolder="adapter"
+    ).eval()
+    processor = CCFLlamaProcessor.from_pretrained(tmp_path / "out" / "gate")
+    test = seeded_subsample(make_demo_log()["test"], 32, 1 + 1).flatten_indices()
+    with torch.no_grad():
+        scores = score_rows(model, processor, test["user_id"], test.data.column("history"), test["item_id"])
+    saved = pd.read_parquet(tmp_path / "out" / "gate" / "scores_test.parquet")
+    assert saved["item_id"].tolist() == test["item_id"] and results["test_rows"] == 32
+    np.testing.assert_allclose(saved["score"], scores, atol=1e-5)
+    assert results["test_auc"] == pytest.approx(roc_auc_score(saved["label"], saved["score"]))
 
 
 _CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"

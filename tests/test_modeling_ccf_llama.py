@@ -509,6 +509,10 @@ def test_enc_alg_and_gate_stay_fp32_beside_a_bf16_llm(tmp_path):
         with torch.no_grad():
             expected = sasrec.eval().encode_history(history)
         torch.testing.assert_close(vectors, expected)  # SASRec's fp32 vectors (bf16 would be ~1e-2 off)
+        close = torch.stack([vectors[0], vectors[0] * (1 + 1e-4)])  # differ below bf16's resolution
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            aligned = loaded.model.alignment([close])[0]
+        assert aligned.dtype == torch.float32 and (aligned[0] != aligned[1]).any()  # ALG computed in fp32
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -101,6 +101,10 @@ def test_max_length_drops_oldest_history_items_whole(tokenizer):
         assert list(dict.fromkeys(m for m in history_marks if m)) == kept
     with pytest.raises(ValueError, match="without any history, more than max_length=10; the user and target"):
         CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE, max_length=10)([1], [[1]], [1])
+    # the tokens named are the shortest prompt's: the one with the empty history's rendering
+    shortest = len(CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE)([1], [[]], [1])["input_ids"][0])
+    with pytest.raises(ValueError, match=rf"rows \[0\] need \[{shortest}\] tokens"):
+        CCFLlamaProcessor(tokenizer, TITLES, template=TEMPLATE, max_length=shortest - 1)([1], [[1]], [1])
 
 
 def test_titles_with_placeholder_strings_stay_text(tokenizer):

@@ -21,6 +21,7 @@ from ccf_llm.trainer_ccf_llama import (
     CCFTrainingArguments,
     CCFTwoStageTrainer,
     DivergenceGuard,
+    _EarlyStopping,
     add_lora,
     apply_stage,
     compile_decoder_layers,
@@ -200,6 +201,10 @@ def test_the_cf_encoder_trains_in_training_mode_only_in_the_stages_that_tune_it(
         assert wrapper.modules_to_save["default"].training is tuned
         assert not wrapper.original_module.training
         assert peft_gate.get_base_model().model.alignment.modules_to_save["default"].training
+    with pytest.raises(
+        ValueError, match="must run before add_lora"
+    ):  # the copy would keep the old statistics
+        peft_gate.get_base_model().fit_cf_standardization()
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
@@ -250,6 +255,27 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, stage):
     assert any(not torch.equal(full[n], partial[n]) for n in full)  # the interruption did cut training short
     resumed = train("interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-2"))
     assert all(torch.equal(full[n], resumed[n]) for n in full)
+
+
+def test_early_stopping_resumes_its_patience_counter_from_a_checkpoint(tmp_path):
+    """Two evaluations without improvement before the interruption: the resumed stage stops at the next one."""
+    from transformers import TrainerControl, TrainerState
+
+    before = _EarlyStopping(patience=3)
+    control, state = TrainerControl(), TrainerState(best_metric=0.7)
+    args = CCFTrainingArguments(output_dir=str(tmp_path), metric_for_best_model="auc", report_to="none")
+    for auc in (0.6, 0.65):  # transformers' own counting: two evaluations below the best
+        before.on_evaluate(args, state, control, {"eval_auc": auc})
+    assert before.early_stopping_patience_counter == 2
+    (tmp_path / "checkpoint-6").mkdir()
+    TrainerState(stateful_callbacks=[before]).save_to_json(
+        str(tmp_path / "checkpoint-6" / "trainer_state.json")
+    )
+    resumed = _EarlyStopping(patience=3)
+    resumed.resume_from(tmp_path / "checkpoint-6")
+    assert resumed.early_stopping_patience_counter == 2
+    resumed.on_evaluate(args, state, control, {"eval_auc": 0.69})
+    assert control.should_training_stop  # a fresh counter would have let the stage run on
 
 
 def two_stage_args(tmp_path, **kw):
