@@ -77,10 +77,9 @@ def score_rows_distributed(
         if len(mine)
         else np.zeros(0, dtype=np.float32)
     )
-    # every process knows every share's length: gather fixed-width float tensors (no pickled objects)
-    device = (
-        None if dist.get_backend() == "gloo" else next(model.parameters()).device
-    )  # NCCL etc.: the model's
+    # every process knows every share's length: gather fixed-width float tensors (no pickled objects), on the
+    # model's device for NCCL and other accelerator backends
+    device = None if dist.get_backend() == "gloo" else next(model.parameters()).device
     padded = torch.zeros(max(map(len, shares)), dtype=torch.float32, device=device)
     padded[: len(local)] = torch.from_numpy(local)
     gathered = [torch.empty_like(padded) for _ in range(world_size)]

@@ -96,11 +96,10 @@ class CCFMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
-        with (
-            torch.autocast(device, enabled=False)
-            if torch.amp.is_autocast_available(device)
-            else nullcontext()
-        ):
+        no_autocast = (
+            torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else None
+        )
+        with no_autocast or nullcontext():
             return self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))
 
 
@@ -640,9 +639,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         `config.cf_input_scales` to the RMS around it, per source and side (`CCFCollaborativeEncoder.standardization`).
         A sequential source (SASRec) needs `cf_history`, the training rows' latest items, to standardize its users.
         """
-        if not isinstance(
-            self.model.cf_encoder, CCFCollaborativeEncoder
-        ):  # PEFT's trainable copy (modules_to_save)
+        if not isinstance(self.model.cf_encoder, CCFCollaborativeEncoder):  # PEFT's copy (modules_to_save)
             raise ValueError(
                 "fit_cf_standardization must run before add_lora(..., train_cf_encoder=True): PEFT's trainable copy "
                 "of the CF encoder holds its own copy of the config and would never read the new statistics"

@@ -53,10 +53,8 @@ def as_int_array(values) -> np.ndarray:
 def _ids(flat: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
     """`flat` as int64 ids, refusing what the cast would change: fractions, NaN, None, values beyond int64,
     booleans, strings. Errors name rows (through `offsets`, for ragged values) or positions."""
-    if flat.dtype.kind == "O" and len(
-        flat
-    ):  # Python objects (e.g. a mixed frame's column): their numeric dtype
-        flat = np.array(flat.tolist())
+    if flat.dtype.kind == "O" and len(flat):
+        flat = np.array(flat.tolist())  # Python objects (e.g. a mixed frame's column): their numeric dtype
     kind = flat.dtype.kind
     if kind == "i" or not len(flat):
         return flat.astype(np.int64, copy=False)
@@ -65,9 +63,8 @@ def _ids(flat: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
     elif kind == "f":
         bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (np.abs(flat) >= 2.0**63)
     elif kind == "O":  # numbers beside None or other objects
-        bad = ~np.frompyfunc(lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), 1, 1)(
-            flat
-        ).astype(bool)
+        is_number = np.frompyfunc(lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), 1, 1)
+        bad = ~is_number(flat).astype(bool)
     else:  # booleans, strings, dates
         bad = np.ones(len(flat), dtype=bool)
     if not bad.any():
