@@ -328,7 +328,9 @@ class CCFGate(nn.Module):
 
 
 def _rows(x: torch.Tensor, index: torch.LongTensor | None) -> torch.Tensor:
-    return x if index is None else x[index]
+    # index_select, not x[index]: the backward of advanced indexing accumulates repeated rows with
+    # `index_put_(accumulate=True)`, which on CPU adds in a thread-dependent order (nondeterministic training)
+    return x if index is None else torch.index_select(x, 0, index)
 
 
 def sum_cf_sources(features: list[torch.Tensor]) -> torch.Tensor:
@@ -551,7 +553,7 @@ class CCFLlamaModel(CCFLlamaPreTrainedModel):
             if self.config.fusion.marks_titles:
                 values = self.gate(embeds[item_slots], aligned_items, index)  # in the fusion weights' dtype
             else:
-                values = sum_cf_sources(aligned_items)[index]
+                values = _rows(sum_cf_sources(aligned_items), index)
             embeds = embeds.masked_scatter(item_slots.unsqueeze(-1), values.to(embeds.dtype))
         return embeds
 

@@ -716,3 +716,27 @@ def test_the_former_item_ids_keyword_still_works_with_a_warning():
         torch.testing.assert_close(scores, model(**batch).scores, rtol=0, atol=0)
     with pytest.raises(ValueError, match="pass token_item_ids= only"):
         model(**batch, item_ids=batch["token_item_ids"])
+
+
+def test_gathering_item_rows_for_their_tokens_has_a_deterministic_backward():
+    """The GATE gathers one row per distinct item for its N title tokens (`_rows`). With `x[index]` the backward
+    accumulated repeated rows in a thread-dependent order on CPU, so stage 2 trained a different model every run."""
+    from ccf_llm.modeling_ccf_llama import _rows
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(
+        2
+    )  # the order only varies with several threads (x[index]: 8 distinct gradients of 8)
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(200, 64, requires_grad=True)
+        index, upstream = torch.randint(0, 200, (20_000,)), torch.randn(20_000, 64)
+        grads = set()
+        for _ in range(6):
+            x.grad = None
+            (_rows(x, index) * upstream).sum().backward()
+            grads.add(x.grad.numpy().tobytes())
+        assert len(grads) == 1
+        torch.testing.assert_close(_rows(x, index), x[index], rtol=0, atol=0)  # the same rows, exactly
+    finally:
+        torch.set_num_threads(threads)
