@@ -5,9 +5,10 @@
 For each backbone, reads `<runs_dir>/cf_<backbone>/all_results.json` when it exists, else trains it (CoLLM's
 settings, 1 thread, with the reproduction's stopping rule `reproduce.CF_ARGS`: CoLLM's patience 100, except SASRec
 at patience 10 and at most 50 epochs) into that folder. Writes this CPU kind's entry of
-`benchmarks/results/cf_baselines.{json,md}` (`report.save_results`: the other kinds' figures stay) with the run's `provenance` (the CF models run in fp32), test
-AUC/UAUC, the paper's and CoLLM's logged figures, the differences and the wall time to the best epoch;
-`trained_in_this_run` tells a backbone trained here from one whose `all_results.json` was read.
+`benchmarks/results/cf_baselines.{json,md}` (`report.save_results`: the other kinds' figures stay) with the run's
+`provenance` (the CF models run in fp32), test AUC/UAUC, the paper's and CoLLM's logged figures, the differences and
+the wall time to the best epoch; `trained_in_this_run` tells a backbone trained here from one whose
+`all_results.json` was read.
 """
 
 import argparse

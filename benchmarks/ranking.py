@@ -35,7 +35,7 @@ import torch
 from report import dtype_name, provenance, save_results
 
 from ccf_llm import CCFLlamaForCTR, CCFLlamaProcessor, load_llm, score_rows, scoring_tokens
-from ccf_llm.data import item_titles, load_movielens_1m
+from ccf_llm.data import id_counts, item_titles, load_movielens_1m
 from ccf_llm.precision import DTYPE_NAMES, device_precision, resolve_dtype
 from ccf_llm.trainer_ccf_llama import compile_decoder_layers
 
@@ -149,8 +149,7 @@ def main():
     splits = load_movielens_1m(args.data_dir)
     titles = item_titles(splits)
     test = splits["test"] if args.test_rows is None else splits["test"].select(range(args.test_rows))
-    num_users = max(max(s["user_id"]) for s in splits.values())
-    num_items = max(titles)
+    num_users, num_items = id_counts(splits)
     # the first test user with at least 10 history items; candidates: the test items, then other titled items
     lengths = np.array([len(h) for h in test["history"]])
     row = int(np.flatnonzero(lengths >= 10)[0])

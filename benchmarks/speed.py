@@ -56,7 +56,7 @@ from ranking import build  # noqa: E402
 from report import dtype_name, provenance, save_results  # noqa: E402
 
 from ccf_llm import DEFAULT_LLM, CCFDataCollator, score_rows  # noqa: E402
-from ccf_llm.data import item_titles, load_movielens_1m  # noqa: E402
+from ccf_llm.data import id_counts, item_titles, load_movielens_1m  # noqa: E402
 from ccf_llm.precision import DTYPE_NAMES, resolve_dtype  # noqa: E402
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora  # noqa: E402
 
@@ -263,8 +263,7 @@ def main():
     dtype = resolve_dtype(args.dtype)
     splits = load_movielens_1m(args.data_dir)
     titles = item_titles(splits)
-    num_users = max(max(s["user_id"]) for s in splits.values())
-    num_items = max(titles)
+    num_users, num_items = id_counts(splits)
 
     # 1. training throughput and peak memory (first, so the RSS peak is training's)
     rows = splits["train"].shuffle(seed=0).select(range(args.batch * args.steps))

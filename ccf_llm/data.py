@@ -289,8 +289,8 @@ def item_titles(splits: datasets.DatasetDict) -> dict[int, str]:
 def id_counts(splits: datasets.DatasetDict) -> tuple[int, int]:
     """`(num_users, num_items)` of a split dict: the largest user and item id over every split (ids start at 1; row
     0 of the CF tables pads), what the CF tables and `CCFLlamaForCTR.from_llm` are sized by."""
-    largest = [max(max(splits[s][column]) for s in splits) for column in ("user_id", "item_id")]
-    return largest[0], largest[1]
+    num_users, num_items = (max(max(splits[s][column]) for s in splits) for column in ("user_id", "item_id"))
+    return num_users, num_items
 
 
 COLD_RULES = {

@@ -95,12 +95,16 @@ class CCFMLP(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device = x.device.type
-        no_autocast = (
-            torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else None
-        )
-        with no_autocast or nullcontext():
+        with _without_autocast(x.device):
             return self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))
+
+
+def _without_autocast(device: torch.device):
+    """Autocast off on `device` (fp32 fusion weights compute in fp32 also under `Trainer(bf16=True)`); a no-op where
+    the device has no autocast (e.g. meta tensors)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
 
 
 # Θ_E, Θ_A and Θ_G (ENC, ALG, GATE) load and compute in fp32 beside a bf16 LLM, as they train (see
@@ -142,9 +146,7 @@ class CCFCollaborativeEncoder(nn.Module):
         outputs = []
         for s, (user, items) in enumerate(zip(self.user_encoders, self.item_embeddings, strict=True)):
             sequential = kind == "user" and not isinstance(user, nn.Embedding)
-            with torch.autocast(
-                items.weight.device.type, enabled=False
-            ):  # fp32 also under Trainer(bf16=True)
+            with _without_autocast(items.weight.device):
                 x = items(ids) if kind == "item" else user(history, items) if sequential else user(ids)
             centered = shifts is not None and shifts[s][side] is not None
             if centered:

@@ -26,12 +26,14 @@ import logging
 import os
 import sys
 import time
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from torch.distributed.fsdp import register_fsdp_forward_method
 from transformers import AutoModel, HfArgumentParser, TrainingArguments, set_seed
+from transformers.hf_argparser import string_to_bool
 
 from ccf_llm import (
     DEFAULT_LLM,
@@ -231,14 +233,13 @@ def cf_models_for(
 
 def resume_flag(value: str | None) -> bool:
     """`--resume_from_checkpoint`: true or false, since each stage resumes from its own folder's last checkpoint."""
-    if value is None or value.lower() in ("false", "0", "no"):
-        return False
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    raise ValueError(
-        f"--resume_from_checkpoint takes true or false here (each stage resumes from the last checkpoint in its own "
-        f"folder under --output_dir), got {value!r}"
-    )
+    try:
+        return value is not None and string_to_bool(value)
+    except ArgumentTypeError:
+        raise ValueError(
+            f"--resume_from_checkpoint takes true or false here (each stage resumes from the last checkpoint in its "
+            f"own folder under --output_dir), got {value!r}"
+        ) from None
 
 
 def check_output_dir(output_dir: Path, overwrite: bool):

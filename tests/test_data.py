@@ -270,9 +270,8 @@ def test_collm_movielens_prompts_for_every_row():
     assert all(row.count(user_token) == 1 for row in ids)
     row = test[int(np.argmax([len(h) for h in test["history"]]))]
     marks = np.array(row["token_item_ids"])
-    starts = (marks != 0) & (
-        marks != np.append(0, marks[:-1])
-    )  # first token of each title (titles are apart)
+    # the first token of each title (titles are apart)
+    starts = (marks != 0) & (marks != np.append(0, marks[:-1]))
     assert marks[starts].tolist() == row["history"][-10:] + [row["item_id"]]  # items in prompt order
     assert all(len(processor.process_dataset(splits[s])) == len(splits[s]) for s in ("train", "validation"))
 

@@ -724,9 +724,8 @@ def test_gathering_item_rows_for_their_tokens_has_a_deterministic_backward():
     from ccf_llm.modeling_ccf_llama import _rows
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(
-        2
-    )  # the order only varies with several threads (x[index]: 8 distinct gradients of 8)
+    # the order only varies with several threads (x[index]: 8 distinct gradients of 8)
+    torch.set_num_threads(2)
     try:
         torch.manual_seed(0)
         x = torch.randn(200, 64, requires_grad=True)

@@ -201,9 +201,8 @@ def test_the_cf_encoder_trains_in_training_mode_only_in_the_stages_that_tune_it(
         assert wrapper.modules_to_save["default"].training is tuned
         assert not wrapper.original_module.training
         assert peft_gate.get_base_model().model.alignment.modules_to_save["default"].training
-    with pytest.raises(
-        ValueError, match="must run before add_lora"
-    ):  # the copy would keep the old statistics
+    # the PEFT copy would keep the old statistics
+    with pytest.raises(ValueError, match="must run before add_lora"):
         peft_gate.get_base_model().fit_cf_standardization()
 
 
