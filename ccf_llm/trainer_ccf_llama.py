@@ -311,11 +311,29 @@ _GATE_KEY = re.compile(r"(^|\.)model\.gate\.")
 `mlp.gate_proj`."""
 
 
+def has_adapter_weights(folder) -> bool:
+    """
+    Whether `folder` holds a saved adapter's weights (`adapter_model.safetensors`). An `adapter_model.bin` there (a
+    pickle, PEFT's `safe_serialization=False`) raises a `ValueError` naming it: ccf-llm reads no pickle, and treating
+    the folder as empty would silently train again what it holds.
+    """
+    folder = Path(folder)
+    if (folder / "adapter_model.safetensors").is_file():
+        return True
+    if (folder / "adapter_model.bin").is_file():
+        raise ValueError(
+            f"{folder / 'adapter_model.bin'} is a pickle file, which ccf-llm does not read: save the adapter as "
+            "safetensors (PEFT's save_pretrained default, safe_serialization=True)"
+        )
+    return False
+
+
 def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, skip_gate: bool = False) -> bool:
     """
     Load the adapter saved in `folder` (LoRA and ALG/GATE) into the PEFT-wrapped `model`, renaming the keys of
     adapters saved before the model split (`CCFLlamaForCTR._checkpoint_conversion_mapping`). Returns False, loading
-    nothing, where this does not apply: no adapter file there, a model without PEFT, or one FSDP has sharded.
+    nothing, where this does not apply: no adapter file there, a model without PEFT, or one FSDP has sharded (a
+    pickle `adapter_model.bin` raises: `has_adapter_weights`).
     With `keep_missing_fusion`, fusion weights (ALG/GATE) the file lacks keep their current values: a shared stage 1
     from a `text` run has LoRA only (CoLLM's inject rows start from the TALLRec LoRA); anything else missing raises.
     With `skip_gate`, the file's GATE weights are not loaded and the model's GATE keeps its current values: a shared
@@ -328,9 +346,7 @@ def load_adapter_weights(model, folder, keep_missing_fusion: bool = False, skip_
 
     if not hasattr(model, "get_base_model") or is_fsdp_sharded(model):
         return False
-    if not any(
-        (Path(folder) / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")
-    ):
+    if not has_adapter_weights(folder):
         return False
     mapping = getattr(model.get_base_model(), "_checkpoint_conversion_mapping", None)
     loaded = load_peft_weights(str(folder), key_mapping=mapping)
@@ -529,7 +545,7 @@ class CCFTwoStageTrainer:
                 self.stage_log.append({**record, "shared_from": str(self.shared_stages[stage])})
                 previous_metrics = None
                 continue
-            if resume_from_checkpoint and (final / "adapter_model.safetensors").is_file():
+            if resume_from_checkpoint and has_adapter_weights(final):
                 self._load(final)
                 self.stage_log.append({**record, "loaded": str(final)})
                 previous_metrics = None

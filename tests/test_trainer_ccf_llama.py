@@ -468,3 +468,22 @@ def test_an_inject_run_starts_from_a_text_runs_lora_with_its_fusion_weights_at_i
     )  # the text run's LoRA, frozen in stage 2
     with pytest.raises(ValueError, match="lacks"):  # a resumed checkpoint must hold every weight
         load_adapter_weights(second.model, shared)
+
+
+def test_a_pickled_adapter_is_refused_by_name_not_read_or_trained_over(tmp_path):
+    """A finished stage saved as `adapter_model.bin` (PEFT's `safe_serialization=False`): loading it and resuming
+    the run that wrote it both raise, naming the file, instead of reading a pickle or, finding no safetensors,
+    training the finished stage again."""
+    second, shared, _ = shared_stage_run(tmp_path, "gate", "gate")
+    weights = load_peft_weights(str(shared))
+    (shared / "adapter_model.safetensors").unlink()
+    torch.save(weights, shared / "adapter_model.bin")
+    with pytest.raises(ValueError, match=r"stage_1_lora/final/adapter_model\.bin is a pickle file"):
+        load_adapter_weights(second.model, shared)
+    model, tokenizer, data = tiny_setup("gate")
+    resumed = CCFTwoStageTrainer(model, two_stage_args(tmp_path), train_dataset=data,
+                                 data_collator=CCFDataCollator(tokenizer.pad_token_id))  # fmt: skip
+    before = snapshot(resumed.model)
+    with pytest.raises(ValueError, match="is a pickle file"):
+        resumed.train(resume_from_checkpoint=True)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(resumed.model).items())  # nothing trained
