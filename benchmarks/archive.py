@@ -33,6 +33,7 @@ import argparse
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -170,19 +171,24 @@ def archive(
     return sorted(written)
 
 
-def restore(folder: Path, output_dir: Path, splits: dict[str, pd.DataFrame]) -> list[Path]:
+def restore(
+    folder: Path, output_dir: Path, splits: dict[str, pd.DataFrame], wanted: Callable[[Path], bool] | None = None
+) -> list[Path]:
     """Write `folder`'s kept files that `output_dir` lacks into it: the JSON files from each `<row>.json`, scores
-    with `ID_COLUMNS` from `splits`, adapters as kept. Returns the paths restored (relative)."""
+    with `ID_COLUMNS` from `splits`, adapters as kept; with `wanted`, only the paths (relative) it accepts. Returns
+    the paths restored (relative)."""
     restored = []
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         for path, content in json.loads(record.read_text())["files"].items():
+            if wanted is not None and not wanted(Path(path)):
+                continue
             if not (output_dir / path).exists():
                 (output_dir / path).parent.mkdir(parents=True, exist_ok=True)
                 (output_dir / path).write_text(json.dumps(content, indent=2) + "\n")
                 restored.append(Path(path))
     for relative in kept_files(folder) if folder.is_dir() else []:  # the scores and adapters
         target = output_dir / relative
-        if target.exists():
+        if target.exists() or (wanted is not None and not wanted(relative)):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if relative.suffix == ".parquet":

@@ -4,6 +4,8 @@
                                    [--config examples/configs/reproduce_ml1m.json] [--only ROW ...]
     python benchmarks/reproduce.py --select [--select_eval_rows 5000]   # choose the learning rates first
     python benchmarks/reproduce.py --budget full --seed 1 --only gate_mf inject_mf   # another seed of LLM rows
+    python benchmarks/reproduce.py --budget full --results_name reproduce_full_v2 --stage1_from reproduce_full
+                                   --cf_output_dir outputs/reproduce_full   # stage 2 again from the same stage 1
 
 Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, output in `OUTPUT_DIR/<row>`):
 
@@ -30,6 +32,12 @@ runs read (results, stage logs, LoRA stages' adapters, scores without ids, with 
 `OUTPUT_DIR` lacks, so a fresh clone on a machine of the same kind skips the finished rows and resumes an unfinished
 one after its last finished stage. Checkpoints are not kept: a restored row whose UAUC-selected checkpoint was not
 scored cannot be scored there (`no checkpoint`).
+
+`--stage1_from NAME` starts a new run (`--results_name`) from the stage 1 of run NAME of the same seed, kept in its
+archive: rows that train LoRA only are taken whole, the others load their LoRA stage and train the later stages
+again (`first_stages`). Stage 1 trains no fusion weight and is about half of a `gate` row's time (AMX: 43-62 min of
+83-99), and the `text` row that the inject rows share takes 56 min: this redoes what a change to code that only the
+later stages run alters (the 2026-12-06 fix of the fusion weights' backward) at about half the cost.
 
 `--seed N` (not the config's seed) runs the LLM rows with seed N (LoRA and ALG/GATE initialization, data order,
 early-stopping rows) into `outputs/<name>_seed<N>` and `benchmarks/results/<name>_seed<N>*`, fusing the CF models of
@@ -153,6 +161,24 @@ def shared_stage1_source(row: str, args) -> str | None:
         alpha = json.loads(args.config.read_text()).get("gate_init_alpha", 0.0)
         return "gate_lightgcn" if alpha == 1.0 else None
     return SHARED_STAGE1.get(row)
+
+
+def first_stages(relative: Path) -> bool:
+    """
+    What `--stage1_from` takes from another run's archive (paths relative to its output folder): every kept file of
+    an LLM row that trains LoRA only (`text`, `gate_lightgcn_stage1_only`), and of the other LLM rows their LoRA
+    stage (`stage_1_lora/`: its log and adapter), not their later stages, results, scores or times. Those stages then
+    train again from the same LoRA, e.g. after a fix to code that only they run (the fusion weights' backward).
+    """
+    from archive import row_of
+
+    row = row_of(relative)
+    if row not in LLM_ROWS:
+        return False
+    _, sources, schedule, _ = LLM_ROWS[row]
+    if schedule == "lora" or not sources:  # without CF (text) a row runs its first stage only
+        return True
+    return any(part.startswith("stage_") and part.endswith("_lora") for part in relative.parts[1:])
 
 
 def code_commit() -> str | None:
@@ -669,6 +695,10 @@ def render(out: dict) -> list[str]:
     if out.get("shared_stage1"):
         lines += ["", "Stage 1 shared (run_ctr.py --shared_stage1): "
                   + ", ".join(f"{row} from {src}" for row, src in out["shared_stage1"].items()) + "."]  # fmt: skip
+    if out.get("stage1_from"):
+        lines += ["", f"Stage 1 from `{out['stage1_from']}` (`--stage1_from`, its archive on this CPU kind): the rows "
+                  "that train LoRA only are that run's, whole; the others loaded its LoRA stage and trained their "
+                  "later stages here (their train s and row wall s count only that)."]  # fmt: skip
     by_commit = {}
     for t in out["rows"]:
         for commit in t.get("commits", []):
@@ -727,6 +757,13 @@ def main():
         help="name of the results files in benchmarks/results/ (default: the budget's), e.g. for a sensitivity run",
     )
     parser.add_argument(
+        "--stage1_from",
+        default=None,
+        help="results name of a finished run of this budget (e.g. reproduce_full; with --seed N its _seedN run) whose "
+        "archive (this CPU kind's) gives the rows that train LoRA only, whole, and the other rows' LoRA stage: their "
+        "later stages train again, into --results_name (`first_stages`)",
+    )
+    parser.add_argument(
         "--select", action="store_true", help="choose the learning rates on validation (`select`)"
     )
     parser.add_argument(
@@ -741,6 +778,10 @@ def main():
     run = seed_run(args.results_name or name, args.config, args.seed, args.cf_output_dir)
     if run.seed is not None and args.select:
         parser.error("--select chooses the budget's learning rates: run it without --seed")
+    if args.stage1_from:  # the other run of the same seed: its LoRA was trained against this seed's ALG
+        args.stage1_from = seed_run(args.stage1_from, args.config, args.seed).results_name
+        if args.stage1_from == run.results_name:
+            parser.error(f"--stage1_from names this run itself ({run.results_name}): give --results_name")
     name, args.seed, args.cf_output_dir = run.results_name, run.seed, run.cf_output_dir
     args.output_dir = args.output_dir or run.output_dir
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -755,6 +796,8 @@ def main():
     rows = row_order(args.only or ROWS, args)
     start = time.perf_counter()
     splits = movielens_splits(args.data_dir)
+    if args.stage1_from:
+        keep("restore", args, args.stage1_from, splits, wanted=first_stages)
     keep("restore", args, name, splits)  # what earlier sessions on this CPU kind finished, from git
     if args.report_only:
         rows = [row for row in rows if (row_dir(row, args) / "all_results.json").is_file()]
@@ -783,16 +826,17 @@ def run_rows(rows: list[str], args, name: str, splits, start: float) -> dict:
     return results
 
 
-def keep(action: str, args, name: str, splits) -> None:
-    """`archive.restore` ("restore") or `archive.archive` ("archive") between `args.output_dir` and the committed
-    folder of this CPU kind's finished rows (`archive.archive_folder`), printing what moved."""
+def keep(action: str, args, name: str, splits, wanted=None) -> None:
+    """`archive.restore` ("restore", of the paths `wanted` accepts) or `archive.archive` ("archive") between
+    `args.output_dir` and the committed folder of this CPU kind's finished rows (`archive.archive_folder`), printing
+    what moved."""
     import archive
     from report import provenance
 
     from ccf_llm.precision import device_precision, resolve_dtype
 
     folder = archive.archive_folder(name, device_precision().kind)
-    if action == "restore" and (moved := archive.restore(folder, args.output_dir, splits)):
+    if action == "restore" and (moved := archive.restore(folder, args.output_dir, splits, wanted)):
         print(f"[reproduce] restored {len(moved)} files from {folder} into {args.output_dir}", flush=True)
     if action == "archive":
         found = provenance(resolve_dtype(json.loads(args.config.read_text()).get("dtype", "auto")))
@@ -851,6 +895,7 @@ def write_table(results: dict, args, name: str, start: float) -> None:
         "bootstrap_resamples": boot.get("n_resamples"),
         "uauc_selected": uauc_selected_table(results, args),
         "shared_stage1": {row: src for row in results if (src := shared_stage1_source(row, args))},
+        "stage1_from": getattr(args, "stage1_from", None),
         "cf_rows_from": None if args.seed is None else str(args.cf_output_dir),
         "rows_not_run": [row for row in (ROWS if args.seed is None else LLM_ROWS) if row not in results],
     }

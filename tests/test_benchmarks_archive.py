@@ -151,6 +151,32 @@ def test_restore_rebuilds_a_fresh_output_folder_and_keeps_what_is_there(tmp_path
     assert archive.restore(tmp_path / "nothing kept yet", fresh, SPLITS) == []
 
 
+def test_stage1_from_takes_lora_only_rows_whole_and_the_lora_stage_of_the_others(tmp_path):
+    """`reproduce.py --stage1_from`: a new run restores from another run's archive `text` (a LoRA-only row) whole and
+    `gate_mf`'s stage 1, but none of `gate_mf`'s stage 2, results, scores or time, and nothing of `inject_mf` (its
+    stage 1 is `text`'s): those train again."""
+    out, kept, fresh = tmp_path / "out", tmp_path / "kept", tmp_path / "fresh"
+    run_folder(out)
+    mode = out / "gate_mf" / "gate"
+    write(mode / "stage_2_fusion" / "stage_log.json", '{"stage": "fusion"}')
+    write(mode / "all_results.json", '{"test_auc": 0.73}')
+    write(out / "gate_mf" / "all_results.json", '{"by_mode": {}}')
+    scores("test", [0.9, 0.8, 0.7]).to_parquet(mode / "scores_test.parquet")
+    inject = out / "inject_mf" / "inject"
+    write(inject / "stage_2_fusion" / "stage_log.json", '{"stage": "fusion", "shared_from": "text"}')
+    write(inject / "all_results.json", '{"test_auc": 0.72}')
+    write(out / "inject_mf.timing.json", json.dumps({"attempts": [{"started": 1.0, "seconds": 9.0}]}))
+    archive.archive(out, kept, SPLITS, PROVENANCE, rows=(*ROWS, "inject_mf"))
+    assert (kept / "gate_mf" / "gate" / "scores_test.parquet").is_file() and (kept / "inject_mf.json").is_file()
+    restored = {p.as_posix() for p in archive.restore(kept, fresh, SPLITS, wanted=reproduce.first_stages)}
+    text = {p for p in JSON_FILES | BINARY_FILES if p.startswith("text")}
+    stage_1 = {p for p in JSON_FILES | BINARY_FILES if p.startswith("gate_mf/gate/stage_1_lora/")}
+    assert len(text) == 7 and len(stage_1) == 3 and restored == text | stage_1
+    assert load((fresh / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())[LORA].sum() == 6
+    # the rest comes back with a plain restore, which a --stage1_from run never does from the other run's archive
+    assert "gate_mf/gate/scores_test.parquet" in {p.as_posix() for p in archive.restore(kept, fresh, SPLITS)}
+
+
 def test_scores_over_other_rows_are_not_kept(tmp_path):
     out, kept = tmp_path / "out", tmp_path / "kept"
     folder = out / "text" / "text"
