@@ -172,7 +172,10 @@ def archive(
 
 
 def restore(
-    folder: Path, output_dir: Path, splits: dict[str, pd.DataFrame], wanted: Callable[[Path], bool] | None = None
+    folder: Path,
+    output_dir: Path,
+    splits: dict[str, pd.DataFrame],
+    wanted: Callable[[Path], bool] | None = None,
 ) -> list[Path]:
     """Write `folder`'s kept files that `output_dir` lacks into it: the JSON files from each `<row>.json`, scores
     with `ID_COLUMNS` from `splits`, adapters as kept; with `wanted`, only the paths (relative) it accepts. Returns

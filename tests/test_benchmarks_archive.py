@@ -167,12 +167,17 @@ def test_stage1_from_takes_lora_only_rows_whole_and_the_lora_stage_of_the_others
     write(inject / "all_results.json", '{"test_auc": 0.72}')
     write(out / "inject_mf.timing.json", json.dumps({"attempts": [{"started": 1.0, "seconds": 9.0}]}))
     archive.archive(out, kept, SPLITS, PROVENANCE, rows=(*ROWS, "inject_mf"))
-    assert (kept / "gate_mf" / "gate" / "scores_test.parquet").is_file() and (kept / "inject_mf.json").is_file()
+    assert (kept / "gate_mf" / "gate" / "scores_test.parquet").is_file() and (
+        kept / "inject_mf.json"
+    ).is_file()
     restored = {p.as_posix() for p in archive.restore(kept, fresh, SPLITS, wanted=reproduce.first_stages)}
     text = {p for p in JSON_FILES | BINARY_FILES if p.startswith("text")}
     stage_1 = {p for p in JSON_FILES | BINARY_FILES if p.startswith("gate_mf/gate/stage_1_lora/")}
     assert len(text) == 7 and len(stage_1) == 3 and restored == text | stage_1
-    assert load((fresh / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())[LORA].sum() == 6
+    assert (
+        load((fresh / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())[LORA].sum()
+        == 6
+    )
     # the rest comes back with a plain restore, which a --stage1_from run never does from the other run's archive
     assert "gate_mf/gate/scores_test.parquet" in {p.as_posix() for p in archive.restore(kept, fresh, SPLITS)}
 
