@@ -10,10 +10,18 @@ the seeded validation/test subsamples. Each run's CF model, `text` and `gate` ar
 all, warm and item-cold rows). Records `benchmarks/results/demo_seeds.{json,md,png}` (this CPU kind's entry): every
 run, and per comparison how many runs have their interval above 0, below 0, or across it.
 `auto` and the dtype it resolves to are one dtype: on an AVX2-only CPU (`auto` = float32) only fp32 runs.
+
+`--fusion_learning_rate X` asks what the demo gives with stage 2 at learning rate X: each run starts from the
+config's own run of its dtype and seed (`OUTPUT_DIR/<dtype>_seed<S>`, run first where missing), whose CF model,
+`text` run and `gate` stage 1 are bitwise what the changed config trains too (training repeats bit for bit since
+2026-12-06, and the learning rate reaches stage 2 only), copies them into `OUTPUT_DIR/<dtype>_seed<S>_fusion_lr_X`
+and trains `gate`'s stage 2 there (`run_ctr.py ... --fusion_modes gate --resume_from_checkpoint true`); the table
+is `benchmarks/results/demo_seeds_fusion_lr_X.{json,md,png}`, its wall minutes those of stage 2 and scoring.
 """
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +67,11 @@ def diff_cell(pair: dict) -> str:
     return f"{pair['auc_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+def valid_cell(found: dict | None) -> str:
+    """The validation AUC of `text` and `gate` (what a setting is chosen on), or — for runs recorded without it."""
+    return "—" if not found else f"{found['text']:.3f}, {found['gate']:.3f}"
+
+
 def render(entry: dict) -> list[str]:
     lines = [
         f"Each run: `{entry['run_ctr_command']} --seed S [--dtype D]`, {entry['train_rows']} training rows per stage. "
@@ -69,7 +82,7 @@ def render(entry: dict) -> list[str]:
         "",
         "| dtype | seed | rows | CF | `text` | `gate` | `gate - text` | `gate - cf` | warm `gate - cf` | item-cold "
         "`gate - cf` | wall min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in entry["runs"].values():
         test = run["test"]
@@ -78,7 +91,7 @@ def render(entry: dict) -> list[str]:
             f"| {run['dtype']} | {run['seed']} | {test['all']['rows']} | {cell(models['cf'])} | {cell(models['text'])} | "
             f"{cell(models['gate'])} | {diff_cell(pairs['gate - text'])} | {diff_cell(pairs['gate - cf'])} | "
             f"{diff_cell(test['warm']['pairs']['gate - cf'])} | {diff_cell(test['item-cold']['pairs']['gate - cf'])} | "
-            f"{run['wall_seconds'] / 60:.1f} |"
+            f"{valid_cell(run.get('valid_auc'))} | {run['wall_seconds'] / 60:.1f} |"
         )
     lines += ["", "Across runs (test AUC differences; how many runs have the 95% interval above 0, below 0, across 0):",
               "", "| rows: comparison | runs | mean | range | above 0 | below 0 | across 0 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -126,6 +139,27 @@ def plot(entry: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def run_arguments(seed: int, dtype: str, output_dir: Path) -> list[str]:
+    """`run_ctr.py`'s arguments beside the config for one run."""
+    found = ["--seed", str(seed), "--output_dir", str(output_dir), "--overwrite_output_dir", "true"]
+    return found + (["--dtype", dtype] if dtype != "auto" else [])
+
+
+def start_from(own: Path, folder: Path, command: list[str]) -> None:
+    """
+    Seed `folder` with what the config's run `own` trained before stage 2 (`run_ctr.json`, the CF model, the `text`
+    run, `gate`'s stage 1), running `command` (the config's run) first where `own` has not finished.
+    """
+    if not (own / "all_results.json").is_file():
+        start = time.perf_counter()
+        subprocess.run(command, check=True, env=checkout_env())
+        own.with_name(own.name + ".wall_seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(own / "run_ctr.json", folder / "run_ctr.json")
+    for part in [*(p.name for p in own.glob("cf_*")), "text", "gate/stage_1_lora"]:
+        shutil.copytree(own / part, folder / part, dirs_exist_ok=True)
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,37 +169,51 @@ def main():
     parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"])
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo_seeds"))
     parser.add_argument("--report_only", action="store_true", help="tabulate finished runs, train nothing")
+    parser.add_argument(
+        "--fusion_learning_rate", type=float, default=None,
+        help="gate's stage 2 at this learning rate, from each seed's run of the config (its stage 1 and text run)",
+    )  # fmt: skip
     args = parser.parse_args()
     config = json.loads(Path(args.config).read_text())
     base = ["python", "examples/run_ctr.py", args.config]
     dtypes = {}  # resolved name -> the argument: auto and the dtype it resolves to are one
     for dtype in args.dtypes:
         dtypes.setdefault(dtype_name(resolve_dtype(dtype)), dtype)
+    lr = args.fusion_learning_rate
+    suffix = "" if lr is None else f"_fusion_lr_{lr:g}"
     runs = {}
     for name, dtype in dtypes.items():
         for seed in args.seeds:
-            folder = args.output_dir / f"{name}_seed{seed}"
-            extra = ["--seed", str(seed), "--output_dir", str(folder), "--overwrite_output_dir", "true"]
-            extra += ["--dtype", dtype] if dtype != "auto" else []
+            own = args.output_dir / f"{name}_seed{seed}"  # the config's run
+            folder = own.with_name(own.name + suffix)
+            extra = run_arguments(seed, dtype, folder)
+            if lr is not None:
+                extra += ["--fusion_learning_rate", f"{lr:g}", "--fusion_modes", "gate",
+                          "--resume_from_checkpoint", "true"]  # fmt: skip
             timing = folder.with_name(folder.name + ".wall_seconds")
             if not (folder / "all_results.json").is_file():
                 if args.report_only:
                     continue
+                if lr is not None:
+                    start_from(own, folder, [sys.executable, *base[1:], *run_arguments(seed, dtype, own)])
                 start = time.perf_counter()
                 subprocess.run([sys.executable, *base[1:], *extra], check=True, env=checkout_env())
                 timing.write_text(f"{time.perf_counter() - start:.1f}\n")
-            summary = json.loads((folder / "all_results.json").read_text())
+            modes = list(json.loads((folder / "all_results.json").read_text())["by_mode"])
             runs[f"{name}_seed{seed}"] = {
                 "dtype": name, "seed": seed, "command": " ".join([*base, *extra]),
                 "wall_seconds": float(timing.read_text()) if timing.is_file() else float("nan"),
-                "test": test_comparison(folder, list(summary["by_mode"]), next(folder.glob("cf_*")),
+                "valid_auc": {mode: json.loads((folder / mode / "all_results.json").read_text())["eval_auc"]
+                              for mode in ("text", "gate")},
+                "test": test_comparison(folder, ["text"] * (lr is not None) + modes, next(folder.glob("cf_*")),
                                         config.get("eval_rows"), seed),
             }  # fmt: skip
     if not runs:
         raise SystemExit(f"no finished run under {args.output_dir}")
     kind = device_precision().kind
     recorded = provenance(", ".join(dtypes))
-    stored = RESULTS / "demo_seeds.json"
+    results_name = "demo_seeds" + suffix
+    stored = RESULTS / f"{results_name}.json"
     if args.report_only and stored.is_file():  # the runs' command and date, not this tabulation's
         recorded = json.loads(stored.read_text())["by_cpu_kind"].get(kind, {}).get("provenance", recorded)
     entry = {
@@ -175,9 +223,10 @@ def main():
         "runs": runs,
         "summary": summarize(runs),
     }
-    entry["figure"] = f"demo_seeds_{kind.lower()}.png"  # one figure per CPU kind
+    entry["figure"] = f"{results_name}_{kind.lower()}.png"  # one figure per CPU kind
     plot(entry, RESULTS / entry["figure"])
-    print("\n".join(save_results("demo_seeds", entry, render, TITLE)))
+    title = TITLE if lr is None else f"{TITLE} Stage 2 at fusion learning rate {lr:g}"
+    print("\n".join(save_results(results_name, entry, render, title)))
 
 
 if __name__ == "__main__":
