@@ -81,7 +81,7 @@ def render(entry: dict) -> list[str]:
         f"scored on different test rows. Figure: [{entry['figure']}]({entry['figure']}).",
         "",
         "| dtype | seed | rows | CF | `text` | `gate` | `gate - text` | `gate - cf` | warm `gate - cf` | item-cold "
-        "`gate - cf` | wall min |",
+        "`gate - cf` | valid AUC `text`, `gate` | wall min |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in entry["runs"].values():

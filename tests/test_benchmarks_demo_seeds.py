@@ -56,3 +56,20 @@ def test_run_arguments_and_the_validation_cell():
     assert demo_seeds.run_arguments(0, "bfloat16", Path("o"))[-2:] == ["--dtype", "bfloat16"]
     assert demo_seeds.valid_cell({"text": 0.61912, "gate": 0.5249}) == "0.619, 0.525"
     assert demo_seeds.valid_cell(None) == "—"
+
+
+def test_render_gives_every_row_of_the_runs_table_its_header_cells():
+    model = {"auc": 0.6, "auc_ci": [0.55, 0.65]}
+    pair = {"auc_diff": 0.02, "auc_diff_ci": [-0.01, 0.05]}
+    subset = {"rows": 600, "models": {"cf": model, "text": model, "gate": model},
+              "pairs": {"gate - text": pair, "gate - cf": pair}}  # fmt: skip
+    runs = {f"float32_seed{seed}": {"dtype": "float32", "seed": seed, "wall_seconds": 600.0,
+                                    "test": {name: subset for name in demo_seeds.SUBSETS}} for seed in (0, 1)}  # fmt: skip
+    runs["float32_seed1"]["valid_auc"] = {"text": 0.61, "gate": 0.63}
+    entry = {"run_ctr_command": "python examples/run_ctr.py demo.json", "train_rows": 1000, "figure": "f.png",
+             "runs": runs, "summary": demo_seeds.summarize(runs)}  # fmt: skip
+    lines = demo_seeds.render(entry)
+    start = next(i for i, line in enumerate(lines) if line.startswith("| dtype"))
+    table = lines[start : start + 4]
+    assert {line.count("|") for line in table} == {13}  # 12 cells: header, rule and both runs
+    assert table[2].endswith("| — | 10.0 |") and table[3].endswith("| 0.610, 0.630 | 10.0 |")
