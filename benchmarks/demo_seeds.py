@@ -79,6 +79,18 @@ def render(entry: dict) -> list[str]:
         "the same resamples. Warm: user and item with more than 3 train rows; item-cold: items absent from train "
         "(the CF model scores them all alike). The seed also draws the validation/test subsample, so runs are "
         f"scored on different test rows. Figure: [{entry['figure']}]({entry['figure']}).",
+        *(
+            []
+            if entry.get("fusion_learning_rate") is None
+            else [
+                "",
+                f"Stage 2 at fusion learning rate {entry['fusion_learning_rate']:g}: each run copies the config's run "
+                "of its seed (its CF model, `text` run and `gate` stage 1, bitwise what this setting trains) and trains "
+                f"`gate`'s stage 2 only (`--fusion_learning_rate {entry['fusion_learning_rate']:g} --fusion_modes gate "
+                "--resume_from_checkpoint true`); `text` and CF are the config's runs, and wall min counts stage 2 and "
+                "scoring only.",
+            ]
+        ),
         "",
         "| dtype | seed | rows | CF | `text` | `gate` | `gate - text` | `gate - cf` | warm `gate - cf` | item-cold "
         "`gate - cf` | valid AUC `text`, `gate` | wall min |",
@@ -220,6 +232,7 @@ def main():
         "provenance": recorded,
         "run_ctr_command": " ".join(base),
         "train_rows": config["train_rows_per_stage"],
+        "fusion_learning_rate": lr,
         "runs": runs,
         "summary": summarize(runs),
     }
