@@ -11,12 +11,13 @@ all, warm and item-cold rows). Records `benchmarks/results/demo_seeds.{json,md,p
 run, and per comparison how many runs have their interval above 0, below 0, or across it.
 `auto` and the dtype it resolves to are one dtype: on an AVX2-only CPU (`auto` = float32) only fp32 runs.
 
-`--fusion_learning_rate X` asks what the demo gives with stage 2 at learning rate X: each run starts from the
-config's own run of its dtype and seed (`OUTPUT_DIR/<dtype>_seed<S>`, run first where missing), whose CF model,
-`text` run and `gate` stage 1 are bitwise what the changed config trains too (training repeats bit for bit since
-2026-12-06, and the learning rate reaches stage 2 only), copies them into `OUTPUT_DIR/<dtype>_seed<S>_fusion_lr_X`
-and trains `gate`'s stage 2 there (`run_ctr.py ... --fusion_modes gate --resume_from_checkpoint true`); the table
-is `benchmarks/results/demo_seeds_fusion_lr_X.{json,md,png}`, its wall minutes those of stage 2 and scoring.
+`--fusion_learning_rate X` asks what the demo gives with stage 2 at learning rate X, `--stage1_only` what `gate`'s
+stage 1 alone gives (no stage 2: `--schedule lora`). Each run starts from the config's own run of its dtype and seed
+(`OUTPUT_DIR/<dtype>_seed<S>`, run first where missing), whose CF model, `text` run and `gate` stage 1 are bitwise
+what the changed config trains too (training repeats bit for bit since 2026-12-06, and the change reaches stage 2
+only), copies them into `OUTPUT_DIR/<dtype>_seed<S>_<variant>` and runs `gate` there (`run_ctr.py ... --fusion_modes
+gate --resume_from_checkpoint true`: stage 1 is loaded, stage 2 trains or, with `--stage1_only`, is skipped); the table
+is `benchmarks/results/demo_seeds_<variant>.{json,md,png}`, its wall minutes those of stage 2 and scoring.
 """
 
 import argparse
@@ -81,14 +82,13 @@ def render(entry: dict) -> list[str]:
         f"scored on different test rows. Figure: [{entry['figure']}]({entry['figure']}).",
         *(
             []
-            if entry.get("fusion_learning_rate") is None
+            if entry.get("variant") is None
             else [
                 "",
-                f"Stage 2 at fusion learning rate {entry['fusion_learning_rate']:g}: each run copies the config's run "
-                "of its seed (its CF model, `text` run and `gate` stage 1, bitwise what this setting trains) and trains "
-                f"`gate`'s stage 2 only (`--fusion_learning_rate {entry['fusion_learning_rate']:g} --fusion_modes gate "
-                "--resume_from_checkpoint true`); `text` and CF are the config's runs, and wall min counts stage 2 and "
-                "scoring only.",
+                f"{entry['variant']['title']}: each run copies the config's run of its seed (its CF model, `text` run "
+                "and `gate` stage 1, bitwise what this setting trains) and runs `gate` from there (`"
+                + " ".join(entry["variant"]["arguments"])
+                + "`); `text` and CF are the config's runs, and wall min counts stage 2 and scoring only.",
             ]
         ),
         "",
@@ -151,6 +151,20 @@ def plot(entry: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def variant(fusion_learning_rate: float | None, stage1_only: bool) -> dict | None:
+    """The change to the config's `gate` runs, or None for the config itself: its `name` (folders and results), its
+    `title` and the `run_ctr.py` `arguments` that make it (after the config's run's own)."""
+    resume = ["--fusion_modes", "gate", "--resume_from_checkpoint", "true"]
+    if stage1_only:
+        return {"name": "stage1_only", "title": "`gate`'s stage 1 alone (no stage 2)",
+                "arguments": ["--schedule", "lora", *resume]}  # fmt: skip
+    if fusion_learning_rate is not None:
+        rate = f"{fusion_learning_rate:g}"
+        return {"name": f"fusion_lr_{rate}", "title": f"Stage 2 at fusion learning rate {rate}",
+                "arguments": ["--fusion_learning_rate", rate, *resume]}  # fmt: skip
+    return None
+
+
 def run_arguments(seed: int, dtype: str, output_dir: Path) -> list[str]:
     """`run_ctr.py`'s arguments beside the config for one run."""
     found = ["--seed", str(seed), "--output_dir", str(output_dir), "--overwrite_output_dir", "true"]
@@ -181,32 +195,34 @@ def main():
     parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"])
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo_seeds"))
     parser.add_argument("--report_only", action="store_true", help="tabulate finished runs, train nothing")
-    parser.add_argument(
+    changes = parser.add_mutually_exclusive_group()
+    changes.add_argument(
         "--fusion_learning_rate", type=float, default=None,
         help="gate's stage 2 at this learning rate, from each seed's run of the config (its stage 1 and text run)",
     )  # fmt: skip
+    changes.add_argument(
+        "--stage1_only", action="store_true", help="gate's stage 1 alone, from the config's runs"
+    )
     args = parser.parse_args()
     config = json.loads(Path(args.config).read_text())
     base = ["python", "examples/run_ctr.py", args.config]
     dtypes = {}  # resolved name -> the argument: auto and the dtype it resolves to are one
     for dtype in args.dtypes:
         dtypes.setdefault(dtype_name(resolve_dtype(dtype)), dtype)
-    lr = args.fusion_learning_rate
-    suffix = "" if lr is None else f"_fusion_lr_{lr:g}"
+    found = variant(args.fusion_learning_rate, args.stage1_only)
+    suffix = "" if found is None else f"_{found['name']}"
     runs = {}
     for name, dtype in dtypes.items():
         for seed in args.seeds:
             own = args.output_dir / f"{name}_seed{seed}"  # the config's run
             folder = own.with_name(own.name + suffix)
             extra = run_arguments(seed, dtype, folder)
-            if lr is not None:
-                extra += ["--fusion_learning_rate", f"{lr:g}", "--fusion_modes", "gate",
-                          "--resume_from_checkpoint", "true"]  # fmt: skip
+            extra += [] if found is None else found["arguments"]
             timing = folder.with_name(folder.name + ".wall_seconds")
             if not (folder / "all_results.json").is_file():
                 if args.report_only:
                     continue
-                if lr is not None:
+                if found is not None:
                     start_from(own, folder, [sys.executable, *base[1:], *run_arguments(seed, dtype, own)])
                 start = time.perf_counter()
                 subprocess.run([sys.executable, *base[1:], *extra], check=True, env=checkout_env())
@@ -217,7 +233,7 @@ def main():
                 "wall_seconds": float(timing.read_text()) if timing.is_file() else float("nan"),
                 "valid_auc": {mode: json.loads((folder / mode / "all_results.json").read_text())["eval_auc"]
                               for mode in ("text", "gate")},
-                "test": test_comparison(folder, ["text"] * (lr is not None) + modes, next(folder.glob("cf_*")),
+                "test": test_comparison(folder, ["text"] * (found is not None) + modes, next(folder.glob("cf_*")),
                                         config.get("eval_rows"), seed),
             }  # fmt: skip
     if not runs:
@@ -232,13 +248,13 @@ def main():
         "provenance": recorded,
         "run_ctr_command": " ".join(base),
         "train_rows": config["train_rows_per_stage"],
-        "fusion_learning_rate": lr,
+        "variant": found,
         "runs": runs,
         "summary": summarize(runs),
     }
     entry["figure"] = f"{results_name}_{kind.lower()}.png"  # one figure per CPU kind
     plot(entry, RESULTS / entry["figure"])
-    title = TITLE if lr is None else f"{TITLE} Stage 2 at fusion learning rate {lr:g}"
+    title = TITLE if found is None else f"{TITLE} {found['title']}"
     print("\n".join(save_results(results_name, entry, render, title)))
 
 

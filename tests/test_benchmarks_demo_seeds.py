@@ -73,3 +73,13 @@ def test_render_gives_every_row_of_the_runs_table_its_header_cells():
     table = lines[start : start + 4]
     assert {line.count("|") for line in table} == {13}  # 12 cells: header, rule and both runs
     assert table[2].endswith("| — | 10.0 |") and table[3].endswith("| 0.610, 0.630 | 10.0 |")
+
+
+def test_variants_change_only_what_follows_stage_1_and_resume_the_gate_run():
+    assert demo_seeds.variant(None, False) is None  # the config itself
+    rate = demo_seeds.variant(1e-3, False)
+    assert rate["name"] == "fusion_lr_0.001" and rate["arguments"][:2] == ["--fusion_learning_rate", "0.001"]
+    alone = demo_seeds.variant(None, True)
+    assert alone["name"] == "stage1_only" and alone["arguments"][:2] == ["--schedule", "lora"]
+    for found in (rate, alone):
+        assert found["arguments"][2:] == ["--fusion_modes", "gate", "--resume_from_checkpoint", "true"]
