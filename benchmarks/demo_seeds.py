@@ -17,7 +17,7 @@ stage 1 alone gives (no stage 2: `--schedule lora`). Each run starts from the co
 what the changed config trains too (training repeats bit for bit since 2026-12-06, and the change reaches stage 2
 only), copies them into `OUTPUT_DIR/<dtype>_seed<S>_<variant>` and runs `gate` there (`run_ctr.py ... --fusion_modes
 gate --resume_from_checkpoint true`: stage 1 is loaded, stage 2 trains or, with `--stage1_only`, is skipped); the table
-is `benchmarks/results/demo_seeds_<variant>.{json,md,png}`, its wall minutes those of stage 2 and scoring.
+is `benchmarks/results/demo_seeds_<variant>.{json,md,png}`, its wall minutes those of what ran after stage 1.
 """
 
 import argparse
@@ -34,6 +34,7 @@ from report import RESULTS, checkout_env, dtype_name, provenance, save_results
 from ccf_llm.precision import device_precision, resolve_dtype
 
 TITLE = "The README's demo over seeds and dtypes: is `gate` above `text`, and where does it stand against CF?"
+MODES = ("text", "gate")  # the demo's modes (a variant's run copies `text` from the config's run)
 SUBSETS = ("all", "warm", "item-cold")
 PAIRS = ("gate - text", "gate - cf")
 
@@ -88,7 +89,7 @@ def render(entry: dict) -> list[str]:
                 f"{entry['variant']['title']}: each run copies the config's run of its seed (its CF model, `text` run "
                 "and `gate` stage 1, bitwise what this setting trains) and runs `gate` from there (`"
                 + " ".join(entry["variant"]["arguments"])
-                + "`); `text` and CF are the config's runs, and wall min counts stage 2 and scoring only.",
+                + "`); `text` and CF are the config's runs, and wall min counts what ran after stage 1 (stage 2, scoring).",
             ]
         ),
         "",
@@ -171,15 +172,20 @@ def run_arguments(seed: int, dtype: str, output_dir: Path) -> list[str]:
     return found + (["--dtype", dtype] if dtype != "auto" else [])
 
 
+def timed_run(command: list[str], folder: Path) -> None:
+    """Run `command` (a `run_ctr.py` run into `folder`) and keep its wall seconds beside it, `<folder>.wall_seconds`."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=checkout_env())
+    folder.with_name(folder.name + ".wall_seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+
+
 def start_from(own: Path, folder: Path, command: list[str]) -> None:
     """
     Seed `folder` with what the config's run `own` trained before stage 2 (`run_ctr.json`, the CF model, the `text`
     run, `gate`'s stage 1), running `command` (the config's run) first where `own` has not finished.
     """
     if not (own / "all_results.json").is_file():
-        start = time.perf_counter()
-        subprocess.run(command, check=True, env=checkout_env())
-        own.with_name(own.name + ".wall_seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+        timed_run(command, own)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(own / "run_ctr.json", folder / "run_ctr.json")
     for part in [*(p.name for p in own.glob("cf_*")), "text", "gate/stage_1_lora"]:
@@ -224,17 +230,13 @@ def main():
                     continue
                 if found is not None:
                     start_from(own, folder, [sys.executable, *base[1:], *run_arguments(seed, dtype, own)])
-                start = time.perf_counter()
-                subprocess.run([sys.executable, *base[1:], *extra], check=True, env=checkout_env())
-                timing.write_text(f"{time.perf_counter() - start:.1f}\n")
-            modes = list(json.loads((folder / "all_results.json").read_text())["by_mode"])
+                timed_run([sys.executable, *base[1:], *extra], folder)
             runs[f"{name}_seed{seed}"] = {
                 "dtype": name, "seed": seed, "command": " ".join([*base, *extra]),
                 "wall_seconds": float(timing.read_text()) if timing.is_file() else float("nan"),
                 "valid_auc": {mode: json.loads((folder / mode / "all_results.json").read_text())["eval_auc"]
-                              for mode in ("text", "gate")},
-                "test": test_comparison(folder, ["text"] * (found is not None) + modes, next(folder.glob("cf_*")),
-                                        config.get("eval_rows"), seed),
+                              for mode in MODES},
+                "test": test_comparison(folder, list(MODES), next(folder.glob("cf_*")), config.get("eval_rows"), seed),
             }  # fmt: skip
     if not runs:
         raise SystemExit(f"no finished run under {args.output_dir}")

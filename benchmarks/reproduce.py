@@ -172,11 +172,13 @@ def first_stages(relative: Path) -> bool:
     """
     from archive import row_of
 
+    from ccf_llm.trainer_ccf_llama import schedule_stages
+
     row = row_of(relative)
     if row not in LLM_ROWS:
         return False
     _, sources, schedule, _ = LLM_ROWS[row]
-    if schedule == "lora" or not sources:  # without CF (text) a row runs its first stage only
+    if schedule_stages(schedule, uses_cf=bool(sources)) == ("lora",):  # text runs its first stage only
         return True
     return any(part.startswith("stage_") and part.endswith("_lora") for part in relative.parts[1:])
 
