@@ -1,20 +1,25 @@
 """Learning efficiency on ML-1M: training-loss and validation-AUC curves of CCF-LLM training settings ("arms").
 
     python benchmarks/learning_efficiency.py --data_dir ../shared/data/ml-1m --cf_checkpoint outputs/cf/mf \\
-        [--arms NAME ...] [--output_dir outputs/learning_efficiency] [--eval_rows 1000]
+        [--arms NAME ...] [--seeds 0 1 2] [--output_dir outputs/learning_efficiency] [--eval_rows 1000]
 
 Each arm trains SmolLM2-135M-Instruct (auto dtype) on the same seeded training rows with `CCFTrainer` (one trainer
 per stage, as `examples/run_ctr.py` does) and logs the training loss every `--logging_steps` optimizer steps and the
-validation AUC / UAUC on a fixed seeded subsample of `--eval_rows` validation rows (the test set is never read)
-every `--eval_steps`, through the Trainer's own evaluation loop. An arm is finished when
-`OUTPUT_DIR/<arm>.json` exists; a rerun skips it. The constant-prediction level of Eq. 5 (the loss of the best
-constant p_yes, p_no) is computed from the training labels and drawn as a reference line.
+validation AUC / UAUC on a fixed subsample of `--eval_rows` validation rows (drawn with `--eval_seed`, the same rows
+for every seed; the test set is never read) every `--eval_steps`, through the Trainer's own evaluation loop; the
+final model's point is its row-ordered scores (`score_rows`), which also give the intervals. Each seed of
+`--seeds` trains every arm again on its own training rows and initialization; an arm is finished when
+`OUTPUT_DIR/seed<S>/<arm>.json` exists; a rerun skips it. The constant-prediction level of Eq. 5 (the loss of the
+best constant p_yes, p_no) is computed from the training labels and drawn as a reference line.
 
-Writes `benchmarks/results/learning_efficiency.{json,md,png}` (one section per CPU kind, `benchmarks/report.py`).
+Writes `benchmarks/results/learning_efficiency.{json,md}` and `learning_efficiency_<cpu kind>.png` (one section per
+CPU kind, `benchmarks/report.py`); with several seeds, every arm also gets its mean over seeds, compared on the same
+rows (a bootstrap over users of the seed-averaged AUC).
 """
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -24,7 +29,8 @@ import numpy as np
 import torch
 from peft import load_peft_weights, set_peft_model_state_dict
 from scipy.optimize import minimize
-from transformers import AutoModel, set_seed
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModel, TrainerCallback, set_seed
 
 from ccf_llm import (
     FUSION_MODE_TABLE,
@@ -36,6 +42,7 @@ from ccf_llm import (
     score_rows,
 )
 from ccf_llm.data import item_titles, load_movielens_1m, seeded_subsample
+from ccf_llm.metrics import uauc, user_bootstrap
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
 
 SHORT = "User liked {history}. User feature: {user}. Will they enjoy {target}? #Answer:"
@@ -91,8 +98,21 @@ def constant_loss(labels: np.ndarray, bpr_weight: float = 2.0) -> float:
     return float(minimize(loss, x0=[0.0, 0.0], method="Nelder-Mead").fun)
 
 
-def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
-    set_seed(args.seed)
+class SkipFinalEvaluation(TrainerCallback):
+    """Drops the Trainer's evaluation at a stage's last step: the arm's final point comes from `score_rows`."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = False
+        return control
+
+
+def seed_dir(args, seed: int) -> Path:
+    return Path(args.output_dir) / f"seed{seed}"
+
+
+def run_arm(name: str, spec: dict, args, seed: int, splits, titles, cf_model, eval_rows) -> dict:
+    set_seed(seed)
     llm, tokenizer = load_llm(dtype=args.dtype)
     mode = spec["mode"]
     model = CCFLlamaForCTR.from_llm(
@@ -101,21 +121,22 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
     )  # fmt: skip
     processor = CCFLlamaProcessor(tokenizer, titles, config=model.config, template=spec["template"],
                                   history_size=spec["history_size"])  # fmt: skip
-    evaluation = processor.process_dataset(seeded_subsample(splits["validation"], args.eval_rows, args.seed))
-    out = Path(args.output_dir) / name
+    evaluation = processor.process_dataset(eval_rows)
+    out = seed_dir(args, seed) / name
     base_args = CCFTrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
         num_train_epochs=1, logging_steps=args.logging_steps, eval_strategy="steps", eval_steps=args.eval_steps,
-        save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=args.seed, lora_dropout=0.0,
+        save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=seed, lora_dropout=0.0,
         train_sampling_strategy="group_by_length",
     )  # fmt: skip
     peft_model = add_lora(model, base_args)
     history, offset, start = [], 0, time.perf_counter()
-    for number, stage in enumerate(spec["stages"]):
-        if stage["rows"] == 0 or (not FUSION_MODE_TABLE[mode].uses_cf and stage["stage"] != "lora"):
-            continue
+    trained = [number for number, stage in enumerate(spec["stages"])
+               if stage["rows"] and (FUSION_MODE_TABLE[mode].uses_cf or stage["stage"] == "lora")]  # fmt: skip
+    for number in trained:
+        stage = spec["stages"][number]
         train = processor.process_dataset(
-            seeded_subsample(splits["train"], stage["rows"], args.seed + 10 + number)
+            seeded_subsample(splits["train"], stage["rows"], seed + 10 + number)
         )
         stage_args = dataclasses.replace(
             base_args, stage=stage["stage"], learning_rate=stage["learning_rate"],
@@ -123,7 +144,10 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
         )  # fmt: skip
         trainer = CCFTrainer(model=peft_model, args=stage_args, train_dataset=train, eval_dataset=evaluation,
                              data_collator=CCFDataCollator(tokenizer.pad_token_id))  # fmt: skip
-        shared = _shared_stage_dir(args, spec, number)
+        shared = _shared_stage_dir(args, spec, number, seed)
+        final = number == trained[-1] and shared is None  # the final point comes from score_rows below
+        if final:
+            trainer.add_callback(SkipFinalEvaluation())
         if (
             shared is not None and (shared / "history.json").is_file()
         ):  # an earlier arm trained this exact stage
@@ -140,7 +164,7 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
             for parameter_name, parameter in peft_model.named_parameters():
                 if ".modules_to_save." in parameter_name:
                     parameter.data = parameter.data.to(model.dtype)
-        if number == 0 or not history:
+        if args.eval_at_start and (number == 0 or not history):
             history.append({"step": 0, "stage": stage["stage"], **_metrics(trainer.evaluate())})
         trainer.train()
         for record in trainer.state.log_history:
@@ -149,7 +173,8 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
                 history.append({**entry, "loss": record["loss"]})
             elif "eval_auc" in record:
                 history.append({**entry, **_metrics(record)})
-        if trainer.state.global_step % args.eval_steps:  # the stage's end, when not already evaluated
+        # the stage's end, when not evaluated yet
+        if not final and trainer.state.global_step % args.eval_steps:
             history.append({"step": offset + trainer.state.global_step, "stage": stage["stage"],
                             **_metrics(trainer.evaluate())})  # fmt: skip
         offset += trainer.state.global_step
@@ -163,24 +188,31 @@ def run_arm(name: str, spec: dict, args, splits, titles, cf_model) -> dict:
     peft_model.eval()
     scores = score_rows(peft_model, processor, evaluation["user_id"], evaluation.data.column("history"),
                         evaluation["item_id"], batch_size=64)  # fmt: skip
-    result = {"arm": name, "spec": spec, "seconds": round(time.perf_counter() - start, 1), "history": history,
-              "scores": np.asarray(scores, dtype=np.float64).round(6).tolist(), "scores_order": "rows"}  # fmt: skip
-    (Path(args.output_dir) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    scores = np.asarray(scores, dtype=np.float64)
+    if not history or history[-1]["step"] != offset or "auc" not in history[-1]:  # the final model's point
+        history.append({"step": offset, "stage": spec["stages"][trained[-1]]["stage"],
+                        "auc": float(roc_auc_score(evaluation["label"], scores)),
+                        "uauc": uauc(scores, evaluation["label"], evaluation["user_id"])})  # fmt: skip
+    result = {"arm": name, "spec": spec, "seed": seed, "eval_seed": args.eval_seed, "eval_rows": args.eval_rows,
+              "seconds": round(time.perf_counter() - start, 1), "history": history,
+              "scores": scores.round(6).tolist(), "scores_order": "rows"}  # fmt: skip
+    (seed_dir(args, seed) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def _shared_stage_dir(args, spec: dict, number: int) -> Path | None:
+def _shared_stage_dir(args, spec: dict, number: int, seed: int) -> Path | None:
     """
     Where stage 1 of an arm is kept for every arm with the same stage 1 (same mode, prompt, initialization, rows and
     optimizer settings: the model then sees exactly the same inputs and updates); None for later stages.
     """
     if number != 0:
         return None
-    key = {k: v for k, v in spec.items() if k not in ("stages", "fusion_weights")} | {"stage": spec["stages"][0], "seed": args.seed,
+    key = {k: v for k, v in spec.items() if k not in ("stages", "fusion_weights")} | {"stage": spec["stages"][0], "seed": seed,
            "cf": args.cf_checkpoint if FUSION_MODE_TABLE[spec["mode"]].uses_cf else None, "batch": args.batch_size,
-           "dtype": args.dtype, "eval_rows": args.eval_rows, "eval_steps": args.eval_steps}  # fmt: skip
+           "dtype": args.dtype, "eval_rows": args.eval_rows, "eval_steps": args.eval_steps, "eval_seed": args.eval_seed,
+           "eval_at_start": args.eval_at_start}  # fmt: skip
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(args.output_dir) / "stage1" / digest
+    return seed_dir(args, seed) / "stage1" / digest
 
 
 def _metrics(record: dict) -> dict:
@@ -207,49 +239,124 @@ def stage_end(history: list[dict], stage: str) -> dict:
     }
 
 
-def report(args, level: float, evaluation, cf_model) -> None:
-    """Intervals (bootstrap over users) and curves of every finished arm into benchmarks/results."""
+def load_arms(args) -> dict[int, dict[str, dict]]:
+    """The finished arms of each seed of `--seeds` (seed -> arm -> its JSON), checked to be scored on the same rows."""
+    found = {}
+    for seed in args.seeds:
+        arms = {}
+        for name in ARMS:
+            path = seed_dir(args, seed) / f"{name}.json"
+            if not path.is_file():
+                continue
+            arms[name] = arm = json.loads(path.read_text())
+            if arm.get("scores_order") != "rows":
+                raise ValueError(f"{path}: the scores are not in row order: rerun this arm")
+            # arms written before --eval_seed drew their validation rows with their own seed
+            drawn = arm.get("eval_seed", seed), arm.get("eval_rows", args.eval_rows)
+            if drawn != (args.eval_seed, args.eval_rows):
+                raise ValueError(
+                    f"{path} was scored on {drawn[1]} validation rows drawn with seed {drawn[0]}, not on the "
+                    f"{args.eval_rows} rows of --eval_seed {args.eval_seed}: pass those or rerun it"
+                )
+        if arms:
+            found[seed] = arms
+    return found
+
+
+def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf_scores: np.ndarray) -> dict:
+    """
+    Intervals (bootstrap over users) of every arm of every seed and of the CF model, each arm compared with the
+    reference arm of its seed and `gate` arms with the CF model; with several seeds, each arm present in all of them
+    also gets its mean over seeds, compared the same way on the seed-averaged AUC of each resample.
+    """
+    names = [name for name in ARMS if any(name in arms for arms in found.values())]
+    reference = "gate_as_is" if "gate_as_is" in names else names[0]
+    several = len(found) > 1
+    key = lambda name, seed: f"{name} seed {seed}" if several else name  # noqa: E731
+    pooled = lambda name: tuple(key(name, seed) for seed in found)  # noqa: E731
+    complete = [name for name in names if all(name in arms for arms in found.values())]
+    scores = {key(n, s): np.array(arm["scores"]) for s, arms in found.items() for n, arm in arms.items()}
+    pairs = []
+    for seed, arms in found.items():
+        pairs += [(key(n, seed), key(reference, seed)) for n in arms if n != reference and reference in arms]
+        pairs += [(key(n, seed), cf_name) for n in arms if n.startswith("gate")]
+    if several:
+        pairs += [
+            (pooled(n), pooled(reference)) for n in complete if n != reference and reference in complete
+        ]
+        pairs += [(pooled(n), cf_name) for n in complete if n.startswith("gate")]
+    boot = user_bootstrap(scores | {cf_name: cf_scores}, labels, users, pairs=pairs)
+    compared = dict(zip(pairs, boot["pairs"].values(), strict=True))
+    rows = {}
+    for name in names:
+        runs = {}
+        for seed, arms in found.items():
+            if name in arms:
+                arm, k = arms[name], key(name, seed)
+                runs[str(seed)] = {"seconds": arm["seconds"], **boot["models"][k],
+                                   "stage_1": stage_end(arm["history"], arm["spec"]["stages"][0]["stage"]),
+                                   "stage_2": stage_end(arm["history"], arm["spec"]["stages"][1]["stage"]),
+                                   "vs_reference": compared.get((k, key(reference, seed))),
+                                   "vs_cf": compared.get((k, cf_name))}  # fmt: skip
+        rows[name] = {
+            "spec": next(arms[name]["spec"] for arms in found.values() if name in arms),
+            "seeds": runs,
+        }
+        if several and name in complete:
+            mean = functools.partial(_mean_over, list(runs.values()))
+            rows[name]["mean"] = {"auc": mean("auc"), "uauc": mean("uauc"), "seconds": mean("seconds"),
+                                  "stage_1": {"loss": mean("stage_1", "loss"), "auc": mean("stage_1", "auc")},
+                                  "stage_2": {"loss": mean("stage_2", "loss"), "auc": mean("stage_2", "auc")},
+                                  "vs_reference": compared.get((pooled(name), pooled(reference))),
+                                  "vs_cf": compared.get((pooled(name), cf_name))}  # fmt: skip
+    cf = {k: boot["models"][cf_name][k] for k in ("auc", "auc_ci", "uauc", "uauc_ci")}
+    return {"reference": reference, "seeds": list(found), "cf": {"name": cf_name, **cf},
+            "bootstrap": {k: boot[k] for k in ("n_resamples", "confidence", "users")}, "arms": rows}  # fmt: skip
+
+
+def _mean_over(runs: list[dict], *path: str) -> float | None:
+    """The mean over seeds of `run[path[0]][path[1]]...`; None where a seed lacks it."""
+    values = [functools.reduce(dict.__getitem__, path, run) for run in runs]
+    return None if any(value is None for value in values) else float(np.mean(values))
+
+
+def report(args, level: float, eval_rows, cf_model) -> None:
+    """Intervals and curves of every finished arm and seed into benchmarks/results (this CPU kind's entry)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from report import RESULTS, provenance, save_results
 
-    from ccf_llm.metrics import user_bootstrap
     from ccf_llm.precision import resolve_dtype
 
-    arms = {name: json.loads((Path(args.output_dir) / f"{name}.json").read_text())
-            for name in ARMS if (Path(args.output_dir) / f"{name}.json").is_file()}  # fmt: skip
-    if unordered := [name for name, found in arms.items() if found.get("scores_order") != "rows"]:
-        raise ValueError(f"the scores of {unordered} are not in row order: rerun those arms")
-    if not arms:
+    found = load_arms(args)
+    if not found:
         return
-    reference = "gate_as_is" if "gate_as_is" in arms else next(iter(arms))
     cf_name = f"CF alone ({Path(args.cf_checkpoint).name})"
     with torch.no_grad():  # the CF backbone's own scores on the same rows: the bar fusion must clear
-        cf_scores = cf_model(torch.tensor(evaluation["user_id"]), torch.tensor(evaluation["item_id"])).logits
-    scores = {n: np.array(a["scores"]) for n, a in arms.items()} | {cf_name: cf_scores.float().numpy()}
-    pairs = [(n, reference) for n in arms if n != reference] + [
-        (n, cf_name) for n in arms if n.startswith("gate")
-    ]
-    boot = user_bootstrap(scores, evaluation["label"], evaluation["user_id"], pairs=pairs)
-    rows = {}
-    for name, found in arms.items():
-        rows[name] = {"spec": found["spec"], "seconds": found["seconds"], **boot["models"][name],
-                      "stage_1": stage_end(found["history"], found["spec"]["stages"][0]["stage"]),
-                      "stage_2": stage_end(found["history"], found["spec"]["stages"][1]["stage"]),
-                      "vs_reference": boot["pairs"].get(f"{name} - {reference}"),
-                      "vs_cf": boot["pairs"].get(f"{name} - {cf_name}")}  # fmt: skip
+        cf_scores = cf_model(torch.tensor(eval_rows["user_id"]), torch.tensor(eval_rows["item_id"])).logits
+    summary = summarize(found, eval_rows["label"], eval_rows["user_id"], cf_name, cf_scores.float().numpy())
+    origin = provenance(resolve_dtype(args.dtype))
+    figure_name = f"learning_efficiency_{origin['cpu_kind'].lower()}.png"  # one figure per CPU kind
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for name, found in arms.items():
-        steps, losses = smoothed_losses(found["history"])
-        (line,) = left.plot(steps, losses, label=name, lw=1.2)
-        evals = [h for h in found["history"] if "auc" in h]
-        right.plot(
-            [h["step"] for h in evals], [h["auc"] for h in evals], "o-", color=line.get_color(), label=name
-        )
+    styles = ["-", "--", ":", "-."]
+    for name in summary["arms"]:
+        color = None
+        for number, arms in enumerate(found.values()):
+            if name not in arms:
+                continue
+            history, style = arms[name]["history"], styles[number % len(styles)]
+            label = name if color is None else None
+            steps, losses = smoothed_losses(history)
+            (line,) = left.plot(steps, losses, style, color=color, label=label, lw=1.2)
+            color = line.get_color()
+            evals = [h for h in history if "auc" in h]
+            right.plot(
+                [h["step"] for h in evals], [h["auc"] for h in evals], "o" + style, color=color, label=label
+            )
     left.axhline(level, color="k", ls="--", lw=1, label=f"constant prediction ({level:.3f})")
-    first = next(iter(arms.values()))["history"]
+    first = next(iter(next(iter(found.values())).values()))["history"]
     boundary = max((h["step"] for h in first if h["stage"] == "lora"), default=None)
     for axis in (left, right):
         if boundary:
@@ -259,24 +366,34 @@ def report(args, level: float, evaluation, cf_model) -> None:
     right.set_ylabel(f"validation AUC ({args.eval_rows} fixed rows)")
     right.axhline(0.5, color="k", ls="--", lw=1)
     left.legend(fontsize=7), right.legend(fontsize=7)
-    figure.suptitle("CCF-LLM on ML-1M (MF), SmolLM2-135M-Instruct: learning efficiency")
+    seeds = ", ".join(f"{seed} {styles[n % len(styles)]}" for n, seed in enumerate(found))
+    figure.suptitle(f"CCF-LLM on ML-1M (MF), SmolLM2-135M-Instruct, {origin['cpu_kind']}: learning efficiency"
+                    + (f" (seeds, line style: {seeds})" if len(found) > 1 else ""))  # fmt: skip
     figure.tight_layout()
-    figure.savefig(RESULTS / "learning_efficiency.png", dpi=110)
-    out = {"provenance": provenance(resolve_dtype(args.dtype)),
-           "constant_loss": level, "eval_rows": args.eval_rows, "reference": reference,
-           "cf": {"name": cf_name, **{k: boot["models"][cf_name][k] for k in ("auc", "auc_ci", "uauc", "uauc_ci")}},
-           "bootstrap": {k: boot[k] for k in ("n_resamples", "confidence", "users")}, "arms": rows}  # fmt: skip
+    figure.savefig(RESULTS / figure_name, dpi=110)
+    out = {"provenance": origin, "constant_loss": level, "eval_rows": args.eval_rows, "eval_seed": args.eval_seed,
+           "figure": figure_name, **summary}  # fmt: skip
     print("\n".join(save_results("learning_efficiency", out, render, TITLE)))
 
 
 def render(out: dict) -> list[str]:
     fmt = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
+    seeds = out.get("seeds", [0])
+    figure = out.get("figure", "learning_efficiency.png")  # entries before per-kind figures
+    if len(seeds) == 1:
+        seed_text = "one seed"
+    else:
+        seed_text = (
+            f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), each training every arm on its own training rows "
+            "from its own initialization; an arm's mean row compares the seed-averaged AUC on each resample, so its "
+            "interval holds the users' sampling noise once and not the spread between seeds, which its seed rows show"
+        )
     lines = [
         f"Validation AUC on {out['eval_rows']} fixed validation rows (test set unread), 95% intervals from "
-        f"{out['bootstrap']['n_resamples']} bootstrap resamples of its {out['bootstrap']['users']} users; one seed. "
+        f"{out['bootstrap']['n_resamples']} bootstrap resamples of its {out['bootstrap']['users']} users; {seed_text}. "
         f"Loss: mean of the last 4 logged training losses of a stage (Eq. 5; constant-prediction level "
         f"{out['constant_loss']:.3f}). Difference: paired, against `{out['reference']}`. Curves: "
-        "[learning_efficiency.png](learning_efficiency.png).",
+        f"[{figure}]({figure}).",
         "",
         "| arm | stage 1 loss | stage 1 AUC | stage 2 loss | final AUC [95% CI] | final UAUC [95% CI] | "
         "AUC diff vs reference [95% CI], p | AUC diff vs CF alone [95% CI], p | train+eval s |",
@@ -292,14 +409,25 @@ def render(out: dict) -> list[str]:
         low, high = diff["auc_diff_ci"]
         return f"{diff['auc_diff']:+.3f} [{low:+.3f}, {high:+.3f}], p={diff['auc_p']:.3f}"
 
+    def interval(run, metric):
+        return f"{run[metric]:.3f} [{run[metric + '_ci'][0]:.3f}, {run[metric + '_ci'][1]:.3f}]"
+
     for name, row in out["arms"].items():
-        lines.append(
-            f"| `{name}` | {fmt(row['stage_1']['loss'])} | {fmt(row['stage_1']['auc'])} | "
-            f"{fmt(row['stage_2']['loss'])} | {row['auc']:.3f} [{row['auc_ci'][0]:.3f}, {row['auc_ci'][1]:.3f}] | "
-            f"{row['uauc']:.3f} [{row['uauc_ci'][0]:.3f}, {row['uauc_ci'][1]:.3f}] | {compared(row['vs_reference'])} | "
-            f"{compared(row.get('vs_cf'))} | "
-            f"{row['seconds']:.0f} |"
-        )
+        # entries before --seeds held one seed's figures per arm
+        runs = row.get("seeds", {str(seeds[0]): row})
+        labelled = [(f"`{name}`" + (f" seed {seed}" if len(seeds) > 1 else ""), run, interval(run, "auc"),
+                     interval(run, "uauc")) for seed, run in runs.items()]  # fmt: skip
+        if "mean" in row:
+            mean = row["mean"]
+            labelled.append(
+                (f"`{name}` mean of {len(runs)} seeds", mean, fmt(mean["auc"]), fmt(mean["uauc"]))
+            )
+        for label, run, auc, uauc_text in labelled:
+            lines.append(
+                f"| {label} | {fmt(run['stage_1']['loss'])} | {fmt(run['stage_1']['auc'])} | "
+                f"{fmt(run['stage_2']['loss'])} | {auc} | {uauc_text} | {compared(run['vs_reference'])} | "
+                f"{compared(run.get('vs_cf'))} | {run['seconds']:.0f} |"
+            )
     return lines
 
 
@@ -316,20 +444,27 @@ def main():
     parser.add_argument("--logging_steps", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train every arm once per seed")
+    parser.add_argument(
+        "--eval_seed", type=int, default=0, help="draws the validation rows, the same for all seeds"
+    )
+    parser.add_argument("--eval_at_start", action=argparse.BooleanOptionalAction, default=True,
+                        help="evaluate the untrained model too (the curves' first point)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(2)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     splits = load_movielens_1m(args.data_dir)
     titles = item_titles(splits)
     cf_model = AutoModel.from_pretrained(args.cf_checkpoint)
     level = constant_loss(np.asarray(splits["train"]["label"]))
     print(f"constant-prediction level of Eq. 5 on train: {level:.4f}", flush=True)
-    for name in args.arms:
-        if not (Path(args.output_dir) / f"{name}.json").is_file():
-            print(f"[learning_efficiency] {name}", flush=True)
-            run_arm(name, ARMS[name], args, splits, titles, cf_model)
-    report(args, level, seeded_subsample(splits["validation"], args.eval_rows, args.seed), cf_model)
+    eval_rows = seeded_subsample(splits["validation"], args.eval_rows, args.eval_seed)
+    for seed in args.seeds:
+        seed_dir(args, seed).mkdir(parents=True, exist_ok=True)
+        for name in args.arms:
+            if not (seed_dir(args, seed) / f"{name}.json").is_file():
+                print(f"[learning_efficiency] {name}, seed {seed}", flush=True)
+                run_arm(name, ARMS[name], args, seed, splits, titles, cf_model, eval_rows)
+    report(args, level, eval_rows, cf_model)
 
 
 if __name__ == "__main__":

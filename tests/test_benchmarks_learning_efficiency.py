@@ -1,0 +1,110 @@
+"""`benchmarks/learning_efficiency.py`: several seeds scored on the same validation rows, and their report."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from transformers import TrainerControl, TrainerState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import learning_efficiency  # noqa: E402
+from report import RESULTS, save_results  # noqa: E402
+
+GATE, INJECT = "gate_fusion_lr1e-3_warmup", "inject"
+
+
+def _arm(name: str, scores: np.ndarray, seed: int, eval_seed: int = 0) -> dict:
+    spec = learning_efficiency.ARMS[name]
+    history = [{"step": 0, "stage": "lora", "auc": 0.5}, {"step": 100, "stage": "lora", "loss": 2.8, "auc": 0.6},
+               {"step": 200, "stage": "fusion", "loss": 2.5}, {"step": 200, "stage": "fusion", "auc": 0.7}]  # fmt: skip
+    return {"arm": name, "spec": spec, "seed": seed, "eval_seed": eval_seed, "eval_rows": 300, "seconds": 60.0,
+            "history": history, "scores": scores.tolist(), "scores_order": "rows"}  # fmt: skip
+
+
+def _rows(rng, n=300):
+    users = np.repeat(np.arange(30), n // 30)
+    labels = rng.integers(0, 2, n)
+    return labels, users
+
+
+def test_two_seeds_get_their_own_rows_and_a_mean_compared_on_the_same_users():
+    rng = np.random.default_rng(0)
+    labels, users = _rows(rng)
+    found = {
+        seed: {
+            GATE: _arm(GATE, labels * strength + rng.normal(size=labels.size), seed),
+            INJECT: _arm(INJECT, labels * 0.5 + rng.normal(size=labels.size), seed),
+        }
+        for seed, strength in ((0, 1.0), (1, 0.8))
+    }
+    cf = labels * 0.3 + rng.normal(size=labels.size)
+    out = learning_efficiency.summarize(found, labels, users, "CF alone (mf)", cf)
+    auc = {(n, s): roc_auc_score(labels, found[s][n]["scores"]) for s in found for n in (GATE, INJECT)}
+    assert out["reference"] == GATE and out["seeds"] == [0, 1]
+    inject = out["arms"][INJECT]
+    for seed in (0, 1):
+        run = inject["seeds"][str(seed)]
+        assert run["auc"] == pytest.approx(auc[INJECT, seed])
+        assert run["vs_reference"]["auc_diff"] == pytest.approx(auc[INJECT, seed] - auc[GATE, seed])
+        assert run["vs_cf"] is None  # only gate arms are compared with the CF model
+        assert run["stage_1"] == {"auc": 0.6, "loss": 2.8}
+    pooled = inject["mean"]["vs_reference"]
+    assert pooled["auc_diff"] == pytest.approx(np.mean([auc[INJECT, s] - auc[GATE, s] for s in (0, 1)]))
+    assert pooled["auc_diff_ci"][0] < pooled["auc_diff"] < pooled["auc_diff_ci"][1]
+    gate_mean = out["arms"][GATE]["mean"]
+    assert gate_mean["auc"] == pytest.approx(np.mean([auc[GATE, 0], auc[GATE, 1]]))
+    assert gate_mean["vs_cf"]["auc_diff"] == pytest.approx(gate_mean["auc"] - roc_auc_score(labels, cf))
+    assert gate_mean["vs_reference"] is None
+
+    entry = {"constant_loss": 2.76, "eval_rows": 300, "figure": "learning_efficiency_avx2.png", **out}
+    lines = learning_efficiency.render(entry)
+    assert "2 seeds (0, 1)" in lines[0] and "[learning_efficiency_avx2.png]" in lines[0]
+    table = [line for line in lines if line.startswith("|")]
+    assert {line.count("|") for line in table} == {table[0].count("|")}  # every row has the header's cells
+    labels_in_table = [line.split(" | ")[0] for line in table[3:]]
+    assert labels_in_table == [f"| `{GATE}` seed 0", f"| `{GATE}` seed 1", f"| `{GATE}` mean of 2 seeds",
+                               f"| `{INJECT}` seed 0", f"| `{INJECT}` seed 1", f"| `{INJECT}` mean of 2 seeds"]  # fmt: skip
+    assert f"{pooled['auc_diff']:+.3f}" in table[-1]
+
+
+def test_an_arm_scored_on_other_validation_rows_is_refused_by_file(tmp_path):
+    args = argparse.Namespace(output_dir=str(tmp_path), seeds=[0, 1], eval_seed=0, eval_rows=300)
+    for seed in (0, 1):
+        (tmp_path / f"seed{seed}").mkdir()
+    scores = np.zeros(300)
+    (tmp_path / "seed0" / f"{GATE}.json").write_text(json.dumps(_arm(GATE, scores, 0)))
+    old = _arm(GATE, scores, 1)
+    del old["eval_seed"]  # written before --eval_seed: its rows were drawn with its own seed, 1
+    (tmp_path / "seed1" / f"{GATE}.json").write_text(json.dumps(old))
+    with pytest.raises(
+        ValueError,
+        match=r"seed1/gate_fusion_lr1e-3_warmup\.json was scored on 300 validation rows drawn with seed 1",
+    ):
+        learning_efficiency.load_arms(args)
+    args.seeds = [0]
+    assert list(learning_efficiency.load_arms(args)) == [0]
+
+
+def test_the_final_step_is_not_evaluated_twice_but_earlier_steps_are():
+    state, control = TrainerState(max_steps=100), TrainerControl()
+    callback = learning_efficiency.SkipFinalEvaluation()
+    state.global_step, control.should_evaluate = 50, True
+    assert callback.on_step_end(None, state, control).should_evaluate
+    state.global_step = 100
+    assert not callback.on_step_end(None, state, control).should_evaluate
+
+
+def test_committed_entries_render_unchanged(tmp_path):
+    """Entries written before --seeds (one seed's figures per arm) still render as committed."""
+    stored = json.loads((RESULTS / "learning_efficiency.json").read_text())
+    for entry in stored["by_cpu_kind"].values():
+        save_results(
+            "learning_efficiency", entry, learning_efficiency.render, learning_efficiency.TITLE, tmp_path
+        )
+    assert (tmp_path / "learning_efficiency.md").read_text() == (
+        RESULTS / "learning_efficiency.md"
+    ).read_text()
