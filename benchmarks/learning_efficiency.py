@@ -216,15 +216,23 @@ def _shared_stage_dir(args, spec: dict, number: int, seed: int) -> Path | None:
 
 
 def _metrics(record: dict) -> dict:
-    return {k.removeprefix("eval_"): record[k] for k in ("eval_auc", "eval_uauc", "eval_loss") if k in record}
+    return {k.removeprefix("eval_"): record[k] for k in ("eval_auc", "eval_uauc") if k in record} | (
+        {"eval_loss": record["eval_loss"]} if "eval_loss" in record else {}
+    )
+
+
+def training_losses(history: list[dict]) -> list[dict]:
+    """The logged training losses: not the evaluations (which arms before 2026-12-06 stored with their validation
+    loss under "loss" too)."""
+    return [h for h in history if "loss" in h and "auc" not in h]
 
 
 TITLE = "Learning efficiency on ML-1M: training loss and validation AUC per training setting"
 
 
 def smoothed_losses(history: list[dict], window: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    steps = np.array([h["step"] for h in history if "loss" in h])
-    losses = np.array([h["loss"] for h in history if "loss" in h])
+    steps = np.array([h["step"] for h in training_losses(history)])
+    losses = np.array([h["loss"] for h in training_losses(history)])
     kernel = np.ones(min(window, len(losses))) / min(window, len(losses))
     return steps[len(kernel) - 1 :], np.convolve(losses, kernel, mode="valid")
 
@@ -232,7 +240,7 @@ def smoothed_losses(history: list[dict], window: int = 4) -> tuple[np.ndarray, n
 def stage_end(history: list[dict], stage: str) -> dict:
     """The last evaluation and the mean of the last 4 logged losses of `stage`."""
     rows = [h for h in history if h["stage"] == stage]
-    evals, losses = [h for h in rows if "auc" in h], [h["loss"] for h in rows if "loss" in h]
+    evals, losses = [h for h in rows if "auc" in h], [h["loss"] for h in training_losses(rows)]
     return {
         "auc": evals[-1]["auc"] if evals else None,
         "loss": float(np.mean(losses[-4:])) if losses else None,
