@@ -173,9 +173,9 @@ def run_arm(name: str, spec: dict, args, seed: int, splits, titles, cf_model, ev
                 history.append({**entry, "loss": record["loss"]})
             elif "eval_auc" in record:
                 history.append({**entry, **_metrics(record)})
-        # the stage's end, when not evaluated yet
-        if not final and trainer.state.global_step % args.eval_steps:
-            history.append({"step": offset + trainer.state.global_step, "stage": stage["stage"],
+        end = offset + trainer.state.global_step  # the stage's end, unless evaluated there already
+        if not final and not (history and history[-1]["step"] == end and "auc" in history[-1]):
+            history.append({"step": end, "stage": stage["stage"],
                             **_metrics(trainer.evaluate())})  # fmt: skip
         offset += trainer.state.global_step
         if shared is not None:
@@ -233,6 +233,8 @@ TITLE = "Learning efficiency on ML-1M: training loss and validation AUC per trai
 def smoothed_losses(history: list[dict], window: int = 4) -> tuple[np.ndarray, np.ndarray]:
     steps = np.array([h["step"] for h in training_losses(history)])
     losses = np.array([h["loss"] for h in training_losses(history)])
+    if not len(losses):  # fewer steps than --logging_steps
+        return steps, losses
     kernel = np.ones(min(window, len(losses))) / min(window, len(losses))
     return steps[len(kernel) - 1 :], np.convolve(losses, kernel, mode="valid")
 
@@ -260,7 +262,7 @@ def load_arms(args) -> dict[int, dict[str, dict]]:
             if arm.get("scores_order") != "rows":
                 raise ValueError(f"{path}: the scores are not in row order: rerun this arm")
             # arms written before --eval_seed drew their validation rows with their own seed
-            drawn = arm.get("eval_seed", seed), arm.get("eval_rows", args.eval_rows)
+            drawn = arm.get("eval_seed", seed), len(arm["scores"])
             if drawn != (args.eval_seed, args.eval_rows):
                 raise ValueError(
                     f"{path} was scored on {drawn[1]} validation rows drawn with seed {drawn[0]}, not on the "
@@ -278,11 +280,11 @@ def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf
     also gets its mean over seeds, compared the same way on the seed-averaged AUC of each resample.
     """
     names = [name for name in ARMS if any(name in arms for arms in found.values())]
-    reference = "gate_as_is" if "gate_as_is" in names else names[0]
     several = len(found) > 1
+    complete = [name for name in names if all(name in arms for arms in found.values())]
+    reference = "gate_as_is" if "gate_as_is" in complete else (complete or names)[0]
     key = lambda name, seed: f"{name} seed {seed}" if several else name  # noqa: E731
     pooled = lambda name: tuple(key(name, seed) for seed in found)  # noqa: E731
-    complete = [name for name in names if all(name in arms for arms in found.values())]
     scores = {key(n, s): np.array(arm["scores"]) for s, arms in found.items() for n, arm in arms.items()}
     pairs = []
     for seed, arms in found.items():

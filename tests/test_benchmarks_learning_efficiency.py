@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from transformers import TrainerControl, TrainerState
+from transformers import TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import learning_efficiency  # noqa: E402
@@ -78,7 +79,12 @@ def test_an_arm_scored_on_other_validation_rows_is_refused_by_file(tmp_path):
     for seed in (0, 1):
         (tmp_path / f"seed{seed}").mkdir()
     scores = np.zeros(300)
-    (tmp_path / "seed0" / f"{GATE}.json").write_text(json.dumps(_arm(GATE, scores, 0)))
+    old_seed0 = _arm(GATE, scores, 0)
+    del (
+        old_seed0["eval_seed"],
+        old_seed0["eval_rows"],
+    )  # written before --eval_seed, with --seed 0: the same rows
+    (tmp_path / "seed0" / f"{GATE}.json").write_text(json.dumps(old_seed0))
     old = _arm(GATE, scores, 1)
     del old["eval_seed"]  # written before --eval_seed: its rows were drawn with its own seed, 1
     (tmp_path / "seed1" / f"{GATE}.json").write_text(json.dumps(old))
@@ -89,15 +95,28 @@ def test_an_arm_scored_on_other_validation_rows_is_refused_by_file(tmp_path):
         learning_efficiency.load_arms(args)
     args.seeds = [0]
     assert list(learning_efficiency.load_arms(args)) == [0]
+    args.eval_rows = 1000  # the old file holds 300 scores
+    with pytest.raises(
+        ValueError, match="was scored on 300 validation rows drawn with seed 0, not on the 1000"
+    ):
+        learning_efficiency.load_arms(args)
 
 
-def test_the_final_step_is_not_evaluated_twice_but_earlier_steps_are():
-    state, control = TrainerState(max_steps=100), TrainerControl()
-    callback = learning_efficiency.SkipFinalEvaluation()
-    state.global_step, control.should_evaluate = 50, True
-    assert callback.on_step_end(None, state, control).should_evaluate
-    state.global_step = 100
-    assert not callback.on_step_end(None, state, control).should_evaluate
+@pytest.mark.parametrize("max_steps", [100, 70])
+def test_the_final_step_is_not_evaluated_twice_but_earlier_steps_are(tmp_path, max_steps):
+    """Added after the Trainer's default flow, the callback vetoes its evaluation at the last step only."""
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=50, report_to="none")
+    handler = CallbackHandler([DefaultFlowCallback], None, None, None, None)
+    handler.add_callback(learning_efficiency.SkipFinalEvaluation())
+    state = TrainerState(max_steps=max_steps, eval_steps=50, logging_steps=10)
+    evaluated = []
+    for step in range(1, max_steps + 1):
+        state.global_step = step
+        if handler.on_step_end(args, state, TrainerControl()).should_evaluate:
+            evaluated.append(step)
+    assert evaluated == [50]
+    without = CallbackHandler([DefaultFlowCallback], None, None, None, None)
+    assert without.on_step_end(args, state, TrainerControl()).should_evaluate  # the default evaluates the end
 
 
 def test_committed_entries_render_unchanged(tmp_path):
