@@ -291,9 +291,7 @@ def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf
         pairs += [(key(n, seed), key(reference, seed)) for n in arms if n != reference and reference in arms]
         pairs += [(key(n, seed), cf_name) for n in arms if n.startswith("gate")]
     if several:
-        pairs += [
-            (pooled(n), pooled(reference)) for n in complete if n != reference and reference in complete
-        ]
+        pairs += [(pooled(n), pooled(reference)) for n in complete if n != reference]
         pairs += [(pooled(n), cf_name) for n in complete if n.startswith("gate")]
     boot = user_bootstrap(scores | {cf_name: cf_scores}, labels, users, pairs=pairs)
     compared = dict(zip(pairs, boot["pairs"].values(), strict=True))
