@@ -18,6 +18,8 @@ what the changed config trains too (training repeats bit for bit since 2026-12-0
 only), copies them into `OUTPUT_DIR/<dtype>_seed<S>_<variant>` and runs `gate` there (`run_ctr.py ... --fusion_modes
 gate --resume_from_checkpoint true`: stage 1 is loaded, stage 2 trains or, with `--stage1_only`, is skipped); the table
 is `benchmarks/results/demo_seeds_<variant>.{json,md,png}`, its wall minutes those of what ran after stage 1.
+`--gate_init_alpha A` changes stage 1 too (α starts at A, so stage 1 trains LoRA on titles fused with item CF): its
+runs copy the CF model and `text` only and train both of `gate`'s stages; their wall minutes are those two stages.
 """
 
 import argparse
@@ -152,17 +154,25 @@ def plot(entry: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def variant(fusion_learning_rate: float | None, stage1_only: bool) -> dict | None:
+def variant(
+    fusion_learning_rate: float | None, stage1_only: bool, gate_init_alpha: float | None = None
+) -> dict | None:
     """The change to the config's `gate` runs, or None for the config itself: its `name` (folders and results), its
-    `title` and the `run_ctr.py` `arguments` that make it (after the config's run's own)."""
+    `title`, the `run_ctr.py` `arguments` that make it (after the config's run's own) and whether it keeps the config
+    run's `gate` stage 1 (`keeps_stage1`; a change to α's start reaches stage 1, so `gate` trains from scratch)."""
     resume = ["--fusion_modes", "gate", "--resume_from_checkpoint", "true"]
     if stage1_only:
         return {"name": "stage1_only", "title": "`gate`'s stage 1 alone (no stage 2)",
-                "arguments": ["--schedule", "lora", *resume]}  # fmt: skip
+                "arguments": ["--schedule", "lora", *resume], "keeps_stage1": True}  # fmt: skip
     if fusion_learning_rate is not None:
         rate = f"{fusion_learning_rate:g}"
         return {"name": f"fusion_lr_{rate}", "title": f"Stage 2 at fusion learning rate {rate}",
-                "arguments": ["--fusion_learning_rate", rate, *resume]}  # fmt: skip
+                "arguments": ["--fusion_learning_rate", rate, *resume], "keeps_stage1": True}  # fmt: skip
+    if gate_init_alpha is not None:
+        alpha = f"{gate_init_alpha:g}"
+        return {"name": f"gate_alpha_{alpha}",
+                "title": f"`gate` with α starting at {alpha} (stage 1 reads item CF through the untrained ALG)",
+                "arguments": ["--gate_init_alpha", alpha, *resume], "keeps_stage1": False}  # fmt: skip
     return None
 
 
@@ -179,16 +189,18 @@ def timed_run(command: list[str], folder: Path) -> None:
     folder.with_name(folder.name + ".wall_seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
 
 
-def start_from(own: Path, folder: Path, command: list[str]) -> None:
+def start_from(own: Path, folder: Path, command: list[str], keeps_stage1: bool = True) -> None:
     """
     Seed `folder` with what the config's run `own` trained before stage 2 (`run_ctr.json`, the CF model, the `text`
-    run, `gate`'s stage 1), running `command` (the config's run) first where `own` has not finished.
+    run and, with `keeps_stage1`, `gate`'s stage 1), running `command` (the config's run) first where `own` has not
+    finished.
     """
     if not (own / "all_results.json").is_file():
         timed_run(command, own)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(own / "run_ctr.json", folder / "run_ctr.json")
-    for part in [*(p.name for p in own.glob("cf_*")), "text", "gate/stage_1_lora"]:
+    parts = [*(p.name for p in own.glob("cf_*")), "text"] + (["gate/stage_1_lora"] if keeps_stage1 else [])
+    for part in parts:
         shutil.copytree(own / part, folder / part, dirs_exist_ok=True)
 
 
@@ -209,13 +221,17 @@ def main():
     changes.add_argument(
         "--stage1_only", action="store_true", help="gate's stage 1 alone, from the config's runs"
     )
+    changes.add_argument(
+        "--gate_init_alpha", type=float, default=None,
+        help="gate with α starting at this value (both stages train; CF model and text from the config's runs)",
+    )  # fmt: skip
     args = parser.parse_args()
     config = json.loads(Path(args.config).read_text())
     base = ["python", "examples/run_ctr.py", args.config]
     dtypes = {}  # resolved name -> the argument: auto and the dtype it resolves to are one
     for dtype in args.dtypes:
         dtypes.setdefault(dtype_name(resolve_dtype(dtype)), dtype)
-    found = variant(args.fusion_learning_rate, args.stage1_only)
+    found = variant(args.fusion_learning_rate, args.stage1_only, args.gate_init_alpha)
     suffix = "" if found is None else f"_{found['name']}"
     runs = {}
     for name, dtype in dtypes.items():
@@ -229,7 +245,8 @@ def main():
                 if args.report_only:
                     continue
                 if found is not None:
-                    start_from(own, folder, [sys.executable, *base[1:], *run_arguments(seed, dtype, own)])
+                    start_from(own, folder, [sys.executable, *base[1:], *run_arguments(seed, dtype, own)],
+                               found["keeps_stage1"])  # fmt: skip
                 timed_run([sys.executable, *base[1:], *extra], folder)
             runs[f"{name}_seed{seed}"] = {
                 "dtype": name, "seed": seed, "command": " ".join([*base, *extra]),

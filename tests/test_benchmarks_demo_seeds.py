@@ -31,6 +31,10 @@ def test_a_stage_2_run_copies_what_the_configs_run_trained_before_stage_2_and_no
     copied = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert copied == sorted(before)
     assert all((folder / name).read_text() == name for name in before)
+    fresh = tmp_path / "float32_seed0_gate_alpha_1"  # α's start reaches stage 1: gate trains from scratch
+    demo_seeds.start_from(own, fresh, ["python", "examples/run_ctr.py"], keeps_stage1=False)
+    copied = sorted(p.relative_to(fresh).as_posix() for p in fresh.rglob("*") if p.is_file())
+    assert copied == sorted(name for name in before if not name.startswith("gate/"))
 
 
 def test_a_stage_2_run_first_runs_the_configs_run_where_it_has_not_finished(tmp_path, monkeypatch):
@@ -81,5 +85,8 @@ def test_variants_change_only_what_follows_stage_1_and_resume_the_gate_run():
     assert rate["name"] == "fusion_lr_0.001" and rate["arguments"][:2] == ["--fusion_learning_rate", "0.001"]
     alone = demo_seeds.variant(None, True)
     assert alone["name"] == "stage1_only" and alone["arguments"][:2] == ["--schedule", "lora"]
-    for found in (rate, alone):
+    alpha = demo_seeds.variant(None, False, 1.0)
+    assert alpha["name"] == "gate_alpha_1" and alpha["arguments"][:2] == ["--gate_init_alpha", "1"]
+    for found in (rate, alone, alpha):
         assert found["arguments"][2:] == ["--fusion_modes", "gate", "--resume_from_checkpoint", "true"]
+    assert rate["keeps_stage1"] and alone["keeps_stage1"] and not alpha["keeps_stage1"]
