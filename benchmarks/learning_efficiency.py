@@ -69,6 +69,7 @@ def arm(**changes) -> dict:
     return out
 
 
+INJECT = "inject"  # CoLLM-style injection: every `gate` arm is compared with it where it ran
 WARM = {"learning_rate": 1e-3, "warmup_steps": 20, "scheduler": "cosine"}  # stage 2: warmup, then decay
 ARMS = {
     # the settings the issue measured: fusion lr 1e-2, no warmup, zero-initialized GATE (α = 0 in stage 1)
@@ -276,8 +277,9 @@ def load_arms(args) -> dict[int, dict[str, dict]]:
 def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf_scores: np.ndarray) -> dict:
     """
     Intervals (bootstrap over users) of every arm of every seed and of the CF model, each arm compared with the
-    reference arm of its seed and `gate` arms with the CF model; with several seeds, each arm present in all of them
-    also gets its mean over seeds, compared the same way on the seed-averaged AUC of each resample.
+    reference arm of its seed and `gate` arms with the CF model and with `inject` (CoLLM, the issue's comparison) where
+    that seed has it; with several seeds, each arm present in all of them also gets its mean over seeds, compared the
+    same way on the seed-averaged AUC of each resample.
     """
     names = [name for name in ARMS if any(name in arms for arms in found.values())]
     several = len(found) > 1
@@ -290,9 +292,13 @@ def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf
     for seed, arms in found.items():
         pairs += [(key(n, seed), key(reference, seed)) for n in arms if n != reference and reference in arms]
         pairs += [(key(n, seed), cf_name) for n in arms if n.startswith("gate")]
+        pairs += [(key(n, seed), key(INJECT, seed)) for n in arms if n.startswith("gate") and INJECT in arms]
     if several:
         pairs += [(pooled(n), pooled(reference)) for n in complete if n != reference]
         pairs += [(pooled(n), cf_name) for n in complete if n.startswith("gate")]
+        pairs += [
+            (pooled(n), pooled(INJECT)) for n in complete if n.startswith("gate") and INJECT in complete
+        ]
     boot = user_bootstrap(scores | {cf_name: cf_scores}, labels, users, pairs=pairs)
     compared = dict(zip(pairs, boot["pairs"].values(), strict=True))
     rows = {}
@@ -305,7 +311,8 @@ def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf
                                    "stage_1": stage_end(arm["history"], arm["spec"]["stages"][0]["stage"]),
                                    "stage_2": stage_end(arm["history"], arm["spec"]["stages"][1]["stage"]),
                                    "vs_reference": compared.get((k, key(reference, seed))),
-                                   "vs_cf": compared.get((k, cf_name))}  # fmt: skip
+                                   "vs_cf": compared.get((k, cf_name)),
+                                   "vs_inject": compared.get((k, key(INJECT, seed)))}  # fmt: skip
         rows[name] = {
             "spec": next(arms[name]["spec"] for arms in found.values() if name in arms),
             "seeds": runs,
@@ -316,7 +323,8 @@ def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf
                                   "stage_1": {"loss": mean("stage_1", "loss"), "auc": mean("stage_1", "auc")},
                                   "stage_2": {"loss": mean("stage_2", "loss"), "auc": mean("stage_2", "auc")},
                                   "vs_reference": compared.get((pooled(name), pooled(reference))),
-                                  "vs_cf": compared.get((pooled(name), cf_name))}  # fmt: skip
+                                  "vs_cf": compared.get((pooled(name), cf_name)),
+                                  "vs_inject": compared.get((pooled(name), pooled(INJECT)))}  # fmt: skip
     cf = {k: boot["models"][cf_name][k] for k in ("auc", "auc_ci", "uauc", "uauc_ci")}
     return {"reference": reference, "seeds": list(found), "cf": {"name": cf_name, **cf},
             "bootstrap": {k: boot[k] for k in ("n_resamples", "confidence", "users")}, "arms": rows}  # fmt: skip
@@ -396,6 +404,8 @@ def render(out: dict) -> list[str]:
             "from its own initialization; an arm's mean row compares the seed-averaged AUC on each resample, so its "
             "interval holds the users' sampling noise once and not the spread between seeds, which its seed rows show"
         )
+    runs_of = lambda row: [*row.get("seeds", {}).values(), row.get("mean", {})]  # noqa: E731
+    with_inject = any(run.get("vs_inject") for row in out["arms"].values() for run in runs_of(row))
     lines = [
         f"Validation AUC on {out['eval_rows']} fixed validation rows (test set unread), 95% intervals from "
         f"{out['bootstrap']['n_resamples']} bootstrap resamples of its {out['bootstrap']['users']} users; {seed_text}. "
@@ -404,11 +414,13 @@ def render(out: dict) -> list[str]:
         f"[{figure}]({figure}).",
         "",
         "| arm | stage 1 loss | stage 1 AUC | stage 2 loss | final AUC [95% CI] | final UAUC [95% CI] | "
-        "AUC diff vs reference [95% CI], p | AUC diff vs CF alone [95% CI], p | train+eval s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "AUC diff vs reference [95% CI], p | AUC diff vs CF alone [95% CI], p | "
+        + ("AUC diff vs `inject` [95% CI], p | " if with_inject else "")
+        + "train+eval s |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if with_inject else ""),
         f"| {out['cf']['name']} | | | | {out['cf']['auc']:.3f} [{out['cf']['auc_ci'][0]:.3f}, "
         f"{out['cf']['auc_ci'][1]:.3f}] | {out['cf']['uauc']:.3f} [{out['cf']['uauc_ci'][0]:.3f}, "
-        f"{out['cf']['uauc_ci'][1]:.3f}] | | | |",
+        f"{out['cf']['uauc_ci'][1]:.3f}] | | | " + ("| " if with_inject else "") + "|",
     ]
 
     def compared(diff):
@@ -434,7 +446,9 @@ def render(out: dict) -> list[str]:
             lines.append(
                 f"| {label} | {fmt(run['stage_1']['loss'])} | {fmt(run['stage_1']['auc'])} | "
                 f"{fmt(run['stage_2']['loss'])} | {auc} | {uauc_text} | {compared(run['vs_reference'])} | "
-                f"{compared(run.get('vs_cf'))} | {run['seconds']:.0f} |"
+                f"{compared(run.get('vs_cf'))} | "
+                + (f"{compared(run.get('vs_inject'))} | " if with_inject else "")
+                + f"{run['seconds']:.0f} |"
             )
     return lines
 

@@ -62,6 +62,12 @@ def test_two_seeds_get_their_own_rows_and_a_mean_compared_on_the_same_users():
     assert gate_mean["auc"] == pytest.approx(np.mean([auc[GATE, 0], auc[GATE, 1]]))
     assert gate_mean["vs_cf"]["auc_diff"] == pytest.approx(gate_mean["auc"] - roc_auc_score(labels, cf))
     assert gate_mean["vs_reference"] is None
+    # every gate arm is compared with inject too (here the reference's mirror image)
+    assert gate_mean["vs_inject"]["auc_diff"] == pytest.approx(-pooled["auc_diff"])
+    assert out["arms"][GATE]["seeds"]["1"]["vs_inject"]["auc_diff"] == pytest.approx(
+        auc[GATE, 1] - auc[INJECT, 1]
+    )
+    assert inject["mean"]["vs_inject"] is None
 
     entry = {"constant_loss": 2.76, "eval_rows": 300, "figure": "learning_efficiency_avx2.png", **out}
     lines = learning_efficiency.render(entry)
@@ -72,6 +78,8 @@ def test_two_seeds_get_their_own_rows_and_a_mean_compared_on_the_same_users():
     assert labels_in_table == [f"| `{GATE}` seed 0", f"| `{GATE}` seed 1", f"| `{GATE}` mean of 2 seeds",
                                f"| `{INJECT}` seed 0", f"| `{INJECT}` seed 1", f"| `{INJECT}` mean of 2 seeds"]  # fmt: skip
     assert f"{pooled['auc_diff']:+.3f}" in table[-1]
+    assert "AUC diff vs `inject`" in table[0]
+    assert table[5].split(" | ")[-2] == f"{gate_mean['vs_inject']['auc_diff']:+.3f} [{gate_mean['vs_inject']['auc_diff_ci'][0]:+.3f}, {gate_mean['vs_inject']['auc_diff_ci'][1]:+.3f}], p={gate_mean['vs_inject']['auc_p']:.3f}"  # fmt: skip
 
 
 def test_an_arm_scored_on_other_validation_rows_is_refused_by_file(tmp_path):
