@@ -76,6 +76,22 @@ def valid_cell(found: dict | None) -> str:
     return "—" if not found else f"{found['text']:.3f}, {found['gate']:.3f}"
 
 
+def variant_text(found: dict) -> str:
+    """What a variant's runs copy from the config's runs and what they train, for its table."""
+    if found.get("keeps_stage1", True):  # entries before --gate_init_alpha changed stage 2 or less
+        copied, ran = (
+            "its CF model, `text` run and `gate` stage 1, bitwise what this setting trains",
+            "stage 1 (stage 2",
+        )
+    else:
+        copied, ran = "its CF model and `text` run; `gate` trains both stages", "them (both `gate` stages"
+    return (
+        f"{found['title']}: each run copies the config's run of its seed ({copied}) and runs `gate` from there (`"
+        + " ".join(found["arguments"])
+        + f"`); `text` and CF are the config's runs, and wall min counts what ran after {ran}, scoring)."
+    )
+
+
 def render(entry: dict) -> list[str]:
     lines = [
         f"Each run: `{entry['run_ctr_command']} --seed S [--dtype D]`, {entry['train_rows']} training rows per stage. "
@@ -83,17 +99,7 @@ def render(entry: dict) -> list[str]:
         "the same resamples. Warm: user and item with more than 3 train rows; item-cold: items absent from train "
         "(the CF model scores them all alike). The seed also draws the validation/test subsample, so runs are "
         f"scored on different test rows. Figure: [{entry['figure']}]({entry['figure']}).",
-        *(
-            []
-            if entry.get("variant") is None
-            else [
-                "",
-                f"{entry['variant']['title']}: each run copies the config's run of its seed (its CF model, `text` run "
-                "and `gate` stage 1, bitwise what this setting trains) and runs `gate` from there (`"
-                + " ".join(entry["variant"]["arguments"])
-                + "`); `text` and CF are the config's runs, and wall min counts what ran after stage 1 (stage 2, scoring).",
-            ]
-        ),
+        *([] if entry.get("variant") is None else ["", variant_text(entry["variant"])]),
         "",
         "| dtype | seed | rows | CF | `text` | `gate` | `gate - text` | `gate - cf` | warm `gate - cf` | item-cold "
         "`gate - cf` | valid AUC `text`, `gate` | wall min |",

@@ -1,4 +1,4 @@
-"""`benchmarks/demo_seeds.py --fusion_learning_rate`: a run that changes stage 2 only starts from the config's run."""
+"""`benchmarks/demo_seeds.py`'s variants: a run that changes `gate` starts from the config's run of its seed."""
 
 import sys
 from pathlib import Path
@@ -79,7 +79,7 @@ def test_render_gives_every_row_of_the_runs_table_its_header_cells():
     assert table[2].endswith("| — | 10.0 |") and table[3].endswith("| 0.610, 0.630 | 10.0 |")
 
 
-def test_variants_change_only_what_follows_stage_1_and_resume_the_gate_run():
+def test_variants_resume_the_gate_run_and_keep_stage_1_unless_they_change_it():
     assert demo_seeds.variant(None, False) is None  # the config itself
     rate = demo_seeds.variant(1e-3, False)
     assert rate["name"] == "fusion_lr_0.001" and rate["arguments"][:2] == ["--fusion_learning_rate", "0.001"]
@@ -90,3 +90,17 @@ def test_variants_change_only_what_follows_stage_1_and_resume_the_gate_run():
     for found in (rate, alone, alpha):
         assert found["arguments"][2:] == ["--fusion_modes", "gate", "--resume_from_checkpoint", "true"]
     assert rate["keeps_stage1"] and alone["keeps_stage1"] and not alpha["keeps_stage1"]
+
+
+def test_a_variants_table_says_what_its_runs_copied_and_trained():
+    rate = demo_seeds.variant_text(demo_seeds.variant(1e-3, False))
+    assert "and `gate` stage 1, bitwise what this setting trains" in rate
+    assert rate.endswith(
+        "wall min counts what ran after stage 1 (stage 2, scoring)."
+    )  # as committed tables say
+    alpha = demo_seeds.variant_text(demo_seeds.variant(None, False, 1.0))
+    assert (
+        "its CF model and `text` run; `gate` trains both stages" in alpha and "stage 1, bitwise" not in alpha
+    )
+    assert alpha.endswith("wall min counts what ran after them (both `gate` stages, scoring).")
+    assert "`--gate_init_alpha 1 --fusion_modes gate --resume_from_checkpoint true`" in alpha

@@ -82,6 +82,26 @@ def test_two_seeds_get_their_own_rows_and_a_mean_compared_on_the_same_users():
     assert table[5].split(" | ")[-2] == f"{gate_mean['vs_inject']['auc_diff']:+.3f} [{gate_mean['vs_inject']['auc_diff_ci'][0]:+.3f}, {gate_mean['vs_inject']['auc_diff_ci'][1]:+.3f}], p={gate_mean['vs_inject']['auc_p']:.3f}"  # fmt: skip
 
 
+def test_inject_as_the_reference_is_compared_once_with_each_gate_arm():
+    """With no `gate` arm in every seed the reference is `inject`, and `gate` vs `inject` is that pair too."""
+    rng = np.random.default_rng(1)
+    labels, users = _rows(rng)
+    found = {
+        seed: {INJECT: _arm(INJECT, labels * 0.5 + rng.normal(size=labels.size), seed)} for seed in (0, 1)
+    }
+    found[0]["gate_alpha1"] = _arm("gate_alpha1", labels + rng.normal(size=labels.size), 0)
+    out = learning_efficiency.summarize(
+        found, labels, users, "CF alone (mf)", labels * 0.3 + rng.normal(size=300)
+    )
+    assert out["reference"] == INJECT
+    run = out["arms"]["gate_alpha1"]["seeds"]["0"]
+    expected = roc_auc_score(labels, found[0]["gate_alpha1"]["scores"]) - roc_auc_score(
+        labels, found[0][INJECT]["scores"]
+    )
+    assert run["vs_inject"] == run["vs_reference"] and run["vs_inject"]["auc_diff"] == pytest.approx(expected)
+    assert "mean" not in out["arms"]["gate_alpha1"] and out["arms"][INJECT]["mean"]["vs_reference"] is None
+
+
 def test_an_arm_scored_on_other_validation_rows_is_refused_by_file(tmp_path):
     args = argparse.Namespace(output_dir=str(tmp_path), seeds=[0, 1], eval_seed=0, eval_rows=300)
     for seed in (0, 1):
