@@ -20,6 +20,7 @@ gate --resume_from_checkpoint true`: stage 1 is loaded, stage 2 trains or, with 
 is `benchmarks/results/demo_seeds_<variant>.{json,md,png}`, its wall minutes those of what ran after stage 1.
 `--gate_init_alpha A` changes stage 1 too (α starts at A, so stage 1 trains LoRA on titles fused with item CF): its
 runs copy the CF model and `text` only and train both of `gate`'s stages; their wall minutes are those two stages.
+It combines with `--fusion_learning_rate X` (`OUTPUT_DIR/<dtype>_seed<S>_gate_alpha_<A>_fusion_lr_<X>`).
 """
 
 import argparse
@@ -163,23 +164,35 @@ def plot(entry: dict, path: Path) -> None:
 def variant(
     fusion_learning_rate: float | None, stage1_only: bool, gate_init_alpha: float | None = None
 ) -> dict | None:
-    """The change to the config's `gate` runs, or None for the config itself: its `name` (folders and results), its
+    """
+    The change to the config's `gate` runs, or None for the config itself: its `name` (folders and results), its
     `title`, the `run_ctr.py` `arguments` that make it (after the config's run's own) and whether it keeps the config
-    run's `gate` stage 1 (`keeps_stage1`; a change to α's start reaches stage 1, so `gate` trains from scratch)."""
+    run's `gate` stage 1 (`keeps_stage1`; a change to α's start reaches stage 1, so `gate` trains from scratch). α's
+    start and stage 2's learning rate combine; stage 1 alone takes neither.
+    """
     resume = ["--fusion_modes", "gate", "--resume_from_checkpoint", "true"]
     if stage1_only:
+        if fusion_learning_rate is not None or gate_init_alpha is not None:
+            raise ValueError(
+                "--stage1_only scores the config's stage 1: it takes no fusion learning rate or α start"
+            )
         return {"name": "stage1_only", "title": "`gate`'s stage 1 alone (no stage 2)",
                 "arguments": ["--schedule", "lora", *resume], "keeps_stage1": True}  # fmt: skip
-    if fusion_learning_rate is not None:
-        rate = f"{fusion_learning_rate:g}"
-        return {"name": f"fusion_lr_{rate}", "title": f"Stage 2 at fusion learning rate {rate}",
-                "arguments": ["--fusion_learning_rate", rate, *resume], "keeps_stage1": True}  # fmt: skip
+    names, titles, arguments = [], [], []
     if gate_init_alpha is not None:
         alpha = f"{gate_init_alpha:g}"
-        return {"name": f"gate_alpha_{alpha}",
-                "title": f"`gate` with α starting at {alpha} (stage 1 reads item CF through the untrained ALG)",
-                "arguments": ["--gate_init_alpha", alpha, *resume], "keeps_stage1": False}  # fmt: skip
-    return None
+        names.append(f"gate_alpha_{alpha}")
+        titles.append(f"`gate` with α starting at {alpha} (stage 1 reads item CF through the untrained ALG)")
+        arguments += ["--gate_init_alpha", alpha]
+    if fusion_learning_rate is not None:
+        rate = f"{fusion_learning_rate:g}"
+        names.append(f"fusion_lr_{rate}")
+        titles.append(f"{'s' if titles else 'S'}tage 2 at fusion learning rate {rate}")
+        arguments += ["--fusion_learning_rate", rate]
+    if not names:
+        return None
+    return {"name": "_".join(names), "title": "; ".join(titles), "arguments": [*arguments, *resume],
+            "keeps_stage1": gate_init_alpha is None}  # fmt: skip
 
 
 def run_arguments(seed: int, dtype: str, output_dir: Path) -> list[str]:
@@ -227,11 +240,14 @@ def main():
     changes.add_argument(
         "--stage1_only", action="store_true", help="gate's stage 1 alone, from the config's runs"
     )
-    changes.add_argument(
+    parser.add_argument(
         "--gate_init_alpha", type=float, default=None,
-        help="gate with α starting at this value (both stages train; CF model and text from the config's runs)",
+        help="gate with α starting at this value (both stages train; CF model and text from the config's runs); "
+        "combines with --fusion_learning_rate",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.stage1_only and args.gate_init_alpha is not None:
+        parser.error("--stage1_only scores the config's own stage 1: it takes no --gate_init_alpha")
     config = json.loads(Path(args.config).read_text())
     base = ["python", "examples/run_ctr.py", args.config]
     dtypes = {}  # resolved name -> the argument: auto and the dtype it resolves to are one

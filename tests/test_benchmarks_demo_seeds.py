@@ -90,6 +90,13 @@ def test_variants_resume_the_gate_run_and_keep_stage_1_unless_they_change_it():
     for found in (rate, alone, alpha):
         assert found["arguments"][2:] == ["--fusion_modes", "gate", "--resume_from_checkpoint", "true"]
     assert rate["keeps_stage1"] and alone["keeps_stage1"] and not alpha["keeps_stage1"]
+    both = demo_seeds.variant(1e-3, False, 1.0)  # α's start and stage 2's rate combine
+    assert both["name"] == "gate_alpha_1_fusion_lr_0.001" and not both["keeps_stage1"]
+    assert both["arguments"] == ["--gate_init_alpha", "1", "--fusion_learning_rate", "0.001", "--fusion_modes",
+                                 "gate", "--resume_from_checkpoint", "true"]  # fmt: skip
+    assert both["title"].endswith("; stage 2 at fusion learning rate 0.001")
+    with pytest.raises(ValueError, match="stage1_only"):
+        demo_seeds.variant(None, True, 1.0)
 
 
 def test_a_variants_table_says_what_its_runs_copied_and_trained():
