@@ -5,7 +5,8 @@
 
 Runs `examples/run_ctr.py CONFIG` in a fresh process (so the ~9 s of imports count), then records in
 `benchmarks/results/demo.{json,md}` (this CPU kind's section, `benchmarks/report.py`): wall time, per-stage times and
-validation/test AUC of every mode and of the CF backbone, one run per dtype. `--dtype float32` on a CPU with native
+validation/test AUC of every mode and of the CF backbone, and the config's settings (a run whose config has
+changed since says which settings under its table), one run per dtype. `--dtype float32` on a CPU with native
 bf16 shows what the fp32 path costs (the path an AVX2-only CPU takes by default; fp32 matmuls run at about the same
 speed on AVX2 and AVX512 EPYCs). Goal: under 10 minutes on AMX, under 20 on AVX2.
 """
@@ -66,8 +67,29 @@ def render(entry: dict) -> list[str]:
             elif now.get("table_note") != run.get("table_note"):
                 lines += ["", f"`table_note` in `{config}` has changed since; the demo now prints:", "",
                           f"> {now.get('table_note')}"]  # fmt: skip
+        lines += changed_settings(run)
         lines.append("")
     return lines
+
+
+def settings(config: dict) -> dict:
+    """What a demo config trains and scores: all of it but the note it prints."""
+    return {k: v for k, v in config.items() if k != "table_note"}
+
+
+def changed_settings(run: dict) -> list[str]:
+    """A line naming the config's settings that differ from the run's (`run["config"]`): its table is not what the
+    config trains now."""
+    config = run["command"].split()[2]
+    path = ROOT / config
+    if "config" not in run or not path.is_file():
+        return []
+    then, now = run["config"], settings(json.loads(path.read_text()))
+    changed = [f"`{k}` {json.dumps(then.get(k))} → {json.dumps(now.get(k))}"
+               for k in sorted(then.keys() | now.keys()) if then.get(k) != now.get(k)]  # fmt: skip
+    if not changed:
+        return []
+    return ["", f"`{config}` has changed since this run ({', '.join(changed)}): it now trains another model."]
 
 
 def main():
@@ -106,6 +128,7 @@ def main():
         },  # fmt: skip
         **{k: summary[k] for k in ("warm_cold_rows", "cold_rule") if k in summary},
         "table_note": config.get("table_note"),
+        "config": settings(config),
         "modes": {
             mode: {
                 k: v
