@@ -50,6 +50,8 @@ def render(entry: dict) -> list[str]:
                 f"| `{mode}` | {r['eval_auc']:.4f} | {r['test_auc']:.4f} | {r['test_uauc']:.4f} | {split(r, 'warm')} | "
                 f"{split(r, 'cold')} | {seconds:.0f} |"
             )
+        config = run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ...": no spaces
+        now = json.loads((ROOT / config).read_text()) if (ROOT / config).is_file() else None
         if "warm_cold_rows" in run:
             rows = run["warm_cold_rows"]
             lines += [
@@ -60,14 +62,12 @@ def render(entry: dict) -> list[str]:
                 "",
                 f"> {run['table_note']}" if run.get("table_note") else "> (no note)",
             ]
-            config = run["command"].split()[2]  # "python examples/run_ctr.py CONFIG ...": no spaces
-            now = json.loads((ROOT / config).read_text()) if (ROOT / config).is_file() else None
             if now is None:
                 lines += ["", f"`{config}` is no longer in the repository: the demo may print another note."]
             elif now.get("table_note") != run.get("table_note"):
                 lines += ["", f"`table_note` in `{config}` has changed since; the demo now prints:", "",
                           f"> {now.get('table_note')}"]  # fmt: skip
-        lines += changed_settings(run)
+        lines += changed_settings(run, config, now)
         lines.append("")
     return lines
 
@@ -77,14 +77,12 @@ def settings(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "table_note"}
 
 
-def changed_settings(run: dict) -> list[str]:
-    """A line naming the config's settings that differ from the run's (`run["config"]`): its table is not what the
-    config trains now."""
-    config = run["command"].split()[2]
-    path = ROOT / config
-    if "config" not in run or not path.is_file():
+def changed_settings(run: dict, config: str, now: dict | None) -> list[str]:
+    """A line naming the settings of the config `config` (`now`, None where it is gone) that differ from the run's
+    (`run["config"]`): its table is not what the config trains now."""
+    if "config" not in run or now is None:
         return []
-    then, now = run["config"], settings(json.loads(path.read_text()))
+    then, now = run["config"], settings(now)
     changed = [f"`{k}` {json.dumps(then.get(k))} → {json.dumps(now.get(k))}"
                for k in sorted(then.keys() | now.keys()) if then.get(k) != now.get(k)]  # fmt: skip
     if not changed:

@@ -246,8 +246,6 @@ def main():
         "combines with --fusion_learning_rate",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.stage1_only and args.gate_init_alpha is not None:
-        parser.error("--stage1_only scores the config's own stage 1: it takes no --gate_init_alpha")
     config = json.loads(Path(args.config).read_text())
     base = ["python", "examples/run_ctr.py", args.config]
     dtypes = {}  # resolved name -> the argument: auto and the dtype it resolves to are one

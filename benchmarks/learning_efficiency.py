@@ -299,9 +299,8 @@ def summarize(found: dict[int, dict[str, dict]], labels, users, cf_name: str, cf
         pairs += [
             (pooled(n), pooled(INJECT)) for n in complete if n.startswith("gate") and INJECT in complete
         ]
-    pairs = list(
-        dict.fromkeys(pairs)
-    )  # `gate` vs `inject` is also the reference pair where `inject` is the reference
+    # `gate` vs `inject` is also the reference pair where `inject` is the reference
+    pairs = list(dict.fromkeys(pairs))
     boot = user_bootstrap(scores | {cf_name: cf_scores}, labels, users, pairs=pairs)
     compared = dict(zip(pairs, boot["pairs"].values(), strict=True))
     rows = {}
