@@ -12,9 +12,10 @@ final model's point is its row-ordered scores (`score_rows`), which also give th
 `OUTPUT_DIR/seed<S>/<arm>.json` exists; a rerun skips it. The constant-prediction level of Eq. 5 (the loss of the
 best constant p_yes, p_no) is computed from the training labels and drawn as a reference line.
 
-Writes `benchmarks/results/learning_efficiency.{json,md}` and `learning_efficiency_<cpu kind>.png` (one section per
-CPU kind, `benchmarks/report.py`); with several seeds, every arm also gets its mean over seeds, compared on the same
-rows (a bootstrap over users of the seed-averaged AUC).
+Writes `benchmarks/results/<results_name>.{json,md}` and `<results_name>_<cpu kind>.png` (one section per CPU kind,
+`benchmarks/report.py`; `--results_name` defaults to `learning_efficiency`, the MF runs: give each CF checkpoint its
+own); with several seeds, every arm also gets its mean over seeds, compared on the same rows (a bootstrap over users
+of the seed-averaged AUC).
 """
 
 import argparse
@@ -356,7 +357,7 @@ def report(args, level: float, eval_rows, cf_model) -> None:
         cf_scores = cf_model(torch.tensor(eval_rows["user_id"]), torch.tensor(eval_rows["item_id"])).logits
     summary = summarize(found, eval_rows["label"], eval_rows["user_id"], cf_name, cf_scores.float().numpy())
     origin = provenance(resolve_dtype(args.dtype))
-    figure_name = f"learning_efficiency_{origin['cpu_kind'].lower()}.png"  # one figure per CPU kind
+    figure_name = f"{args.results_name}_{origin['cpu_kind'].lower()}.png"  # one figure per CPU kind
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     styles = ["-", "--", ":", "-."]
     for name in summary["arms"]:
@@ -385,13 +386,14 @@ def report(args, level: float, eval_rows, cf_model) -> None:
     right.axhline(0.5, color="k", ls="--", lw=1)
     left.legend(fontsize=7), right.legend(fontsize=7)
     seeds = ", ".join(f"{seed} {styles[n % len(styles)]}" for n, seed in enumerate(found))
-    figure.suptitle(f"CCF-LLM on ML-1M (MF), SmolLM2-135M-Instruct, {origin['cpu_kind']}: learning efficiency"
+    backbone = cf_model.config.model_type.removeprefix("ccf_")
+    figure.suptitle(f"CCF-LLM on ML-1M ({backbone}), SmolLM2-135M-Instruct, {origin['cpu_kind']}: learning efficiency"
                     + (f" (seeds, line style: {seeds})" if len(found) > 1 else ""))  # fmt: skip
     figure.tight_layout()
     figure.savefig(RESULTS / figure_name, dpi=110)
     out = {"provenance": origin, "constant_loss": level, "eval_rows": args.eval_rows, "eval_seed": args.eval_seed,
            "figure": figure_name, **summary}  # fmt: skip
-    print("\n".join(save_results("learning_efficiency", out, render, TITLE)))
+    print("\n".join(save_results(args.results_name, out, render, TITLE, RESULTS)))
 
 
 def render(out: dict) -> list[str]:
@@ -463,6 +465,8 @@ def main():
     parser.add_argument("--cf_checkpoint", default="outputs/cf/mf")
     parser.add_argument("--output_dir", default="outputs/learning_efficiency")
     parser.add_argument("--arms", nargs="*", default=list(ARMS))
+    parser.add_argument("--results_name", default="learning_efficiency",
+                        help="benchmarks/results/<name>.{json,md} and <name>_<cpu kind>.png: one per CF checkpoint")  # fmt: skip
     parser.add_argument("--eval_rows", type=int, default=1000)
     parser.add_argument("--eval_steps", type=int, default=50)
     parser.add_argument("--logging_steps", type=int, default=5)

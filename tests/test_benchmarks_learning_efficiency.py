@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 from transformers import TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
@@ -157,3 +158,31 @@ def test_committed_entries_render_unchanged(tmp_path):
     assert (tmp_path / "learning_efficiency.md").read_text() == (
         RESULTS / "learning_efficiency.md"
     ).read_text()
+
+
+def test_the_report_is_written_under_its_results_name_with_its_cf_model(tmp_path, monkeypatch):
+    """A LightGCN run (`--results_name learning_efficiency_lightgcn`) gets its own files, not the MF runs' ones."""
+    import report
+
+    from ccf_llm import LightGCNConfig, LightGCNModel
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rng = np.random.default_rng(1)
+    labels, users = _rows(rng)
+    users, items = users + 1, rng.integers(1, 6, labels.size)  # ids start at 1
+    args = argparse.Namespace(output_dir=str(tmp_path / "runs"), seeds=[0], eval_seed=0, eval_rows=300, dtype="float32",
+                              cf_checkpoint="outputs/cfb/cf_lightgcn", results_name="learning_efficiency_lightgcn")  # fmt: skip
+    (tmp_path / "runs" / "seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "seed0" / f"{GATE}.json").write_text(
+        json.dumps(_arm(GATE, labels + rng.normal(size=300), 0))
+    )
+    cf_model = LightGCNModel(LightGCNConfig(num_users=30, num_items=5, hidden_size=2))
+    cf_model.set_graph(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+    rows = {"user_id": users.tolist(), "item_id": items.tolist(), "label": labels.tolist()}
+    learning_efficiency.report(args, 2.76, rows, cf_model)
+    kind = report.provenance(torch.float32)["cpu_kind"].lower()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "learning_efficiency_lightgcn.json", "learning_efficiency_lightgcn.md", f"learning_efficiency_lightgcn_{kind}.png"
+    ]  # fmt: skip
+    text = (tmp_path / "learning_efficiency_lightgcn.md").read_text()
+    assert "| CF alone (cf_lightgcn) |" in text and f"`{GATE}` |" in text
