@@ -3,7 +3,8 @@
     python benchmarks/demo_seeds.py [CONFIG] [--seeds 0 1 2] [--dtypes auto float32] [--report_only]
 
 For every dtype and seed, runs `examples/run_ctr.py CONFIG --seed S [--dtype D]` (default the README's demo) in a
-fresh process into `OUTPUT_DIR/<dtype>_seed<S>`; a run whose `all_results.json` exists is kept, so a rerun resumes.
+fresh process into `OUTPUT_DIR/<dtype>_seed<S>`; a run whose `all_results.json` exists is kept, so a rerun resumes,
+unless it ran another config (its `run_ctr.json`): then the script stops and names the settings that changed.
 The seed draws the CF model's initialization, the training rows, their order, the LoRA/ALG/GATE initialization and
 the seeded validation/test subsamples. Each run's CF model, `text` and `gate` are compared on that run's test rows
 (`demo_curves.test_comparison`: 95% intervals from a bootstrap over users, paired `gate - text` and `gate - cf`, on
@@ -31,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from demo import changed_settings, settings
 from demo_curves import test_comparison
 from report import RESULTS, checkout_env, dtype_name, provenance, save_results
 
@@ -208,6 +210,23 @@ def timed_run(command: list[str], folder: Path) -> None:
     folder.with_name(folder.name + ".wall_seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
 
 
+def check_same_config(folder: Path, config_path: str, config: dict) -> None:
+    """
+    Refuse a finished run in `folder` that did not train `config` (the contents of `config_path`; the note it prints
+    aside) as it is now: its `run_ctr.json` keeps the config it ran, or, written before 2026-12-07, none.
+    """
+    ran = json.loads((folder / "run_ctr.json").read_text()).get("config")
+    if ran is None:
+        problem = "its run_ctr.json does not keep the config it ran (written before run_ctr.py kept it)"
+    else:
+        problem = "".join(changed_settings({"config": settings(ran)}, config_path, config))
+    if problem:
+        raise SystemExit(
+            f"{folder} holds a finished run, but {problem.strip()} Pass a fresh --output_dir, or --report_only to "
+            "tabulate the runs there."
+        )
+
+
 def start_from(own: Path, folder: Path, command: list[str], keeps_stage1: bool = True) -> None:
     """
     Seed `folder` with what the config's run `own` trained before stage 2 (`run_ctr.json`, the CF model, the `text`
@@ -261,6 +280,9 @@ def main():
             extra = run_arguments(seed, dtype, folder)
             extra += [] if found is None else found["arguments"]
             timing = folder.with_name(folder.name + ".wall_seconds")
+            for finished in dict.fromkeys([own, folder]):  # what this run reuses must have run this config
+                if not args.report_only and (finished / "all_results.json").is_file():
+                    check_same_config(finished, args.config, config)
             if not (folder / "all_results.json").is_file():
                 if args.report_only:
                     continue

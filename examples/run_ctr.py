@@ -346,6 +346,7 @@ def run_mode(mode, model_args, data_args, args, splits, titles, cf_models, num_u
 
 def main():
     parser = HfArgumentParser((ModelArguments, DataArguments, CCFTrainingArguments))
+    config = None  # a JSON config's contents, kept in run_ctr.json
     if len(sys.argv) > 1 and sys.argv[1].endswith(".json"):
         # a JSON config, then command-line overrides
         config = json.loads(Path(sys.argv[1]).read_text())
@@ -371,7 +372,12 @@ def main():
     with args.main_process_first(desc="output folder"):
         if args.should_save:
             output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "run_ctr.json").write_text(json.dumps({"argv": sys.argv[1:]}, indent=2) + "\n")
+            (output_dir / "all_results.json").unlink(missing_ok=True)  # an earlier run's finished marker
+            record = {
+                "argv": sys.argv[1:],
+                "config": config,
+            }  # what a rerun into this folder is compared with
+            (output_dir / "run_ctr.json").write_text(json.dumps(record, indent=2) + "\n")
 
     logger.info("process %d of %d (%s)", args.process_index, args.world_size, args.parallel_mode.value)
     splits = load_splits(data_args)

@@ -1,5 +1,6 @@
 """`benchmarks/demo_seeds.py`'s variants: a run that changes `gate` starts from the config's run of its seed."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -111,3 +112,26 @@ def test_a_variants_table_says_what_its_runs_copied_and_trained():
     )
     assert alpha.endswith("wall min counts what ran after them (both `gate` stages, scoring).")
     assert "`--gate_init_alpha 1 --fusion_modes gate --resume_from_checkpoint true`" in alpha
+
+
+def test_a_finished_run_of_another_config_is_refused_and_names_what_changed(tmp_path):
+    config = {"train_rows_per_stage": 1000, "gate_init_alpha": 1.0, "table_note": "now"}
+    write(
+        tmp_path / "same" / "run_ctr.json",
+        json.dumps({"argv": [], "config": {**config, "table_note": "then"}}),
+    )
+    demo_seeds.check_same_config(
+        tmp_path / "same", "demo.json", config
+    )  # the note it prints is not a setting
+    write(
+        tmp_path / "old" / "run_ctr.json",
+        json.dumps({"argv": [], "config": {**config, "gate_init_alpha": None}}),
+    )
+    with pytest.raises(SystemExit, match=r"old holds a finished run, but `demo.json` has changed since this run "
+                                         r"\(`gate_init_alpha` null → 1.0\)"):  # fmt: skip
+        demo_seeds.check_same_config(tmp_path / "old", "demo.json", config)
+    write(
+        tmp_path / "older" / "run_ctr.json", json.dumps({"argv": ["demo.json"]})
+    )  # before it kept the config
+    with pytest.raises(SystemExit, match="does not keep the config it ran"):
+        demo_seeds.check_same_config(tmp_path / "older", "demo.json", config)

@@ -75,6 +75,9 @@ def test_run_ctr_reports_every_mode_with_the_auc_of_its_saved_scores(demo_run):
     assert summary["fusion_mode"] == "gate" and summary["schedule"] == "lora+fusion"
     assert set(summary["by_mode"]) == {"text", "gate"} and summary["by_mode"]["text"]["schedule"] == "lora"
     assert summary["test_rows"] == 48 and summary["train_rows_per_stage"] == 32
+    record = json.loads((out / "run_ctr.json").read_text())  # a rerun into the folder is compared with it
+    assert record["config"] == json.loads((out.parent / "config.json").read_text())
+    assert record["argv"][1:] == ["--llm", str(out.parent / "tiny-llm"), "--seed", "3"]
     for mode, results in summary["by_mode"].items():
         scores = pd.read_parquet(out / mode / "scores_test.parquet")
         assert len(scores) == 48
