@@ -724,6 +724,9 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         )
 
     @torch.no_grad()
+    # eager even where the decoder layers are compiled (`compile_decoder_layers`): each layer's cache entry is a guard,
+    # so every layer recompiled until dynamo's recompile limit and the rest ran eagerly anyway
+    @torch.compiler.set_stance("force_eager")
     def score_candidates(
         self,
         prefix_input_ids: torch.LongTensor,
@@ -746,7 +749,7 @@ class CCFLlamaForCTR(CCFLlamaPreTrainedModel):
         key/value cache (transformers `DynamicCache`) is then gathered for every candidate, and the candidates'
         suffixes (target title, question, answer cue) run against it `batch_size` at a time. The scores equal those
         of `forward` on the full prompts (up to floating-point reassociation). `CCFLlamaProcessor.ranking_inputs`
-        builds the inputs.
+        builds the inputs. It runs eagerly, compiled decoder layers included (a `DynamicCache` recompiles them).
 
         Args:
             prefix_input_ids (`torch.LongTensor` of shape `(prefixes, P)`): the shared prefixes, left-padded.

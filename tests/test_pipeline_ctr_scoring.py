@@ -88,6 +88,21 @@ def test_prefix_cached_scores_equal_full_prompts_in_every_mode(mode):
     assert full.std() > 1e-3  # the candidates really get different scores
 
 
+def test_prefix_cached_scoring_runs_compiled_layers_eagerly():
+    """Compiled decoder layers (as training leaves them) would recompile for every layer's cache entry."""
+    from torch._dynamo.utils import counters
+
+    from ccf_llm.trainer_ccf_llama import compile_decoder_layers
+
+    model, processor = build("gate")
+    features = processor.ranking_inputs([1, 2], [[1, 2], [6]], [[3, 4], [5]])
+    eager = model.score_candidates(**features, batch_size=2).scores
+    assert compile_decoder_layers(model) == 2
+    graphs = counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(model.score_candidates(**features, batch_size=2).scores, eager, atol=0, rtol=0)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled
+
+
 def test_user_feature_after_the_target_rides_in_the_suffix():
     model, processor = build("gate", template="user_after_target", sasrec=True)
     features = processor.ranking_inputs([3], [[1, 2]], [[4, 5, 6]])
