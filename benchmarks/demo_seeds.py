@@ -4,7 +4,8 @@
 
 For every dtype and seed, runs `examples/run_ctr.py CONFIG --seed S [--dtype D]` (default the README's demo) in a
 fresh process into `OUTPUT_DIR/<dtype>_seed<S>`; a run whose `all_results.json` exists is kept, so a rerun resumes,
-unless it ran another config (its `run_ctr.json`): then the script stops and names the settings that changed.
+unless a run there, finished or not, ran another config (its `run_ctr.json`): then the script stops before training
+anything and names the settings that changed.
 The seed draws the CF model's initialization, the training rows, their order, the LoRA/ALG/GATE initialization and
 the seeded validation/test subsamples. Each run's CF model, `text` and `gate` are compared on that run's test rows
 (`demo_curves.test_comparison`: 95% intervals from a bootstrap over users, paired `gate - text` and `gate - cf`, on
@@ -212,18 +213,23 @@ def timed_run(command: list[str], folder: Path) -> None:
 
 def check_same_config(folder: Path, config_path: str, config: dict) -> None:
     """
-    Refuse a finished run in `folder` that did not train `config` (the contents of `config_path`; the note it prints
-    aside) as it is now: its `run_ctr.json` keeps the config it ran, or, written before 2026-12-07, none.
+    Refuse a run in `folder`, finished or started, that did not train `config` (the contents of `config_path`; the
+    note it prints aside) as it is now: its `run_ctr.json` keeps the config it ran, or, written before 2026-12-07,
+    none. Nothing to check where `folder` holds neither `run_ctr.json` nor `all_results.json`.
     """
-    ran = json.loads((folder / "run_ctr.json").read_text()).get("config")
+    record = folder / "run_ctr.json"
+    if not record.is_file() and not (folder / "all_results.json").is_file():
+        return
+    ran = json.loads(record.read_text()).get("config") if record.is_file() else None
     if ran is None:
-        problem = "its run_ctr.json does not keep the config it ran (written before run_ctr.py kept it)"
+        problem = (
+            "its run_ctr.json does not keep the config it ran (written before run_ctr.py kept it, or missing)"
+        )
     else:
-        problem = "".join(changed_settings({"config": settings(ran)}, config_path, config))
+        problem = "".join(changed_settings({"config": settings(ran)}, config_path, config)).strip()
     if problem:
         raise SystemExit(
-            f"{folder} holds a finished run, but {problem.strip()} Pass a fresh --output_dir, or --report_only to "
-            "tabulate the runs there."
+            f"{folder} holds a run of this script, but {problem} Pass a fresh --output_dir (or move the folder away)."
         )
 
 
@@ -272,6 +278,13 @@ def main():
         dtypes.setdefault(dtype_name(resolve_dtype(dtype)), dtype)
     found = variant(args.fusion_learning_rate, args.stage1_only, args.gate_init_alpha)
     suffix = "" if found is None else f"_{found['name']}"
+    # what the runs reuse or resume must have run this config: checked before any of them trains
+    if not args.report_only:
+        for name in dtypes:
+            for seed in args.seeds:
+                own = args.output_dir / f"{name}_seed{seed}"
+                for folder in dict.fromkeys([own, own.with_name(own.name + suffix)]):
+                    check_same_config(folder, args.config, config)
     runs = {}
     for name, dtype in dtypes.items():
         for seed in args.seeds:
@@ -280,9 +293,6 @@ def main():
             extra = run_arguments(seed, dtype, folder)
             extra += [] if found is None else found["arguments"]
             timing = folder.with_name(folder.name + ".wall_seconds")
-            for finished in dict.fromkeys([own, folder]):  # what this run reuses must have run this config
-                if not args.report_only and (finished / "all_results.json").is_file():
-                    check_same_config(finished, args.config, config)
             if not (folder / "all_results.json").is_file():
                 if args.report_only:
                     continue

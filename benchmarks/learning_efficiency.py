@@ -14,7 +14,7 @@ best constant p_yes, p_no) is computed from the training labels and drawn as a r
 
 Writes `benchmarks/results/<results_name>.{json,md}` and `<results_name>_<cpu kind>.png` (one section per CPU kind,
 `benchmarks/report.py`; `--results_name` defaults to `learning_efficiency`, the MF runs: give each CF checkpoint its
-own); with several seeds, every arm also gets its mean over seeds, compared on the same rows (a bootstrap over users
+own, and `--output_dir` defaults to `outputs/<results_name>`; an arm that fused another type of CF model is refused); with several seeds, every arm also gets its mean over seeds, compared on the same rows (a bootstrap over users
 of the seed-averaged AUC).
 """
 
@@ -196,6 +196,7 @@ def run_arm(name: str, spec: dict, args, seed: int, splits, titles, cf_model, ev
                         "auc": float(roc_auc_score(evaluation["label"], scores)),
                         "uauc": uauc(scores, evaluation["label"], evaluation["user_id"])})  # fmt: skip
     result = {"arm": name, "spec": spec, "seed": seed, "eval_seed": args.eval_seed, "eval_rows": args.eval_rows,
+              "cf_checkpoint": args.cf_checkpoint, "cf_model_type": cf_model.config.model_type,
               "seconds": round(time.perf_counter() - start, 1), "history": history,
               "scores": scores.round(6).tolist(), "scores_order": "rows"}  # fmt: skip
     (seed_dir(args, seed) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -251,8 +252,9 @@ def stage_end(history: list[dict], stage: str) -> dict:
     }
 
 
-def load_arms(args) -> dict[int, dict[str, dict]]:
-    """The finished arms of each seed of `--seeds` (seed -> arm -> its JSON), checked to be scored on the same rows."""
+def load_arms(args, cf_model_type: str) -> dict[int, dict[str, dict]]:
+    """The finished arms of each seed of `--seeds` (seed -> arm -> its JSON), checked to be scored on the same rows
+    and, where they record it (since 2026-12-07), to have fused a CF model of type `cf_model_type`."""
     found = {}
     for seed in args.seeds:
         arms = {}
@@ -269,6 +271,11 @@ def load_arms(args) -> dict[int, dict[str, dict]]:
                 raise ValueError(
                     f"{path} was scored on {drawn[1]} validation rows drawn with seed {drawn[0]}, not on the "
                     f"{args.eval_rows} rows of --eval_seed {args.eval_seed}: pass those or rerun it"
+                )
+            if arm.get("cf_model_type", cf_model_type) != cf_model_type:
+                raise ValueError(
+                    f"{path} fused a {arm['cf_model_type']} model ({arm['cf_checkpoint']}), not the {cf_model_type} "
+                    f"of --cf_checkpoint {args.cf_checkpoint}: give each CF checkpoint its own --results_name"
                 )
         if arms:
             found[seed] = arms
@@ -349,7 +356,7 @@ def report(args, level: float, eval_rows, cf_model) -> None:
 
     from ccf_llm.precision import resolve_dtype
 
-    found = load_arms(args)
+    found = load_arms(args, cf_model.config.model_type)
     if not found:
         return
     cf_name = f"CF alone ({Path(args.cf_checkpoint).name})"
@@ -386,7 +393,7 @@ def report(args, level: float, eval_rows, cf_model) -> None:
     right.axhline(0.5, color="k", ls="--", lw=1)
     left.legend(fontsize=7), right.legend(fontsize=7)
     seeds = ", ".join(f"{seed} {styles[n % len(styles)]}" for n, seed in enumerate(found))
-    backbone = cf_model.config.model_type.removeprefix("ccf_")
+    backbone = type(cf_model).__name__.removesuffix("Model")  # MF, LightGCN, SASRec
     figure.suptitle(f"CCF-LLM on ML-1M ({backbone}), SmolLM2-135M-Instruct, {origin['cpu_kind']}: learning efficiency"
                     + (f" (seeds, line style: {seeds})" if len(found) > 1 else ""))  # fmt: skip
     figure.tight_layout()
@@ -463,7 +470,7 @@ def main():
     )
     parser.add_argument("--data_dir", default="../shared/data/ml-1m")
     parser.add_argument("--cf_checkpoint", default="outputs/cf/mf")
-    parser.add_argument("--output_dir", default="outputs/learning_efficiency")
+    parser.add_argument("--output_dir", default=None, help="default: outputs/<results_name>")
     parser.add_argument("--arms", nargs="*", default=list(ARMS))
     parser.add_argument("--results_name", default="learning_efficiency",
                         help="benchmarks/results/<name>.{json,md} and <name>_<cpu kind>.png: one per CF checkpoint")  # fmt: skip
@@ -479,10 +486,14 @@ def main():
     parser.add_argument("--eval_at_start", action=argparse.BooleanOptionalAction, default=True,
                         help="evaluate the untrained model too (the curves' first point)")  # fmt: skip
     args = parser.parse_args()
+    args.output_dir = args.output_dir or f"outputs/{args.results_name}"
     torch.set_num_threads(2)
     splits = load_movielens_1m(args.data_dir)
     titles = item_titles(splits)
     cf_model = AutoModel.from_pretrained(args.cf_checkpoint)
+    load_arms(
+        args, cf_model.config.model_type
+    )  # finished arms that cannot be reported fail now, not after training
     level = constant_loss(np.asarray(splits["train"]["label"]))
     print(f"constant-prediction level of Eq. 5 on train: {level:.4f}", flush=True)
     eval_rows = seeded_subsample(splits["validation"], args.eval_rows, args.eval_seed)

@@ -127,7 +127,7 @@ def test_a_finished_run_of_another_config_is_refused_and_names_what_changed(tmp_
         tmp_path / "old" / "run_ctr.json",
         json.dumps({"argv": [], "config": {**config, "gate_init_alpha": None}}),
     )
-    with pytest.raises(SystemExit, match=r"old holds a finished run, but `demo.json` has changed since this run "
+    with pytest.raises(SystemExit, match=r"old holds a run of this script, but `demo.json` has changed since this run "
                                          r"\(`gate_init_alpha` null → 1.0\)"):  # fmt: skip
         demo_seeds.check_same_config(tmp_path / "old", "demo.json", config)
     write(
@@ -135,3 +135,35 @@ def test_a_finished_run_of_another_config_is_refused_and_names_what_changed(tmp_
     )  # before it kept the config
     with pytest.raises(SystemExit, match="does not keep the config it ran"):
         demo_seeds.check_same_config(tmp_path / "older", "demo.json", config)
+    write(tmp_path / "copied" / "all_results.json")  # finished, without its record
+    with pytest.raises(SystemExit, match="or missing"):
+        demo_seeds.check_same_config(tmp_path / "copied", "demo.json", config)
+    demo_seeds.check_same_config(tmp_path / "fresh", "demo.json", config)  # nothing there yet
+
+
+def test_main_refuses_another_configs_run_before_training_anything(tmp_path, monkeypatch):
+    config = tmp_path / "demo.json"
+    config.write_text(json.dumps({"train_rows_per_stage": 1000, "gate_init_alpha": 1.0}))
+    write(
+        tmp_path / "out" / "float32_seed1" / "run_ctr.json",
+        json.dumps({"argv": [], "config": {"train_rows_per_stage": 1000}}),
+    )
+    ran = []
+    monkeypatch.setattr(demo_seeds.subprocess, "run", lambda *a, **k: ran.append(a))
+    argv = [
+        "demo_seeds.py",
+        str(config),
+        "--seeds",
+        "0",
+        "1",
+        "--dtypes",
+        "float32",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(
+        SystemExit, match=r"float32_seed1 holds a run of this script, but .*`gate_init_alpha` null → 1.0"
+    ):
+        demo_seeds.main()
+    assert ran == []  # seed 0 did not train first

@@ -104,7 +104,9 @@ def test_inject_as_the_reference_is_compared_once_with_each_gate_arm():
 
 
 def test_an_arm_scored_on_other_validation_rows_is_refused_by_file(tmp_path):
-    args = argparse.Namespace(output_dir=str(tmp_path), seeds=[0, 1], eval_seed=0, eval_rows=300)
+    args = argparse.Namespace(
+        output_dir=str(tmp_path), seeds=[0, 1], eval_seed=0, eval_rows=300, cf_checkpoint="cf"
+    )
     for seed in (0, 1):
         (tmp_path / f"seed{seed}").mkdir()
     scores = np.zeros(300)
@@ -121,14 +123,25 @@ def test_an_arm_scored_on_other_validation_rows_is_refused_by_file(tmp_path):
         ValueError,
         match=r"seed1/gate_fusion_lr1e-3_warmup\.json was scored on 300 validation rows drawn with seed 1",
     ):
-        learning_efficiency.load_arms(args)
+        learning_efficiency.load_arms(args, "ccf_mf")
     args.seeds = [0]
-    assert list(learning_efficiency.load_arms(args)) == [0]
+    assert list(learning_efficiency.load_arms(args, "ccf_mf")) == [0]
+    lightgcn = {
+        **_arm(GATE, scores, 0),
+        "cf_model_type": "ccf_lightgcn",
+        "cf_checkpoint": "outputs/cf_lightgcn",
+    }
+    (tmp_path / "seed0" / f"{GATE}.json").write_text(json.dumps(lightgcn))
+    with pytest.raises(
+        ValueError, match=r"fused a ccf_lightgcn model \(outputs/cf_lightgcn\), not the ccf_mf"
+    ):
+        learning_efficiency.load_arms(args, "ccf_mf")
+    assert list(learning_efficiency.load_arms(args, "ccf_lightgcn")) == [0]
     args.eval_rows = 1000  # the old file holds 300 scores
     with pytest.raises(
         ValueError, match="was scored on 300 validation rows drawn with seed 0, not on the 1000"
     ):
-        learning_efficiency.load_arms(args)
+        learning_efficiency.load_arms(args, "ccf_mf")
 
 
 @pytest.mark.parametrize("max_steps", [100, 70])
