@@ -6,6 +6,8 @@
     python benchmarks/reproduce.py --budget full --seed 1 --only gate_mf inject_mf   # another seed of LLM rows
     python benchmarks/reproduce.py --budget full --results_name reproduce_full_v2 --stage1_from reproduce_full
                                    --cf_output_dir outputs/reproduce_full   # stage 2 again from the same stage 1
+    python benchmarks/reproduce.py --budget full --gate_init_alpha 1 --stage1_from reproduce_full
+                                   --cf_output_dir outputs/reproduce_full --only text inject_mf gate_mf   # α from 1
 
 Rows (each one process of `examples/pretrain_cf.py` or `examples/run_ctr.py`, output in `OUTPUT_DIR/<row>`):
 
@@ -39,6 +41,11 @@ again (`first_stages`). Stage 1 trains no fusion weight and is about half of a `
 83-99), and the `text` row that the inject rows share takes 56 min: this redoes what a change to code that only the
 later stages run alters (the 2026-12-06 fix of the fusion weights' backward) at about half the cost.
 
+`--gate_init_alpha A` runs the rows with `gate`'s α starting at A rather than the config's (0 in both budgets; 1:
+stage 1 trains LoRA on titles fused with item CF, `examples/configs/demo.json`'s choice), from a copy of the config
+(`OUTPUT_DIR/config.json`) into `<name>_gate_alpha_<A>`. With `--stage1_from`, the rows with a GATE (`gate`,
+`token_gate`) train their stage 1 again, since α's start reaches it; `text` and the `inject` rows take theirs.
+
 `--seed N` (not the config's seed) runs the LLM rows with seed N (LoRA and ALG/GATE initialization, data order,
 early-stopping rows) into `outputs/<name>_seed<N>` and `benchmarks/results/<name>_seed<N>*`, fusing the CF models of
 the budget's run (`--cf_output_dir`, default `outputs/<name>`); `benchmarks/reproduce_seeds.py` then compares the
@@ -51,6 +58,7 @@ the table then shows both selections.
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -59,6 +67,7 @@ import sys
 import time
 from pathlib import Path
 
+from ccf_llm.configuration_ccf_llama import FUSION_MODE_TABLE
 from ccf_llm.data import COLD_RULES
 from ccf_llm.metrics import rela_impr
 
@@ -163,12 +172,14 @@ def shared_stage1_source(row: str, args) -> str | None:
     return SHARED_STAGE1.get(row)
 
 
-def first_stages(relative: Path) -> bool:
+def first_stages(relative: Path, alpha_changed: bool = False) -> bool:
     """
     What `--stage1_from` takes from another run's archive (paths relative to its output folder): every kept file of
     an LLM row that trains LoRA only (`text`, `gate_lightgcn_stage1_only`), and of the other LLM rows their LoRA
     stage (`stage_1_lora/`: its log and adapter), not their later stages, results, scores or times. Those stages then
-    train again from the same LoRA, e.g. after a fix to code that only they run (the fusion weights' backward).
+    train again from the same LoRA, e.g. after a fix to code that only they run (the fusion weights' backward). With
+    `alpha_changed` (`--gate_init_alpha` other than the config's), nothing of the rows with a GATE (`gate`,
+    `token_gate`): α's start reaches their stage 1.
     """
     from archive import row_of
 
@@ -177,10 +188,20 @@ def first_stages(relative: Path) -> bool:
     row = row_of(relative)
     if row not in LLM_ROWS:
         return False
-    _, sources, schedule, _ = LLM_ROWS[row]
+    mode, sources, schedule, _ = LLM_ROWS[row]
+    if alpha_changed and FUSION_MODE_TABLE[mode].gate_width is not None:
+        return False
     if schedule_stages(schedule, uses_cf=bool(sources)) == ("lora",):  # text runs its first stage only
         return True
     return any(part.startswith("stage_") and part.endswith("_lora") for part in relative.parts[1:])
+
+
+def config_with(config: Path, output_dir: Path, **changes) -> Path:
+    """`output_dir/config.json`: the run_ctr.py config `config` with `changes` (`--gate_init_alpha`), what the rows
+    then run (their `run_ctr.json` keeps it; the table's command names the change)."""
+    path = output_dir / "config.json"
+    path.write_text(json.dumps(json.loads(config.read_text()) | changes, indent=2) + "\n")
+    return path
 
 
 def code_commit() -> str | None:
@@ -766,6 +787,13 @@ def main():
         "later stages train again, into --results_name (`first_stages`)",
     )
     parser.add_argument(
+        "--gate_init_alpha",
+        type=float,
+        default=None,
+        help="α's start instead of the config's: the rows run a copy of the config with it (OUTPUT_DIR/config.json), "
+        "by default into <results name>_gate_alpha_<A>; with --stage1_from, the rows with a GATE train stage 1 too",
+    )
+    parser.add_argument(
         "--select", action="store_true", help="choose the learning rates on validation (`select`)"
     )
     parser.add_argument(
@@ -777,6 +805,10 @@ def main():
     check_checkout()  # before hours of training whose table would be filed under another checkout's commit
     config_path, name = BUDGETS[args.budget]
     args.config = args.config or config_path
+    budget = json.loads(args.config.read_text())
+    alpha_changed = args.gate_init_alpha not in (None, budget.get("gate_init_alpha", 0.0))
+    if args.gate_init_alpha is not None:
+        name = f"{name}_gate_alpha_{args.gate_init_alpha:g}"
     run = seed_run(args.results_name or name, args.config, args.seed, args.cf_output_dir)
     if run.seed is not None and args.select:
         parser.error("--select chooses the budget's learning rates: run it without --seed")
@@ -787,6 +819,8 @@ def main():
     name, args.seed, args.cf_output_dir = run.results_name, run.seed, run.cf_output_dir
     args.output_dir = args.output_dir or run.output_dir
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.gate_init_alpha is not None:
+        args.config = config_with(args.config, args.output_dir, gate_init_alpha=args.gate_init_alpha)
     if args.select and args.report_only:
         from report import rerender
 
@@ -799,7 +833,8 @@ def main():
     start = time.perf_counter()
     splits = movielens_splits(args.data_dir)
     if args.stage1_from:
-        keep("restore", args, args.stage1_from, splits, wanted=first_stages)
+        keep("restore", args, args.stage1_from, splits,
+             wanted=functools.partial(first_stages, alpha_changed=alpha_changed))  # fmt: skip
     keep("restore", args, name, splits)  # what earlier sessions on this CPU kind finished, from git
     if args.report_only:
         rows = [row for row in rows if (row_dir(row, args) / "all_results.json").is_file()]
@@ -821,7 +856,7 @@ def run_rows(rows: list[str], args, name: str, splits, start: float) -> dict:
                 keep("archive", args, name, splits)  # and in git's folder of finished rows
     finally:  # also when a row fails: the table holds every finished row, and what it finished is kept
         try:
-            if list(results) != tabulated:
+            if results and list(results) != tabulated:  # no finished row: no table
                 write_table(results, args, name, start)
         finally:  # after the table: `--uauc_selected` scores rows there, and their scores are kept too
             keep("archive", args, name, splits)

@@ -1,6 +1,7 @@
 """`benchmarks/archive.py`: what of a run's output folder is kept in git, and how a fresh output folder is rebuilt
 from it (finished rows and stages only; scores without their ids)."""
 
+import functools
 import json
 import os
 import sys
@@ -178,6 +179,10 @@ def test_stage1_from_takes_lora_only_rows_whole_and_the_lora_stage_of_the_others
         load((fresh / "gate_mf/gate/stage_1_lora/final/adapter_model.safetensors").read_bytes())[LORA].sum()
         == 6
     )
+    # with --gate_init_alpha other than the config's, α's start reaches gate_mf's stage 1: only text comes back
+    other = tmp_path / "alpha1"
+    wanted = functools.partial(reproduce.first_stages, alpha_changed=True)
+    assert {p.as_posix() for p in archive.restore(kept, other, SPLITS, wanted=wanted)} == text
     # the rest comes back with a plain restore, which a --stage1_from run never does from the other run's archive
     assert "gate_mf/gate/scores_test.parquet" in {p.as_posix() for p in archive.restore(kept, fresh, SPLITS)}
 

@@ -265,3 +265,16 @@ def test_ablations_are_paired_with_the_gate_and_inject_rows_of_their_cf_source()
     # an ablation whose reference rows have not run is paired with nothing (its CF model is its RelaImpr base only)
     base, alone = reproduce.comparisons(["lightgcn", "token_gate_lightgcn"])
     assert alone == [] and base == {"token_gate_lightgcn": "lightgcn"}
+
+
+def test_gate_init_alpha_runs_a_copy_of_the_config_that_changes_alpha_only(tmp_path):
+    budget = reproduce.BUDGETS["full"][0]
+    path = reproduce.config_with(budget, tmp_path, gate_init_alpha=1.0)
+    assert path == tmp_path / "config.json"
+    before, after = json.loads(budget.read_text()), json.loads(path.read_text())
+    assert before["gate_init_alpha"] == 0.0 and after == {**before, "gate_init_alpha": 1.0}
+    args = argparse.Namespace(
+        config=path, data_dir="d", output_dir=tmp_path / "out", seed=None, cf_output_dir=None
+    )
+    assert reproduce.command("gate_mf", args)[2] == str(path)  # what the rows run
+    assert reproduce.shared_stage1_source("add_lightgcn", args) == "gate_lightgcn"  # α = 1 is the add fusion
