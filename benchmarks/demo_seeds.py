@@ -214,7 +214,7 @@ def timed_run(command: list[str], folder: Path) -> None:
 def check_same_config(folder: Path, config_path: str, config: dict) -> None:
     """
     Refuse a run in `folder`, finished or started, that did not train `config` (the contents of `config_path`; the
-    note it prints aside) as it is now: its `run_ctr.json` keeps the config it ran, or, written before 2026-12-07,
+    note it prints aside) as it is now: its `run_ctr.json` keeps the config it ran, or, written before 2026-12-06,
     none. Nothing to check where `folder` holds neither `run_ctr.json` nor `all_results.json`.
     """
     record = folder / "run_ctr.json"

@@ -14,8 +14,9 @@ best constant p_yes, p_no) is computed from the training labels and drawn as a r
 
 Writes `benchmarks/results/<results_name>.{json,md}` and `<results_name>_<cpu kind>.png` (one section per CPU kind,
 `benchmarks/report.py`; `--results_name` defaults to `learning_efficiency`, the MF runs: give each CF checkpoint its
-own, and `--output_dir` defaults to `outputs/<results_name>`; an arm that fused another type of CF model is refused); with several seeds, every arm also gets its mean over seeds, compared on the same rows (a bootstrap over users
-of the seed-averaged AUC).
+own, and `--output_dir` defaults to `outputs/<results_name>`; an arm that fused another type of CF model is
+refused); with several seeds, every arm also gets its mean over seeds, compared on the same rows (a bootstrap over
+users of the seed-averaged AUC).
 """
 
 import argparse
@@ -254,7 +255,7 @@ def stage_end(history: list[dict], stage: str) -> dict:
 
 def load_arms(args, cf_model_type: str) -> dict[int, dict[str, dict]]:
     """The finished arms of each seed of `--seeds` (seed -> arm -> its JSON), checked to be scored on the same rows
-    and, where they record it (since 2026-12-07), to have fused a CF model of type `cf_model_type`."""
+    and, where they record it (since 2026-12-06), to have fused a CF model of type `cf_model_type`."""
     found = {}
     for seed in args.seeds:
         arms = {}
@@ -491,9 +492,8 @@ def main():
     splits = load_movielens_1m(args.data_dir)
     titles = item_titles(splits)
     cf_model = AutoModel.from_pretrained(args.cf_checkpoint)
-    load_arms(
-        args, cf_model.config.model_type
-    )  # finished arms that cannot be reported fail now, not after training
+    # finished arms that cannot be reported fail now, not after training
+    load_arms(args, cf_model.config.model_type)
     level = constant_loss(np.asarray(splits["train"]["label"]))
     print(f"constant-prediction level of Eq. 5 on train: {level:.4f}", flush=True)
     eval_rows = seeded_subsample(splits["validation"], args.eval_rows, args.eval_seed)

@@ -16,8 +16,8 @@ Model: SmolLM2-135M-Instruct as CCF-LLM in `gate` mode with the paper's template
   (`prefix_cache`: rows sharing a prefix grouped, `score_candidates`; `full`: whole prompts in batches of similar
   length; `auto`: per block, whichever runs fewer tokens; the tokens each runs and `auto`'s choices are recorded),
   then `auto` again with the decoder layers compiled (`compile_decoder_layers`, after one warm-up call whose seconds
-  are recorded; since 2026-12-07 only its full-prompt blocks run compiled, `score_candidates` runs eagerly); `--template_from CONFIG` takes the prompt template of a run_ctr.py config (e.g. the
-  reproduction's). `--rounds` interleaved rounds, every sample kept; `--history_size` items in the prompt (10: the
+  are recorded; since 2026-12-06 only its full-prompt blocks run compiled, `score_candidates` runs eagerly);
+  `--template_from CONFIG` takes the prompt template of a run_ctr.py config (e.g. the reproduction's). `--rounds` interleaved rounds, every sample kept; `--history_size` items in the prompt (10: the
   paper's; 2: the reproduction's budget).
 
 Writes this CPU kind's entry of `benchmarks/results/ranking.json` and `.md` (`report.save_results`: the other

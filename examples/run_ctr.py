@@ -373,10 +373,8 @@ def main():
         if args.should_save:
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / "all_results.json").unlink(missing_ok=True)  # an earlier run's finished marker
-            record = {
-                "argv": sys.argv[1:],
-                "config": config,
-            }  # what a rerun into this folder is compared with
+            # what a rerun into this folder is compared with
+            record = {"argv": sys.argv[1:], "config": config}
             (output_dir / "run_ctr.json").write_text(json.dumps(record, indent=2) + "\n")
 
     logger.info("process %d of %d (%s)", args.process_index, args.world_size, args.parallel_mode.value)

@@ -19,9 +19,7 @@ def test_a_run_names_the_settings_its_config_has_changed_since():
         '`demo.json` has changed since this run (`dtype` "bfloat16" → null, `fusion_learning_rate` 0.01 → 0.001, '
         "`gate_init_alpha` null → 1.0): it now trains another model.",
     ]
-    assert (
-        demo.changed_settings({"command": run["command"]}, "demo.json", now) == []
-    )  # a run that kept no config
-    assert (
-        demo.changed_settings(run, "demo.json", None) == []
-    )  # the config is gone: render says so with the note
+    # a run that kept no config
+    assert demo.changed_settings({"command": run["command"]}, "demo.json", now) == []
+    # the config is gone: render says so with the note
+    assert demo.changed_settings(run, "demo.json", None) == []

@@ -120,9 +120,8 @@ def test_a_finished_run_of_another_config_is_refused_and_names_what_changed(tmp_
         tmp_path / "same" / "run_ctr.json",
         json.dumps({"argv": [], "config": {**config, "table_note": "then"}}),
     )
-    demo_seeds.check_same_config(
-        tmp_path / "same", "demo.json", config
-    )  # the note it prints is not a setting
+    # the note it prints is not a setting
+    demo_seeds.check_same_config(tmp_path / "same", "demo.json", config)
     write(
         tmp_path / "old" / "run_ctr.json",
         json.dumps({"argv": [], "config": {**config, "gate_init_alpha": None}}),
@@ -130,9 +129,8 @@ def test_a_finished_run_of_another_config_is_refused_and_names_what_changed(tmp_
     with pytest.raises(SystemExit, match=r"old holds a run of this script, but `demo.json` has changed since this run "
                                          r"\(`gate_init_alpha` null → 1.0\)"):  # fmt: skip
         demo_seeds.check_same_config(tmp_path / "old", "demo.json", config)
-    write(
-        tmp_path / "older" / "run_ctr.json", json.dumps({"argv": ["demo.json"]})
-    )  # before it kept the config
+    # written before run_ctr.py kept the config
+    write(tmp_path / "older" / "run_ctr.json", json.dumps({"argv": ["demo.json"]}))
     with pytest.raises(SystemExit, match="does not keep the config it ran"):
         demo_seeds.check_same_config(tmp_path / "older", "demo.json", config)
     write(tmp_path / "copied" / "all_results.json")  # finished, without its record
@@ -150,17 +148,8 @@ def test_main_refuses_another_configs_run_before_training_anything(tmp_path, mon
     )
     ran = []
     monkeypatch.setattr(demo_seeds.subprocess, "run", lambda *a, **k: ran.append(a))
-    argv = [
-        "demo_seeds.py",
-        str(config),
-        "--seeds",
-        "0",
-        "1",
-        "--dtypes",
-        "float32",
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
+    argv = ["demo_seeds.py", str(config), "--seeds", "0", "1", "--dtypes", "float32",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(
         SystemExit, match=r"float32_seed1 holds a run of this script, but .*`gate_init_alpha` null → 1.0"
