@@ -43,7 +43,7 @@ from ccf_llm import (
     load_llm,
     score_rows,
 )
-from ccf_llm.data import item_titles, load_movielens_1m, seeded_subsample
+from ccf_llm.data import CTRRows, item_titles, load_movielens_1m, seeded_subsample
 from ccf_llm.metrics import uauc, user_bootstrap
 from ccf_llm.trainer_ccf_llama import CCFTrainer, CCFTrainingArguments, add_lora
 
@@ -120,10 +120,13 @@ def run_arm(name: str, spec: dict, args, seed: int, splits, titles, cf_model, ev
     mode = spec["mode"]
     model = CCFLlamaForCTR.from_llm(
         llm, tokenizer, 838, 3255, cf_models=[cf_model] if FUSION_MODE_TABLE[mode].uses_cf else None, fusion_mode=mode,
-        zero_init_gate=spec["zero_init_gate"], gate_init_alpha=spec["gate_init_alpha"], standardize_cf=spec["standardize_cf"] and FUSION_MODE_TABLE[mode].uses_cf,
+        zero_init_gate=spec["zero_init_gate"], gate_init_alpha=spec["gate_init_alpha"],
     )  # fmt: skip
     processor = CCFLlamaProcessor(tokenizer, titles, config=model.config, template=spec["template"],
                                   history_size=spec["history_size"])  # fmt: skip
+    if spec["standardize_cf"] and model.config.uses_cf:  # as run_ctr.py: a sequential source over the train rows
+        history = splits["train"].data.column("history") if model.config.max_cf_history else None
+        model.fit_cf_standardization(None if history is None else processor.cf_history(history))
     evaluation = processor.process_dataset(eval_rows)
     out = seed_dir(args, seed) / name
     base_args = CCFTrainingArguments(
@@ -361,8 +364,9 @@ def report(args, level: float, eval_rows, cf_model) -> None:
     if not found:
         return
     cf_name = f"CF alone ({Path(args.cf_checkpoint).name})"
+    rows = CTRRows(eval_rows, max_history=getattr(cf_model.config, "max_history", 0)).tensors  # SASRec: histories
     with torch.no_grad():  # the CF backbone's own scores on the same rows: the bar fusion must clear
-        cf_scores = cf_model(torch.tensor(eval_rows["user_id"]), torch.tensor(eval_rows["item_id"])).logits
+        cf_scores = cf_model(rows["user_ids"], rows["item_ids"], rows.get("history")).logits
     summary = summarize(found, eval_rows["label"], eval_rows["user_id"], cf_name, cf_scores.float().numpy())
     origin = provenance(resolve_dtype(args.dtype))
     figure_name = f"{args.results_name}_{origin['cpu_kind'].lower()}.png"  # one figure per CPU kind

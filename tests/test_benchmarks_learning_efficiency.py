@@ -173,29 +173,47 @@ def test_committed_entries_render_unchanged(tmp_path):
     ).read_text()
 
 
-def test_the_report_is_written_under_its_results_name_with_its_cf_model(tmp_path, monkeypatch):
-    """A LightGCN run (`--results_name learning_efficiency_lightgcn`) gets its own files, not the MF runs' ones."""
+@pytest.mark.parametrize("backbone", ["lightgcn", "sasrec"])
+def test_the_report_is_written_under_its_results_name_with_its_cf_model(tmp_path, monkeypatch, backbone):
+    """
+    A LightGCN or SASRec run (`--results_name learning_efficiency_<cf>`) gets its own files, not the MF runs' ones,
+    and its `CF alone` row scores the rows the way the CF model does: SASRec from each row's latest history items.
+    """
+    import datasets
     import report
 
-    from ccf_llm import LightGCNConfig, LightGCNModel
+    from ccf_llm import LightGCNConfig, LightGCNModel, SASRecConfig, SASRecModel
 
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     rng = np.random.default_rng(1)
     labels, users = _rows(rng)
     users, items = users + 1, rng.integers(1, 6, labels.size)  # ids start at 1
+    histories = [rng.integers(1, 6, n).tolist() for n in rng.integers(0, 5, labels.size)]  # some rows have none
+    name = f"learning_efficiency_{backbone}"
     args = argparse.Namespace(output_dir=str(tmp_path / "runs"), seeds=[0], eval_seed=0, eval_rows=300, dtype="float32",
-                              cf_checkpoint="outputs/cfb/cf_lightgcn", results_name="learning_efficiency_lightgcn")  # fmt: skip
+                              cf_checkpoint=f"outputs/cfb/cf_{backbone}", results_name=name)  # fmt: skip
     (tmp_path / "runs" / "seed0").mkdir(parents=True)
     (tmp_path / "runs" / "seed0" / f"{GATE}.json").write_text(
         json.dumps(_arm(GATE, labels + rng.normal(size=300), 0))
     )
-    cf_model = LightGCNModel(LightGCNConfig(num_users=30, num_items=5, hidden_size=2))
-    cf_model.set_graph(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
-    rows = {"user_id": users.tolist(), "item_id": items.tolist(), "label": labels.tolist()}
+    torch.manual_seed(0)
+    if backbone == "lightgcn":
+        cf_model = LightGCNModel(LightGCNConfig(num_users=30, num_items=5, hidden_size=2))
+        cf_model.set_graph(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+        expected = cf_model(torch.tensor(users), torch.tensor(items)).logits
+    else:
+        cf_model = SASRecModel(SASRecConfig(num_users=30, num_items=5, hidden_size=4, max_history=3)).eval()
+        latest = torch.tensor([([0] * 3 + h)[-3:] for h in histories])  # left-padded latest 3 items
+        expected = (cf_model.encode_history(latest) * cf_model.item_embeddings(torch.tensor(items))).sum(-1)
+    rows = datasets.Dataset.from_dict(
+        {"user_id": users.tolist(), "item_id": items.tolist(), "label": labels.tolist(), "history": histories}
+    )
     learning_efficiency.report(args, 2.76, rows, cf_model)
     kind = report.provenance(torch.float32)["cpu_kind"].lower()
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
-        "learning_efficiency_lightgcn.json", "learning_efficiency_lightgcn.md", f"learning_efficiency_lightgcn_{kind}.png"
+        f"{name}.json", f"{name}.md", f"{name}_{kind}.png"
     ]  # fmt: skip
-    text = (tmp_path / "learning_efficiency_lightgcn.md").read_text()
-    assert "| CF alone (cf_lightgcn) |" in text and f"`{GATE}` |" in text
+    text = (tmp_path / f"{name}.md").read_text()
+    assert f"| CF alone (cf_{backbone}) |" in text and f"`{GATE}` |" in text
+    saved = json.loads((tmp_path / f"{name}.json").read_text())["by_cpu_kind"][kind.upper()]
+    assert saved["cf"]["auc"] == pytest.approx(roc_auc_score(labels, expected.detach().numpy()), abs=1e-6)
