@@ -124,7 +124,8 @@ def run_arm(name: str, spec: dict, args, seed: int, splits, titles, cf_model, ev
     )  # fmt: skip
     processor = CCFLlamaProcessor(tokenizer, titles, config=model.config, template=spec["template"],
                                   history_size=spec["history_size"])  # fmt: skip
-    if spec["standardize_cf"] and model.config.uses_cf:  # as run_ctr.py: a sequential source over the train rows
+    # as run_ctr.py: a sequential source (SASRec) is standardized over the training rows' histories
+    if spec["standardize_cf"] and model.config.uses_cf:
         history = splits["train"].data.column("history") if model.config.max_cf_history else None
         model.fit_cf_standardization(None if history is None else processor.cf_history(history))
     evaluation = processor.process_dataset(eval_rows)
@@ -364,7 +365,8 @@ def report(args, level: float, eval_rows, cf_model) -> None:
     if not found:
         return
     cf_name = f"CF alone ({Path(args.cf_checkpoint).name})"
-    rows = CTRRows(eval_rows, max_history=getattr(cf_model.config, "max_history", 0)).tensors  # SASRec: histories
+    # SASRec scores a row from its latest history items, the table models from its user id
+    rows = CTRRows(eval_rows, max_history=getattr(cf_model.config, "max_history", 0)).tensors
     with torch.no_grad():  # the CF backbone's own scores on the same rows: the bar fusion must clear
         cf_scores = cf_model(rows["user_ids"], rows["item_ids"], rows.get("history")).logits
     summary = summarize(found, eval_rows["label"], eval_rows["user_id"], cf_name, cf_scores.float().numpy())

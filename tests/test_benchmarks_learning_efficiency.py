@@ -188,7 +188,8 @@ def test_the_report_is_written_under_its_results_name_with_its_cf_model(tmp_path
     rng = np.random.default_rng(1)
     labels, users = _rows(rng)
     users, items = users + 1, rng.integers(1, 6, labels.size)  # ids start at 1
-    histories = [rng.integers(1, 6, n).tolist() for n in rng.integers(0, 5, labels.size)]  # some rows have none
+    # 0 to 4 items each: some rows have no history
+    histories = [rng.integers(1, 6, n).tolist() for n in rng.integers(0, 5, labels.size)]
     name = f"learning_efficiency_{backbone}"
     args = argparse.Namespace(output_dir=str(tmp_path / "runs"), seeds=[0], eval_seed=0, eval_rows=300, dtype="float32",
                               cf_checkpoint=f"outputs/cfb/cf_{backbone}", results_name=name)  # fmt: skip
