@@ -422,6 +422,14 @@ def render(out: dict) -> list[str]:
             "from its own initialization; an arm's mean row compares the seed-averaged AUC on each resample, so its "
             "interval holds the users' sampling noise once and not the spread between seeds, which its seed rows show"
         )
+        mean_diffs = [row["mean"].get(k) or {} for row in out["arms"].values() if "mean" in row
+                      for k in ("vs_reference", "vs_cf", "vs_inject")]  # fmt: skip
+        # entries before the between-seeds interval lack it
+        if any("between_seeds" in diff for diff in mean_diffs):
+            seed_text += (
+                "; after it, `seeds [CI], p` is the Student-t interval of the mean of the seeds' own differences "
+                f"(df = {len(seeds) - 1}: the spread between seeds, without the users' noise)"
+            )
     runs_of = lambda row: [*row.get("seeds", {}).values(), row.get("mean", {})]  # noqa: E731
     with_inject = any(run.get("vs_inject") for row in out["arms"].values() for run in runs_of(row))
     lines = [
@@ -445,7 +453,11 @@ def render(out: dict) -> list[str]:
         if not diff:
             return ""
         low, high = diff["auc_diff_ci"]
-        return f"{diff['auc_diff']:+.3f} [{low:+.3f}, {high:+.3f}], p={diff['auc_p']:.3f}"
+        text = f"{diff['auc_diff']:+.3f} [{low:+.3f}, {high:+.3f}], p={diff['auc_p']:.3f}"
+        if "between_seeds" in diff:  # a mean row: the spread between seeds too
+            (low, high), p = diff["between_seeds"]["auc_diff_ci"], diff["between_seeds"]["auc_p"]
+            text += f"; seeds [{low:+.3f}, {high:+.3f}], p={p:.3f}"
+        return text
 
     def interval(run, metric):
         return f"{run[metric]:.3f} [{run[metric + '_ci'][0]:.3f}, {run[metric + '_ci'][1]:.3f}]"

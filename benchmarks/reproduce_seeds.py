@@ -12,8 +12,9 @@ The comparisons are `reproduce.comparisons` (gate and inject against their CF mo
 against `text`) over the rows finished in every seed, on one bootstrap over test users
 (`ccf_llm.metrics.user_bootstrap`): each side is the mean test AUC of its seeds on each resample. The interval holds
 the test users' sampling noise, for these trained models; the spread between seeds (LoRA and ALG/GATE initialization,
-data order, early-stopping rows) shows in the per-seed columns and is not in the interval: with a handful of seeds it
-cannot be estimated well enough to widen it.
+data order, early-stopping rows) shows in the per-seed columns and is not in it. Beside it, the Student-t interval of
+the mean of the seeds' own differences (`between_seeds`, seeds - 1 degrees of freedom) holds that spread and not the
+users' noise: with a handful of seeds it is wide, and a lead that one seed carries shows there.
 
 Beside each CF row, its item-only reference (`<cf> (item only)`: the CF model scoring every row with the mean
 training user, `cf_references.py`, which the README reads the rows against: CoLLM's CF rows give users absent from
@@ -137,12 +138,18 @@ def render(out: dict) -> list[str]:
     if out["paired"]:
         lines += ["", f"Paired on the same test users, each side the mean over seeds {', '.join(map(str, seeds))} "
                   "(rows finished in every seed), and each seed's own difference:", "",
-                  "| a − b | test AUC diff [95% CI] | p | per seed: AUC diff (p) | test UAUC diff [95% CI] | p |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| a − b | test AUC diff [95% CI] | p | per seed: AUC diff (p) | between seeds: t 95% CI | p | "
+                  "test UAUC diff [95% CI] | p |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, d in out["paired"].items():
             each = ", ".join(f"{e['auc_diff']:+.4f} ({e['auc_p']:.3f})" for e in d["per_seed"])
+            between = d.get("between_seeds")  # absent with one seed
+            spread = (
+                f"{reproduce.signed(between['auc_diff_ci'])} | {between['auc_p']:.3f}" if between else " | "
+            )
             lines.append(f"| {name} | {d['auc_diff']:+.4f}{reproduce.signed(d['auc_diff_ci'])} | {d['auc_p']:.3f} | "
-                         f"{each} | {d['uauc_diff']:+.4f}{reproduce.signed(d['uauc_diff_ci'])} | {d['uauc_p']:.3f} |")  # fmt: skip
+                         f"{each} | {spread} | {d['uauc_diff']:+.4f}{reproduce.signed(d['uauc_diff_ci'])} | "
+                         f"{d['uauc_p']:.3f} |")  # fmt: skip
     return lines
 
 

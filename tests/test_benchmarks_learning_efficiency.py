@@ -80,7 +80,12 @@ def test_two_seeds_get_their_own_rows_and_a_mean_compared_on_the_same_users():
                                f"| `{INJECT}` seed 0", f"| `{INJECT}` seed 1", f"| `{INJECT}` mean of 2 seeds"]  # fmt: skip
     assert f"{pooled['auc_diff']:+.3f}" in table[-1]
     assert "AUC diff vs `inject`" in table[0]
-    assert table[5].split(" | ")[-2] == f"{gate_mean['vs_inject']['auc_diff']:+.3f} [{gate_mean['vs_inject']['auc_diff_ci'][0]:+.3f}, {gate_mean['vs_inject']['auc_diff_ci'][1]:+.3f}], p={gate_mean['vs_inject']['auc_p']:.3f}"  # fmt: skip
+    # a mean row's difference: the users' interval, then the seeds' t-interval (1 df for 2 seeds)
+    seeds_only = gate_mean["vs_inject"]["between_seeds"]
+    assert seeds_only["auc_diffs"] == pytest.approx([auc[GATE, s] - auc[INJECT, s] for s in (0, 1)])
+    assert table[5].split(" | ")[-2] == f"{gate_mean['vs_inject']['auc_diff']:+.3f} [{gate_mean['vs_inject']['auc_diff_ci'][0]:+.3f}, {gate_mean['vs_inject']['auc_diff_ci'][1]:+.3f}], p={gate_mean['vs_inject']['auc_p']:.3f}; seeds [{seeds_only['auc_diff_ci'][0]:+.3f}, {seeds_only['auc_diff_ci'][1]:+.3f}], p={seeds_only['auc_p']:.3f}"  # fmt: skip
+    assert "Student-t interval" in lines[0] and "(df = 1:" in lines[0]
+    assert "seeds [" not in table[3]  # a seed's own row has no spread between seeds
 
 
 def test_inject_as_the_reference_is_compared_once_with_each_gate_arm():

@@ -64,6 +64,10 @@ def test_per_seed_differences_sit_beside_the_mean():
     assert abs(each[0]) < 0.03 < each[1] and gap["per_seed"][1]["auc_p"] < 0.01  # a tie, then a clear gap
     row = next(line for line in reproduce_seeds.render(out) if line.startswith("| gate_mf - inject_mf |"))
     assert f"{each[0]:+.4f} (" in row and f"{each[1]:+.4f} (0.001)" in row
+    # between seeds, a tie and a clear gap: a t-interval (1 df) that spans 0, unlike the users' one
+    between = gap["between_seeds"]
+    assert between["auc_diff_ci"][0] < 0 < gap["auc_diff_ci"][0] and between["auc_p"] > 0.05
+    assert row.count("|") == 9 and f"{between['auc_p']:.3f} |" in row
 
 
 def test_collect_refuses_llm_rows_whose_cf_model_has_no_scores(tmp_path, monkeypatch):

@@ -55,6 +55,30 @@ def test_a_pair_of_seed_groups_compares_their_mean_auc_on_each_resample():
     # each seed's own noise partly cancels in the mean: its interval is narrower than any single seed's
     assert mean["auc_diff_ci"][1] - mean["auc_diff_ci"][0] < min(widths)
     assert min(d["auc_diff_ci"][0] for d in single) < mean["auc_diff_ci"][0] < mean["auc_diff"]
+    # the spread between seeds: each seed's own difference, and a t-interval over the 3 of them (2 df)
+    seeds_only = mean["between_seeds"]
+    assert seeds_only["auc_diffs"] == pytest.approx([d["auc_diff"] for d in single])
+    spread = np.std(seeds_only["auc_diffs"], ddof=1) / np.sqrt(3)
+    assert seeds_only["auc_diff_ci"] == pytest.approx(
+        [mean["auc_diff"] - 4.302653 * spread, mean["auc_diff"] + 4.302653 * spread], rel=1e-5
+    )
+    assert 0 < seeds_only["auc_p"] < 1
+    assert "between_seeds" not in single[0]  # one seed on each side: nothing to spread
+
+
+def test_seed_groups_pair_their_models_by_position():
+    user, label, signal, noise = ctr_rows()
+    # a lead in seed 0 only (a0 - b0 = +), none in seeds 1 and 2 (the same scores)
+    scores = {"a0": signal, "b0": signal + 3.0 * noise, "a1": signal + noise, "b1": signal + noise,
+              "a2": noise, "b2": noise.copy()}  # fmt: skip
+    out = user_bootstrap(
+        scores, label, user, n_resamples=50, pairs=[(("a0", "a1", "a2"), ("b0", "b1", "b2"))]
+    )
+    diffs = out["pairs"]["mean(a0, a1, a2) - mean(b0, b1, b2)"]["between_seeds"]["auc_diffs"]
+    assert diffs[0] > 0.05 and diffs[1:] == [0.0, 0.0]
+    unequal = user_bootstrap(scores, label, user, n_resamples=50, pairs=[(("a0", "a1"), ("b0", "b1", "b2"))])
+    # groups of unequal size cannot be paired seed with seed
+    assert "between_seeds" not in unequal["pairs"]["mean(a0, a1) - mean(b0, b1, b2)"]
 
 
 def test_one_resample_weights_rows_as_if_the_drawn_users_were_copied():

@@ -12,6 +12,7 @@ one `roc_auc_score` call per resample, ~10x faster, equal to it to rounding).
 from collections.abc import Mapping
 
 import numpy as np
+from scipy.stats import ttest_1samp
 from sklearn.metrics import roc_auc_score
 
 from .ctr_auc.ctr_auc import per_user_auc, rela_impr
@@ -69,12 +70,18 @@ def user_bootstrap(
             `[1 / n_resamples, 1]`). A side may be a tuple of models (the runs of one method with several seeds):
             it stands for their mean AUC (and UAUC) on each resample, so the interval of a seed-averaged
             difference holds the test users' sampling noise once, not once per seed; its key is
-            `"mean(a1, a2) - mean(b1, b2)"`.
+            `"mean(a1, a2) - mean(b1, b2)"`. That interval leaves out the spread between seeds, so such a pair also
+            gets `"between_seeds"`: each seed's own AUC difference (tuples of equal length pair their models by
+            position, seed with seed; a single model on the other side is every seed's partner) and the
+            Student-t interval and p-value of their mean (`scipy.stats.ttest_1samp`, seeds - 1 degrees of
+            freedom), which treats the seeds as the sample and ignores the users' noise. It is absent for one
+            seed or for tuples of unequal length.
         base_auc: model -> the model whose AUC is its RelaImpr base (Eq. 6), e.g. `{"gate_mf": "mf"}`; gives the
             RelaImpr interval.
     Returns:
         `{"models": {name: {"auc", "auc_ci", "uauc", "uauc_ci"[, "rela_impr", "rela_impr_ci"]}},
-        "pairs": {"a - b": {"auc_diff", "auc_diff_ci", "auc_p", "uauc_diff", "uauc_diff_ci", "uauc_p"}},
+        "pairs": {"a - b": {"auc_diff", "auc_diff_ci", "auc_p", "uauc_diff", "uauc_diff_ci", "uauc_p"
+        [, "between_seeds": {"auc_diffs", "auc_diff_ci", "auc_p"}]}},
         "n_resamples", "confidence", "users"}`.
     """
     labels, users = np.asarray(labels).astype(np.int64), np.asarray(users)
@@ -122,8 +129,26 @@ def user_bootstrap(
             "uaucs": np.mean([uaucs[n] for n in group], axis=0),
         }
 
+    def between_seeds(a: str | tuple[str, ...], b: str | tuple[str, ...]) -> dict | None:
+        """Each seed's AUC difference and the t-interval of their mean; None without two seeds to pair."""
+        group_a, group_b = ((n,) if isinstance(n, str) else tuple(n) for n in (a, b))
+        seeds = max(len(group_a), len(group_b))
+        if seeds < 2 or min(len(group_a), len(group_b)) not in (1, seeds):
+            return None
+        # a single model is every seed's partner
+        group_a, group_b = (g * seeds if len(g) == 1 else g for g in (group_a, group_b))
+        diffs = [models[x]["auc"] - models[y]["auc"] for x, y in zip(group_a, group_b, strict=True)]
+        if np.ptp(diffs) == 0:  # no spread between seeds: t is undefined, the difference is exact
+            return {"auc_diffs": [float(d) for d in diffs], "auc_diff_ci": [float(diffs[0])] * 2,
+                    "auc_p": 1.0 if diffs[0] == 0 else 0.0}  # fmt: skip
+        test = ttest_1samp(diffs, 0.0)
+        low, high = test.confidence_interval(confidence)
+        return {"auc_diffs": [float(d) for d in diffs], "auc_diff_ci": [float(low), float(high)],
+                "auc_p": float(test.pvalue)}  # fmt: skip
+
     compared = {}
     for a, b in pairs:
+        seeds = between_seeds(a, b)
         (name_a, a), (name_b, b) = side(a), side(b)
         auc_diff, uauc_diff = a["aucs"] - b["aucs"], a["uaucs"] - b["uaucs"]
         compared[f"{name_a} - {name_b}"] = {
@@ -134,6 +159,8 @@ def user_bootstrap(
             "uauc_diff_ci": interval(uauc_diff),
             "uauc_p": p_value(uauc_diff),
         }
+        if seeds is not None:
+            compared[f"{name_a} - {name_b}"]["between_seeds"] = seeds
     return {
         "models": models,
         "pairs": compared,
