@@ -77,6 +77,11 @@ def test_seed_groups_pair_their_models_by_position():
     diffs = out["pairs"]["mean(a0, a1, a2) - mean(b0, b1, b2)"]["between_seeds"]["auc_diffs"]
     assert diffs[0] > 0.05 and diffs[1:] == [0.0, 0.0]
     unequal = user_bootstrap(scores, label, user, n_resamples=50, pairs=[(("a0", "a1"), ("b0", "b1", "b2"))])
+    same = user_bootstrap(scores, label, user, n_resamples=50, pairs=[(("a1", "a2"), ("b1", "b2"))])
+    # the same scores in every seed: no spread, and a t-statistic that would be 0 / 0
+    assert same["pairs"]["mean(a1, a2) - mean(b1, b2)"]["between_seeds"] == {
+        "auc_diffs": [0.0, 0.0], "auc_diff_ci": [0.0, 0.0], "auc_p": 1.0
+    }  # fmt: skip
     # groups of unequal size cannot be paired seed with seed
     assert "between_seeds" not in unequal["pairs"]["mean(a0, a1) - mean(b0, b1, b2)"]
 
