@@ -397,10 +397,13 @@ def report(args, level: float, eval_rows, cf_model) -> None:
         axis.set_xlabel("optimizer step (batch 16; dotted: stage 1 | stage 2)")
     left.set_ylabel("training loss, Eq. 5 (mean of 4 logs)")
     right.set_ylabel(f"validation AUC ({args.eval_rows} fixed rows)")
-    right.axhline(0.5, color="k", ls="--", lw=1)
+    backbone = type(cf_model).__name__.removesuffix("Model")  # MF, LightGCN, SASRec
+    right.axhline(0.5, color="k", ls="--", lw=1, label="chance")
+    # the bar fusion must clear: the CF model's own AUC on the same rows
+    right.axhline(summary["cf"]["auc"], color="grey", ls="-.", lw=1.2,
+                  label=f"{backbone} alone ({summary['cf']['auc']:.3f})")  # fmt: skip
     left.legend(fontsize=7), right.legend(fontsize=7)
     seeds = ", ".join(f"{seed} {styles[n % len(styles)]}" for n, seed in enumerate(found))
-    backbone = type(cf_model).__name__.removesuffix("Model")  # MF, LightGCN, SASRec
     figure.suptitle(f"CCF-LLM on ML-1M ({backbone}), SmolLM2-135M-Instruct, {origin['cpu_kind']}: learning efficiency"
                     + (f" (seeds, line style: {seeds})" if len(found) > 1 else ""))  # fmt: skip
     figure.tight_layout()
