@@ -23,6 +23,9 @@ is `benchmarks/results/demo_seeds_<variant>.{json,md,png}`, its wall minutes tho
 `--gate_init_alpha A` changes stage 1 too (α starts at A, so stage 1 trains LoRA on titles fused with item CF): its
 runs copy the CF model and `text` only and train both of `gate`'s stages; their wall minutes are those two stages.
 It combines with `--fusion_learning_rate X` (`OUTPUT_DIR/<dtype>_seed<S>_gate_alpha_<A>_fusion_lr_<X>`).
+A variant that asks for what the config already sets (`--gate_init_alpha 1 --fusion_learning_rate 0.001` since the
+demo's config took them on 2026-12-06) trains nothing twice: its runs are the config's own runs, recorded in the
+variant's table beside the runs made while it was a variant.
 """
 
 import argparse
@@ -82,6 +85,11 @@ def valid_cell(found: dict | None) -> str:
 
 def variant_text(found: dict) -> str:
     """What a variant's runs copy from the config's runs and what they train, for its table."""
+    if found.get("is_the_config"):
+        return (
+            f"{found['title']}: the config's own settings, so each run is the config's run of its seed (`run_ctr.py "
+            "CONFIG --seed S`) and wall min counts all of it (CF model, `text`, both `gate` stages, scoring)."
+        )
     if found.get("keeps_stage1", True):  # entries before --gate_init_alpha changed stage 2 or less
         copied, ran = (
             "its CF model, `text` run and `gate` stage 1, bitwise what this setting trains",
@@ -180,8 +188,9 @@ def variant(
                 "--stage1_only scores the config's stage 1: it takes no fusion learning rate or α start"
             )
         return {"name": "stage1_only", "title": "`gate`'s stage 1 alone (no stage 2)",
-                "arguments": ["--schedule", "lora", *resume], "keeps_stage1": True}  # fmt: skip
+                "arguments": ["--schedule", "lora", *resume], "keeps_stage1": True, "settings": {"schedule": "lora"}}  # fmt: skip
     names, titles, arguments = [], [], []
+    changed = {"gate_init_alpha": gate_init_alpha, "fusion_learning_rate": fusion_learning_rate}
     if gate_init_alpha is not None:
         alpha = f"{gate_init_alpha:g}"
         names.append(f"gate_alpha_{alpha}")
@@ -195,7 +204,16 @@ def variant(
     if not names:
         return None
     return {"name": "_".join(names), "title": "; ".join(titles), "arguments": [*arguments, *resume],
-            "keeps_stage1": gate_init_alpha is None}  # fmt: skip
+            "keeps_stage1": gate_init_alpha is None,
+            "settings": {key: value for key, value in changed.items() if value is not None}}  # fmt: skip
+
+
+def is_the_config(found: dict, config: dict) -> bool:
+    """
+    Whether the variant `found` asks for what `config` already sets (e.g. `--gate_init_alpha 1` once the demo's config
+    starts α at 1): its runs are then the config's own runs, trained once, not a `gate` trained again from them.
+    """
+    return all(config.get(key) == value for key, value in found["settings"].items())
 
 
 def run_arguments(seed: int, dtype: str, output_dir: Path) -> list[str]:
@@ -278,6 +296,9 @@ def main():
         dtypes.setdefault(dtype_name(resolve_dtype(dtype)), dtype)
     found = variant(args.fusion_learning_rate, args.stage1_only, args.gate_init_alpha)
     suffix = "" if found is None else f"_{found['name']}"
+    reuse = found is not None and is_the_config(found, config)  # the config's runs are the variant's
+    if reuse:
+        found = {**found, "arguments": [], "is_the_config": True}
     # what the runs reuse or resume must have run this config: checked before any of them trains
     if not args.report_only:
         for name in dtypes:
@@ -289,14 +310,14 @@ def main():
     for name, dtype in dtypes.items():
         for seed in args.seeds:
             own = args.output_dir / f"{name}_seed{seed}"  # the config's run
-            folder = own.with_name(own.name + suffix)
+            folder = own if reuse else own.with_name(own.name + suffix)
             extra = run_arguments(seed, dtype, folder)
             extra += [] if found is None else found["arguments"]
             timing = folder.with_name(folder.name + ".wall_seconds")
             if not (folder / "all_results.json").is_file():
                 if args.report_only:
                     continue
-                if found is not None:
+                if found is not None and not reuse:
                     start_from(own, folder, [sys.executable, *base[1:], *run_arguments(seed, dtype, own)],
                                found["keeps_stage1"])  # fmt: skip
                 timed_run([sys.executable, *base[1:], *extra], folder)

@@ -156,3 +156,45 @@ def test_main_refuses_another_configs_run_before_training_anything(tmp_path, mon
     ):
         demo_seeds.main()
     assert ran == []  # seed 0 did not train first
+
+
+def test_a_variant_the_config_already_sets_is_the_configs_own_run_and_others_still_train_gate(
+    tmp_path, monkeypatch
+):
+    settings = {"train_rows_per_stage": 1000, "gate_init_alpha": 1.0, "fusion_learning_rate": 0.001}
+    config, out = tmp_path / "demo.json", tmp_path / "out"
+    config.write_text(json.dumps(settings))
+    ran, saved = [], {}
+
+    def run(command, check, env):  # a run_ctr.py run: what demo_seeds.py reads back
+        ran.append(command)
+        folder = Path(command[command.index("--output_dir") + 1])
+        write(folder / "run_ctr.json", json.dumps({"argv": [], "config": settings}))
+        for name in ("all_results.json", "cf_lightgcn/x", "text/all_results.json", "gate/all_results.json",
+                     "gate/stage_1_lora/x"):  # fmt: skip
+            write(folder / name, json.dumps({"eval_auc": 0.6}))
+
+    pair = {"auc_diff": 0.02, "auc_diff_ci": [0.01, 0.03]}
+    subset = {"pairs": {"gate - text": pair, "gate - cf": pair}}
+    monkeypatch.setattr(demo_seeds.subprocess, "run", run)
+    comparison = {name: subset for name in demo_seeds.SUBSETS}
+    monkeypatch.setattr(demo_seeds, "test_comparison", lambda *a: comparison)
+    monkeypatch.setattr(demo_seeds, "plot", lambda *a: None)
+    monkeypatch.setattr(demo_seeds, "save_results", lambda name, entry, *a: saved.update({name: entry}) or [])
+    base = ["demo_seeds.py", str(config), "--seeds", "0", "--dtypes", "float32", "--output_dir", str(out)]
+    monkeypatch.setattr(sys, "argv", [*base, "--gate_init_alpha", "1", "--fusion_learning_rate", "0.001"])
+    demo_seeds.main()
+    assert len(ran) == 1 and ran[0][3:] == ["--seed", "0", "--output_dir", str(out / "float32_seed0"),
+                                            "--overwrite_output_dir", "true", "--dtype", "float32"]  # fmt: skip
+    entry = saved["demo_seeds_gate_alpha_1_fusion_lr_0.001"]
+    assert entry["variant"]["is_the_config"] and entry["variant"]["arguments"] == []
+    assert "--gate_init_alpha" not in entry["runs"]["float32_seed0"]["command"]
+    assert "each run is the config's run of its seed" in demo_seeds.variant_text(entry["variant"])
+    assert sorted(p.name for p in out.iterdir()) == ["float32_seed0", "float32_seed0.wall_seconds"]
+    # a rate the config does not set: gate trains again from the config's run
+    monkeypatch.setattr(sys, "argv", [*base, "--fusion_learning_rate", "0.01"])
+    demo_seeds.main()
+    assert len(ran) == 2 and str(out / "float32_seed0_fusion_lr_0.01") in ran[1]
+    assert ran[1][-6:] == ["--fusion_learning_rate", "0.01", "--fusion_modes", "gate", "--resume_from_checkpoint",
+                           "true"]  # fmt: skip
+    assert not saved["demo_seeds_fusion_lr_0.01"]["variant"].get("is_the_config")
