@@ -40,6 +40,7 @@ from demo import changed_settings, settings
 from demo_curves import test_comparison
 from report import RESULTS, checkout_env, dtype_name, provenance, save_results
 
+from ccf_llm.metrics import seeds_interval
 from ccf_llm.precision import device_precision, resolve_dtype
 
 TITLE = "The README's demo over seeds and dtypes: is `gate` above `text`, and where does it stand against CF?"
@@ -54,7 +55,11 @@ def verdict(ci: list[float]) -> str:
 
 
 def summarize(runs: dict) -> dict:
-    """Per subset and pair: the differences of every run, their mean and range, and the count of each verdict."""
+    """
+    Per subset and pair: the differences of every run, their mean and range, the count of each verdict, and per dtype
+    with two runs or more the spread between its seeds (`between_seeds`: the t-interval and p of the mean over its
+    runs, `ccf_llm.metrics.seeds_interval`; each seed draws its own test rows, so the runs are independent).
+    """
     out = {}
     for subset in SUBSETS:
         for pair in PAIRS:
@@ -64,9 +69,21 @@ def summarize(runs: dict) -> dict:
                 v: sum(verdict(p["auc_diff_ci"]) == v for p in found)
                 for v in ("above 0", "below 0", "across 0")
             }
+            by_dtype = {}
+            for run in runs.values():
+                by_dtype.setdefault(run["dtype"], []).append(run["test"][subset]["pairs"][pair]["auc_diff"])
+            seeds = {dtype: dict(zip(("ci", "p"), seeds_interval(values), strict=True))
+                     for dtype, values in by_dtype.items() if len(values) > 1}  # fmt: skip
             out[f"{subset}: {pair}"] = {"runs": len(found), "mean": sum(diffs) / len(diffs), "min": min(diffs),
-                                        "max": max(diffs), **counts}  # fmt: skip
+                                        "max": max(diffs), **counts, "between_seeds": seeds}  # fmt: skip
     return out
+
+
+def seeds_cell(summary: dict) -> str:
+    """Each dtype's mean over its seeds with the t 95% interval and p, or — where none has two runs."""
+    found = summary.get("between_seeds") or {}
+    cells = [f"{dtype} [{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}], p {s['p']:.2f}" for dtype, s in found.items()]
+    return "; ".join(cells) or "—"
 
 
 def cell(model: dict) -> str:
@@ -126,12 +143,15 @@ def render(entry: dict) -> list[str]:
             f"{diff_cell(test['warm']['pairs']['gate - cf'])} | {diff_cell(test['item-cold']['pairs']['gate - cf'])} | "
             f"{valid_cell(run.get('valid_auc'))} | {run['wall_seconds'] / 60:.1f} |"
         )
-    lines += ["", "Across runs (test AUC differences; how many runs have the 95% interval above 0, below 0, across 0):",
-              "", "| rows: comparison | runs | mean | range | above 0 | below 0 | across 0 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "Across runs (test AUC differences; how many runs have the 95% interval above 0, below 0, across 0; "
+              "between seeds: per dtype, the Student-t 95% interval of the mean over its seeds and its p, df = seeds "
+              "- 1, which treats the seeds as the sample):", "",
+              "| rows: comparison | runs | mean | range | above 0 | below 0 | across 0 | between seeds |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in entry["summary"].items():
         lines.append(
             f"| {name} | {s['runs']} | {s['mean']:+.3f} | [{s['min']:+.3f}, {s['max']:+.3f}] | {s['above 0']} | "
-            f"{s['below 0']} | {s['across 0']} |"
+            f"{s['below 0']} | {s['across 0']} | {seeds_cell(s)} |"
         )
     return lines
 

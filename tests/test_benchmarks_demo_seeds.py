@@ -78,6 +78,30 @@ def test_render_gives_every_row_of_the_runs_table_its_header_cells():
     table = lines[start : start + 4]
     assert {line.count("|") for line in table} == {13}  # 12 cells: header, rule and both runs
     assert table[2].endswith("| — | 10.0 |") and table[3].endswith("| 0.610, 0.630 | 10.0 |")
+    start = next(i for i, line in enumerate(lines) if line.startswith("| rows: comparison"))
+    summary = lines[start : start + 2 + len(entry["summary"])]
+    assert {line.count("|") for line in summary} == {9}  # 8 cells
+    # both seeds +0.02: no spread between them, the mean is exact
+    assert summary[2].endswith("| 0 | 0 | 2 | float32 [+0.020, +0.020], p 0.00 |")
+    del entry["summary"]["all: gate - text"]["between_seeds"]  # entries recorded before it was kept
+    assert demo_seeds.render(entry)[start + 2].endswith("| 2 | — |")
+
+
+def test_the_spread_between_seeds_is_taken_per_dtype_over_its_runs():
+    def run(dtype, diff):
+        pair = {"auc_diff": diff, "auc_diff_ci": [diff - 0.05, diff + 0.05]}
+        return {"dtype": dtype, "test": {name: {"pairs": {"gate - text": pair, "gate - cf": pair}}
+                                         for name in demo_seeds.SUBSETS}}  # fmt: skip
+
+    runs = {"b0": run("bfloat16", 0.05), "b1": run("bfloat16", -0.002), "b2": run("bfloat16", 0.035),
+            "f0": run("float32", 0.06)}  # fmt: skip
+    found = demo_seeds.summarize(runs)["warm: gate - cf"]
+    assert found["runs"] == 4 and found["mean"] == pytest.approx((0.05 - 0.002 + 0.035 + 0.06) / 4)
+    # float32 has one run: no spread to take; bfloat16's three seeds give a t-interval around their own mean
+    assert list(found["between_seeds"]) == ["bfloat16"]
+    low, high = found["between_seeds"]["bfloat16"]["ci"]
+    assert (low + high) / 2 == pytest.approx((0.05 - 0.002 + 0.035) / 3) and low < 0 < high
+    assert demo_seeds.seeds_cell(found).startswith(f"bfloat16 [{low:+.3f}, {high:+.3f}], p 0.")
 
 
 def test_variants_resume_the_gate_run_and_keep_stage_1_unless_they_change_it():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ccf_llm.metrics import load_ctr_metric, rela_impr, uauc, user_bootstrap
+from ccf_llm.metrics import load_ctr_metric, rela_impr, seeds_interval, uauc, user_bootstrap
 from ccf_llm.metrics.intervals import _user_counts, resampled_auc
 
 
@@ -84,6 +84,21 @@ def test_seed_groups_pair_their_models_by_position():
     }  # fmt: skip
     # groups of unequal size cannot be paired seed with seed
     assert "between_seeds" not in unequal["pairs"]["mean(a0, a1) - mean(b0, b1, b2)"]
+
+
+def test_seeds_interval_is_the_t_interval_of_the_mean_over_seeds():
+    # mean 0.02, sd 0.01 over 3 seeds: half-width t(0.975, 2) * 0.01 / sqrt(3)
+    ci, p = seeds_interval([0.01, 0.02, 0.03])
+    half = 4.302653 * 0.01 / np.sqrt(3)
+    assert ci == pytest.approx([0.02 - half, 0.02 + half], rel=1e-6)
+    assert p == pytest.approx(0.0742, abs=5e-4)  # t = 0.02 / (0.01 / sqrt 3) = 3.46, 2 df, two-sided
+    wide, p_wide = seeds_interval([0.05, -0.002, 0.035])  # one seed without a lead: the interval crosses 0
+    assert wide[0] < 0 < wide[1] and p_wide > 0.05
+    # no spread: the mean is exact
+    assert seeds_interval([0.01, 0.01]) == ([0.01, 0.01], 0.0)
+    assert seeds_interval([0.0, 0.0]) == ([0.0, 0.0], 1.0)
+    with pytest.raises(ValueError, match="at least 2 seeds, got 1"):
+        seeds_interval([0.01])
 
 
 def test_one_resample_weights_rows_as_if_the_drawn_users_were_copied():

@@ -5,7 +5,7 @@ confidence intervals and paired tests (`user_bootstrap`, a bootstrap over users)
 from pathlib import Path
 
 from .ctr_auc.ctr_auc import per_user_auc, rela_impr, uauc
-from .intervals import user_bootstrap
+from .intervals import seeds_interval, user_bootstrap
 
 CTR_AUC_PATH = str(Path(__file__).resolve().parent / "ctr_auc")
 
@@ -44,6 +44,7 @@ __all__ = [
     "load_ctr_metric",
     "per_user_auc",
     "rela_impr",
+    "seeds_interval",
     "uauc",
     "user_bootstrap",
 ]

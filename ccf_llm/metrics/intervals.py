@@ -9,13 +9,29 @@ resamples rows, not clusters of rows, hence this module; the AUC of each resampl
 one `roc_auc_score` call per resample, ~10x faster, equal to it to rounding).
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import ttest_1samp
 from sklearn.metrics import roc_auc_score
 
 from .ctr_auc.ctr_auc import per_user_auc, rela_impr
+
+
+def seeds_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[list[float], float]:
+    """
+    The spread between seeds of one quantity (e.g. an AUC difference, one value per seed from independent runs): the
+    Student-t interval of its mean and the two-sided p-value against 0 (`scipy.stats.ttest_1samp`, seeds - 1 degrees
+    of freedom; the seeds are the sample, each value's own sampling noise is ignored). With no spread t is undefined
+    and the mean is exact: the interval is that value, p 1.0 at 0 and 0.0 elsewhere.
+    """
+    if len(values) < 2:
+        raise ValueError(f"an interval between seeds needs at least 2 seeds, got {len(values)}")
+    if np.ptp(values) == 0:
+        return [float(values[0])] * 2, 1.0 if values[0] == 0 else 0.0
+    test = ttest_1samp(values, 0.0)
+    low, high = test.confidence_interval(confidence)
+    return [float(low), float(high)], float(test.pvalue)
 
 
 def _user_counts(users: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,13 +154,8 @@ def user_bootstrap(
         # a single model is every seed's partner
         group_a, group_b = (g * seeds if len(g) == 1 else g for g in (group_a, group_b))
         diffs = [models[x]["auc"] - models[y]["auc"] for x, y in zip(group_a, group_b, strict=True)]
-        if np.ptp(diffs) == 0:  # no spread between seeds: t is undefined, the difference is exact
-            return {"auc_diffs": [float(d) for d in diffs], "auc_diff_ci": [float(diffs[0])] * 2,
-                    "auc_p": 1.0 if diffs[0] == 0 else 0.0}  # fmt: skip
-        test = ttest_1samp(diffs, 0.0)
-        low, high = test.confidence_interval(confidence)
-        return {"auc_diffs": [float(d) for d in diffs], "auc_diff_ci": [float(low), float(high)],
-                "auc_p": float(test.pvalue)}  # fmt: skip
+        ci, p = seeds_interval(diffs, confidence)
+        return {"auc_diffs": [float(d) for d in diffs], "auc_diff_ci": ci, "auc_p": p}
 
     compared = {}
     for a, b in pairs:
@@ -170,4 +181,4 @@ def user_bootstrap(
     }
 
 
-__all__ = ["user_bootstrap"]
+__all__ = ["seeds_interval", "user_bootstrap"]
