@@ -148,7 +148,8 @@ def render(entry: dict) -> list[str]:
               "- 1, which treats the seeds as the sample):", "",
               "| rows: comparison | runs | mean | range | above 0 | below 0 | across 0 | between seeds |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, s in entry["summary"].items():
+    # from the runs, so that entries recorded before a column existed get it too
+    for name, s in summarize(entry["runs"]).items():
         lines.append(
             f"| {name} | {s['runs']} | {s['mean']:+.3f} | [{s['min']:+.3f}, {s['max']:+.3f}] | {s['above 0']} | "
             f"{s['below 0']} | {s['across 0']} | {seeds_cell(s)} |"
