@@ -23,9 +23,10 @@ is `benchmarks/results/demo_seeds_<variant>.{json,md,png}`, its wall minutes tho
 `--gate_init_alpha A` changes stage 1 too (α starts at A, so stage 1 trains LoRA on titles fused with item CF): its
 runs copy the CF model and `text` only and train both of `gate`'s stages; their wall minutes are those two stages.
 It combines with `--fusion_learning_rate X` (`OUTPUT_DIR/<dtype>_seed<S>_gate_alpha_<A>_fusion_lr_<X>`).
-A variant that asks for what the config already sets (`--gate_init_alpha 1 --fusion_learning_rate 0.001` since the
-demo's config took them on 2026-12-06) trains nothing twice: its runs are the config's own runs, recorded in the
-variant's table beside the runs made while it was a variant.
+A variant whose values the config already sets (`--gate_init_alpha 1 --fusion_learning_rate 0.001` since the demo's
+config took them on 2026-12-06; compared with the config's own keys, not `run_ctr.py`'s defaults) trains nothing twice:
+its runs are the config's own runs, checked like any other to have run this config (also with `--report_only`), and
+become this CPU kind's entry of the variant's table.
 """
 
 import argparse
@@ -209,32 +210,34 @@ def variant(
                 "--stage1_only scores the config's stage 1: it takes no fusion learning rate or α start"
             )
         return {"name": "stage1_only", "title": "`gate`'s stage 1 alone (no stage 2)",
-                "arguments": ["--schedule", "lora", *resume], "keeps_stage1": True, "settings": {"schedule": "lora"}}  # fmt: skip
-    names, titles, arguments = [], [], []
-    changed = {"gate_init_alpha": gate_init_alpha, "fusion_learning_rate": fusion_learning_rate}
+                "arguments": ["--schedule", "lora", *resume], "keeps_stage1": True, "settings": {}}  # fmt: skip
+    names, titles, arguments, settings = [], [], [], {}  # settings: as run_ctr.py gets them
     if gate_init_alpha is not None:
         alpha = f"{gate_init_alpha:g}"
+        settings["gate_init_alpha"] = float(alpha)
         names.append(f"gate_alpha_{alpha}")
         titles.append(f"`gate` with α starting at {alpha} (stage 1 reads item CF through the untrained ALG)")
         arguments += ["--gate_init_alpha", alpha]
     if fusion_learning_rate is not None:
         rate = f"{fusion_learning_rate:g}"
+        settings["fusion_learning_rate"] = float(rate)
         names.append(f"fusion_lr_{rate}")
         titles.append(f"{'s' if titles else 'S'}tage 2 at fusion learning rate {rate}")
         arguments += ["--fusion_learning_rate", rate]
     if not names:
         return None
     return {"name": "_".join(names), "title": "; ".join(titles), "arguments": [*arguments, *resume],
-            "keeps_stage1": gate_init_alpha is None,
-            "settings": {key: value for key, value in changed.items() if value is not None}}  # fmt: skip
+            "keeps_stage1": gate_init_alpha is None, "settings": settings}  # fmt: skip
 
 
 def is_the_config(found: dict, config: dict) -> bool:
     """
     Whether the variant `found` asks for what `config` already sets (e.g. `--gate_init_alpha 1` once the demo's config
-    starts α at 1): its runs are then the config's own runs, trained once, not a `gate` trained again from them.
+    starts α at 1; a key the config leaves to `run_ctr.py`'s default does not count): its runs are then the config's
+    own runs, trained once, not a `gate` trained again from them. Stage 1 alone is never the config.
     """
-    return all(config.get(key) == value for key, value in found["settings"].items())
+    settings = found["settings"]
+    return bool(settings) and all(config.get(key) == value for key, value in settings.items())
 
 
 def run_arguments(seed: int, dtype: str, output_dir: Path) -> list[str]:
@@ -320,12 +323,13 @@ def main():
     reuse = found is not None and is_the_config(found, config)  # the config's runs are the variant's
     if reuse:
         found = {**found, "arguments": [], "is_the_config": True}
-    # what the runs reuse or resume must have run this config: checked before any of them trains
-    if not args.report_only:
+    # what the runs reuse or resume must have run this config: checked before any of them trains, and where the
+    # config's runs stand for a variant, before they are tabulated as it (an older config's runs would be mislabelled)
+    if not args.report_only or reuse:
         for name in dtypes:
             for seed in args.seeds:
                 own = args.output_dir / f"{name}_seed{seed}"
-                for folder in dict.fromkeys([own, own.with_name(own.name + suffix)]):
+                for folder in [own] if reuse else dict.fromkeys([own, own.with_name(own.name + suffix)]):
                     check_same_config(folder, args.config, config)
     runs = {}
     for name, dtype in dtypes.items():

@@ -83,7 +83,9 @@ def test_render_gives_every_row_of_the_runs_table_its_header_cells():
     assert {line.count("|") for line in summary} == {9}  # 8 cells
     # both seeds +0.02: no spread between them, the mean is exact
     assert summary[2].endswith("| 0 | 0 | 2 | float32 [+0.020, +0.020], p 0.00 |")
-    del entry["summary"]  # entries recorded before the spread between seeds was kept: it comes from their runs
+    del entry[
+        "summary"
+    ]  # entries recorded before the spread between seeds was kept: it comes from their runs
     assert demo_seeds.render(entry) == lines
 
 
@@ -222,3 +224,29 @@ def test_a_variant_the_config_already_sets_is_the_configs_own_run_and_others_sti
     assert ran[1][-6:] == ["--fusion_learning_rate", "0.01", "--fusion_modes", "gate", "--resume_from_checkpoint",
                            "true"]  # fmt: skip
     assert not saved["demo_seeds_fusion_lr_0.01"]["variant"].get("is_the_config")
+    # a leftover variant folder of an older config is not read, so it does not stop the config's runs being used
+    write(out / "float32_seed0_gate_alpha_1" / "run_ctr.json", json.dumps({"argv": [], "config": {"x": 1}}))
+    monkeypatch.setattr(sys, "argv", [*base, "--gate_init_alpha", "1"])
+    demo_seeds.main()
+    assert len(ran) == 2 and saved["demo_seeds_gate_alpha_1"]["variant"]["is_the_config"]
+    # the config's runs of an older config are refused, also when only tabulated
+    write(
+        out / "float32_seed0" / "run_ctr.json",
+        json.dumps({"argv": [], "config": {**settings, "gate_init_alpha": 0}}),
+    )
+    monkeypatch.setattr(sys, "argv", [*base, "--gate_init_alpha", "1", "--report_only"])
+    with pytest.raises(
+        SystemExit, match=r"float32_seed0 holds a run of this script, but .*`gate_init_alpha` 0 → 1.0"
+    ):
+        demo_seeds.main()
+
+
+def test_which_variants_are_the_config():
+    config = {"gate_init_alpha": 1, "fusion_learning_rate": 0.001, "schedule": "lora"}
+    assert demo_seeds.is_the_config(
+        demo_seeds.variant(0.0010000001, False, 1.0), config
+    )  # as run_ctr.py gets them
+    assert not demo_seeds.is_the_config(demo_seeds.variant(0.01, False, 1.0), config)
+    assert not demo_seeds.is_the_config(demo_seeds.variant(None, True), config)  # stage 1 alone never is
+    # a value the config leaves to run_ctr.py's default is not the config's
+    assert not demo_seeds.is_the_config(demo_seeds.variant(None, False, 0.0), {})
