@@ -207,6 +207,12 @@ def plot(entry: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def variant_rates(asked: list[float] | None, config: dict) -> list[float]:
+    """The fusion learning rates whose stage 2 runs beside the config's: those `asked`, by default 1e-3 and 1e-4
+    less the config's own (its run trains that one)."""
+    return [r for r in (0.001, 0.0001) if r != config.get("fusion_learning_rate")] if asked is None else asked
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,9 +228,9 @@ def main():
         "--results_name", default="demo_curves", help="benchmarks/results/<name>.{json,md,png}"
     )
     parser.add_argument(
-        "--fusion_learning_rates", type=float, nargs="*", default=[0.001, 0.0001],
+        "--fusion_learning_rates", type=float, nargs="*", default=None,
         help="also run gate's stage 2 from the same stage-1 adapter at these fusion learning rates "
-        "(into OUTPUT_DIR_fusion_lr<rate>)",
+        "(into OUTPUT_DIR_fusion_lr<rate>; default 1e-3 and 1e-4, less the config's own, which the run trains)",
     )  # fmt: skip
     args = parser.parse_args()
     config = json.loads(Path(args.config).read_text())
@@ -235,15 +241,22 @@ def main():
     overrides += ["--standardize_cf", "true"] if args.standardize_cf else []
     base = ["python", "examples/run_ctr.py", args.config, *overrides]
     command = [*base, "--output_dir", str(args.output_dir)]
-    variants = {rate: Path(f"{args.output_dir}_fusion_lr{rate:g}") for rate in args.fusion_learning_rates}
-    if args.report_only:  # the recorded run's command, date and wall time
-        kind = device_precision().kind
-        stored = json.loads((RESULTS / f"{args.results_name}.json").read_text())["by_cpu_kind"][kind]
+    rates = variant_rates(args.fusion_learning_rates, config)
+    variants = {rate: Path(f"{args.output_dir}_fusion_lr{rate:g}") for rate in rates}
+    path = RESULTS / f"{args.results_name}.json"
+    stored = json.loads(path.read_text())["by_cpu_kind"] if path.is_file() else {}
+    stored = stored.get(device_precision().kind)
+    # the recorded run's command, date and wall time; for a run this script did not record (stopped after it, in
+    # its variants), the time from run_ctr.py's first file to its last
+    if args.report_only and stored is not None:
         wall, command, recorded = (
             stored["wall_seconds"],
             stored["run_ctr_command"].split(),
             stored["provenance"],
         )
+    elif args.report_only:
+        first, last = (args.output_dir / name for name in ("run_ctr.json", "all_results.json"))
+        wall, recorded = last.stat().st_mtime - first.stat().st_mtime, provenance(resolve_dtype(args.dtype))
     else:
         start = time.perf_counter()
         subprocess.run([sys.executable, *command[1:]], check=True, env=checkout_env())
