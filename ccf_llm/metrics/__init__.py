@@ -1,6 +1,7 @@
 # Copyright 2026 The ccf-llm authors. Licensed under the Apache License, Version 2.0.
 """CTR metrics: AUC, UAUC and RelaImpr (Eq. 6), also as a local `evaluate` module that works offline, and their
-confidence intervals and paired tests (`user_bootstrap`, a bootstrap over users)."""
+confidence intervals and paired tests (`user_bootstrap`, a bootstrap over users; `seeds_interval`, the spread between
+seeds)."""
 
 from pathlib import Path
 
