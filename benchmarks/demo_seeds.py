@@ -71,8 +71,8 @@ def summarize(runs: dict) -> dict:
                 for v in ("above 0", "below 0", "across 0")
             }
             by_dtype = {}
-            for run in runs.values():
-                by_dtype.setdefault(run["dtype"], []).append(run["test"][subset]["pairs"][pair]["auc_diff"])
+            for run, diff in zip(runs.values(), diffs, strict=True):
+                by_dtype.setdefault(run["dtype"], []).append(diff)
             seeds = {dtype: dict(zip(("ci", "p"), seeds_interval(values), strict=True))
                      for dtype, values in by_dtype.items() if len(values) > 1}  # fmt: skip
             out[f"{subset}: {pair}"] = {"runs": len(found), "mean": sum(diffs) / len(diffs), "min": min(diffs),
