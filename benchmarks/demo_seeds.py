@@ -30,6 +30,7 @@ become this CPU kind's entry of the variant's table.
 """
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -59,7 +60,9 @@ def summarize(runs: dict) -> dict:
     """
     Per subset and pair: the differences of every run, their mean and range, the count of each verdict, and per dtype
     with two runs or more the spread between its seeds (`between_seeds`: the t-interval and p of the mean over its
-    runs, `ccf_llm.metrics.seeds_interval`; each seed draws its own test rows, so the runs are independent).
+    runs, `ccf_llm.metrics.seeds_interval`; each seed draws its own test rows, so the runs are independent), and for
+    each two such dtypes the difference of their means (`between_dtypes`, "a - b" in name order: Welch's t-interval
+    and p, whether the dtype moves the difference beyond the spread between seeds).
     """
     out = {}
     for subset in SUBSETS:
@@ -75,15 +78,24 @@ def summarize(runs: dict) -> dict:
                 by_dtype.setdefault(run["dtype"], []).append(diff)
             seeds = {dtype: dict(zip(("ci", "p"), seeds_interval(values), strict=True))
                      for dtype, values in by_dtype.items() if len(values) > 1}  # fmt: skip
+            dtypes = {}
+            for a, b in itertools.combinations(sorted(seeds), 2):
+                ci, p = seeds_interval(by_dtype[a], other=by_dtype[b])
+                mean = sum(by_dtype[a]) / len(by_dtype[a]) - sum(by_dtype[b]) / len(by_dtype[b])
+                dtypes[f"{a} - {b}"] = {"mean": mean, "ci": ci, "p": p}
             out[f"{subset}: {pair}"] = {"runs": len(found), "mean": sum(diffs) / len(diffs), "min": min(diffs),
-                                        "max": max(diffs), **counts, "between_seeds": seeds}  # fmt: skip
+                                        "max": max(diffs), **counts, "between_seeds": seeds,
+                                        "between_dtypes": dtypes}  # fmt: skip
     return out
 
 
 def seeds_cell(summary: dict) -> str:
-    """Each dtype's mean over its seeds with the t 95% interval and p, or — where none has two runs."""
+    """Each dtype's mean over its seeds with the t 95% interval and p, then each difference between two dtypes
+    (Welch), or — where no dtype has two runs."""
     found = summary.get("between_seeds") or {}
     cells = [f"{dtype} [{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}], p {s['p']:.2f}" for dtype, s in found.items()]
+    cells += [f"{name}: {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p {d['p']:.2f}"
+              for name, d in (summary.get("between_dtypes") or {}).items()]  # fmt: skip
     return "; ".join(cells) or "—"
 
 
@@ -146,7 +158,9 @@ def render(entry: dict) -> list[str]:
         )
     lines += ["", "Across runs (test AUC differences; how many runs have the 95% interval above 0, below 0, across 0; "
               "between seeds: per dtype, the Student-t 95% interval of the mean over its seeds and its p, df = seeds "
-              "- 1, which treats the seeds as the sample):", "",
+              "- 1, which treats the seeds as the sample; then, for two dtypes with two runs or more each, the difference of "
+              "their means with Welch's 95% interval and p: does the dtype move it beyond the spread between seeds):",
+              "",
               "| rows: comparison | runs | mean | range | above 0 | below 0 | across 0 | between seeds |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     # from the runs, so that entries recorded before a column existed get it too

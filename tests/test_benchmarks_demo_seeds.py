@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import scipy.stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import demo_seeds  # noqa: E402
@@ -104,6 +105,21 @@ def test_the_spread_between_seeds_is_taken_per_dtype_over_its_runs():
     low, high = found["between_seeds"]["bfloat16"]["ci"]
     assert (low + high) / 2 == pytest.approx((0.05 - 0.002 + 0.035) / 3) and low < 0 < high
     assert demo_seeds.seeds_cell(found).startswith(f"bfloat16 [{low:+.3f}, {high:+.3f}], p 0.")
+    assert found["between_dtypes"] == {}  # no second dtype with two runs
+    runs["f1"] = run("float32", 0.08)
+    found = demo_seeds.summarize(runs)["warm: gate - cf"]
+    # bfloat16 - float32 in name order: Welch over the 3 and 2 seeds
+    between = found["between_dtypes"]["bfloat16 - float32"]
+    assert between["mean"] == pytest.approx((0.05 - 0.002 + 0.035) / 3 - 0.07)
+    expected = scipy.stats.ttest_ind([0.05, -0.002, 0.035], [0.06, 0.08], equal_var=False)
+    assert (
+        between["p"] == pytest.approx(expected.pvalue)
+        and between["ci"][0] < between["mean"] < between["ci"][1]
+    )
+    assert demo_seeds.seeds_cell(found).endswith(
+        f"; bfloat16 - float32: {between['mean']:+.3f} [{between['ci'][0]:+.3f}, {between['ci'][1]:+.3f}], "
+        f"p {between['p']:.2f}"
+    )
 
 
 def test_variants_resume_the_gate_run_and_keep_stage_1_unless_they_change_it():

@@ -3,6 +3,7 @@ tests from a bootstrap over users."""
 
 import numpy as np
 import pytest
+import scipy.stats
 from sklearn.metrics import roc_auc_score
 
 from ccf_llm.metrics import load_ctr_metric, rela_impr, seeds_interval, uauc, user_bootstrap
@@ -97,8 +98,27 @@ def test_seeds_interval_is_the_t_interval_of_the_mean_over_seeds():
     # no spread: the mean is exact
     assert seeds_interval([0.01, 0.01]) == ([0.01, 0.01], 0.0)
     assert seeds_interval([0.0, 0.0]) == ([0.0, 0.0], 1.0)
-    with pytest.raises(ValueError, match="at least 2 seeds, got 1"):
+    with pytest.raises(ValueError, match=r"at least 2 seeds per set, got \[1\]"):
         seeds_interval([0.01])
+
+
+def test_seeds_interval_between_two_sets_of_seeds_is_welch():
+    # means 0.03 and 0.05, variances 1e-4 and 4e-4 over 3 seeds each: se = sqrt(1e-4 / 3 + 4e-4 / 3)
+    low, high = [0.02, 0.03, 0.04], [0.03, 0.05, 0.07]
+    ci, p = seeds_interval(low, other=high)
+    se = np.sqrt(5e-4 / 3)
+    # Welch-Satterthwaite: (5e-4 / 3)^2 / ((1e-4 / 3)^2 / 2 + (4e-4 / 3)^2 / 2) = 2.94 degrees of freedom
+    df = (5e-4 / 3) ** 2 / ((1e-4 / 3) ** 2 / 2 + (4e-4 / 3) ** 2 / 2)
+    half = scipy.stats.t.ppf(0.975, df) * se
+    assert ci == pytest.approx([-0.02 - half, -0.02 + half], rel=1e-6)
+    assert p == pytest.approx(2 * scipy.stats.t.sf(0.02 / se, df), rel=1e-6)
+    assert ci[0] < 0 < ci[1] and 0.1 < p < 0.3  # 3 seeds each: a 0.02 gap is within their spread
+    # the order of the sets is the sign of the difference
+    flipped, p_flipped = seeds_interval(high, other=low)
+    assert flipped == pytest.approx([-ci[1], -ci[0]]) and p_flipped == pytest.approx(p)
+    assert seeds_interval([0.05, 0.05], other=[0.02, 0.02]) == (pytest.approx([0.03, 0.03]), 0.0)
+    with pytest.raises(ValueError, match=r"got \[3, 1\]"):
+        seeds_interval(low, other=[0.01])
 
 
 def test_one_resample_weights_rows_as_if_the_drawn_users_were_copied():
