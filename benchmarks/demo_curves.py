@@ -213,6 +213,13 @@ def variant_rates(asked: list[float] | None, config: dict) -> list[float]:
     return [r for r in (0.001, 0.0001) if r != config.get("fusion_learning_rate")] if asked is None else asked
 
 
+def unrecorded_wall(output_dir: Path) -> float:
+    """The wall seconds of a `run_ctr.py` run this script did not time: from its first file (`run_ctr.json`, written
+    before anything trains) to its last (`all_results.json`, written after scoring); its variants are not counted."""
+    first, last = (Path(output_dir) / name for name in ("run_ctr.json", "all_results.json"))
+    return last.stat().st_mtime - first.stat().st_mtime
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -255,8 +262,7 @@ def main():
             stored["provenance"],
         )
     elif args.report_only:
-        first, last = (args.output_dir / name for name in ("run_ctr.json", "all_results.json"))
-        wall, recorded = last.stat().st_mtime - first.stat().st_mtime, provenance(resolve_dtype(args.dtype))
+        wall, recorded = unrecorded_wall(args.output_dir), provenance(resolve_dtype(args.dtype))
     else:
         start = time.perf_counter()
         subprocess.run([sys.executable, *command[1:]], check=True, env=checkout_env())
