@@ -90,8 +90,8 @@ def summarize(runs: dict) -> dict:
 
 
 def seeds_cell(summary: dict) -> str:
-    """Each dtype's mean over its seeds with the t 95% interval and p, then each difference between two dtypes
-    (Welch), or — where no dtype has two runs."""
+    """Each dtype's t 95% interval of the mean over its seeds and p, then each difference between two dtypes' means
+    with Welch's interval and p, or — where no dtype has two runs."""
     found = summary.get("between_seeds") or {}
     cells = [f"{dtype} [{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}], p {s['p']:.2f}" for dtype, s in found.items()]
     cells += [f"{name}: {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p {d['p']:.2f}"
@@ -158,8 +158,9 @@ def render(entry: dict) -> list[str]:
         )
     lines += ["", "Across runs (test AUC differences; how many runs have the 95% interval above 0, below 0, across 0; "
               "between seeds: per dtype, the Student-t 95% interval of the mean over its seeds and its p, df = seeds "
-              "- 1, which treats the seeds as the sample; then, for two dtypes with two runs or more each, the difference of "
-              "their means with Welch's 95% interval and p: does the dtype move it beyond the spread between seeds):",
+              "- 1, which treats the seeds as the sample; then, for two dtypes with two runs or more each, the "
+              "difference of their means with Welch's 95% interval and p: does the dtype move it beyond the spread "
+              "between seeds):",
               "",
               "| rows: comparison | runs | mean | range | above 0 | below 0 | across 0 | between seeds |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -1,6 +1,8 @@
 """ccf_llm.metrics: AUC / UAUC (the packaged evaluate metric), RelaImpr, and user_bootstrap's intervals and paired
 tests from a bootstrap over users."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -104,21 +106,27 @@ def test_seeds_interval_is_the_t_interval_of_the_mean_over_seeds():
 
 def test_seeds_interval_between_two_sets_of_seeds_is_welch():
     # means 0.03 and 0.05, variances 1e-4 and 4e-4 over 3 seeds each: se = sqrt(1e-4 / 3 + 4e-4 / 3)
-    low, high = [0.02, 0.03, 0.04], [0.03, 0.05, 0.07]
-    ci, p = seeds_interval(low, other=high)
+    a, b = [0.02, 0.03, 0.04], [0.03, 0.05, 0.07]
+    ci, p = seeds_interval(a, other=b)
     se = np.sqrt(5e-4 / 3)
     # Welch-Satterthwaite: (5e-4 / 3)^2 / ((1e-4 / 3)^2 / 2 + (4e-4 / 3)^2 / 2) = 2.94 degrees of freedom
     df = (5e-4 / 3) ** 2 / ((1e-4 / 3) ** 2 / 2 + (4e-4 / 3) ** 2 / 2)
     half = scipy.stats.t.ppf(0.975, df) * se
     assert ci == pytest.approx([-0.02 - half, -0.02 + half], rel=1e-6)
-    assert p == pytest.approx(2 * scipy.stats.t.sf(0.02 / se, df), rel=1e-6)
-    assert ci[0] < 0 < ci[1] and 0.1 < p < 0.3  # 3 seeds each: a 0.02 gap is within their spread
+    # 3 seeds each: a 0.02 gap is within their spread
+    assert p == pytest.approx(2 * scipy.stats.t.sf(0.02 / se, df), rel=1e-6) and p > 0.1
     # the order of the sets is the sign of the difference
-    flipped, p_flipped = seeds_interval(high, other=low)
+    flipped, p_flipped = seeds_interval(b, other=a)
     assert flipped == pytest.approx([-ci[1], -ci[0]]) and p_flipped == pytest.approx(p)
+    # one set without spread: Welch with the other's seeds - 1 = 2 degrees of freedom, and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one, _ = seeds_interval(b, other=[0.06, 0.06])
+    half = scipy.stats.t.ppf(0.975, 2) * np.sqrt(4e-4 / 3)
+    assert one == pytest.approx([-0.01 - half, -0.01 + half], rel=1e-6)
     assert seeds_interval([0.05, 0.05], other=[0.02, 0.02]) == (pytest.approx([0.03, 0.03]), 0.0)
     with pytest.raises(ValueError, match=r"got \[3, 1\]"):
-        seeds_interval(low, other=[0.01])
+        seeds_interval(a, other=[0.01])
 
 
 def test_one_resample_weights_rows_as_if_the_drawn_users_were_copied():

@@ -9,6 +9,7 @@ resamples rows, not clusters of rows, hence this module; the AUC of each resampl
 one `roc_auc_score` call per resample, ~10x faster, equal to it to rounding).
 """
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,15 +20,16 @@ from .ctr_auc.ctr_auc import per_user_auc, rela_impr
 
 
 def seeds_interval(
-    values: Sequence[float], confidence: float = 0.95, other: Sequence[float] | None = None
+    values: Sequence[float], confidence: float = 0.95, *, other: Sequence[float] | None = None
 ) -> tuple[list[float], float]:
     """
     The spread between seeds of one quantity (e.g. an AUC difference, one value per seed from independent runs): the
     Student-t interval of its mean and the two-sided p-value against 0 (`scipy.stats.ttest_1samp`, seeds - 1 degrees
     of freedom; the seeds are the sample, each value's own sampling noise is ignored). With `other`, a second set of
     independent seeds of the same quantity (e.g. the runs in another dtype), the interval and p are those of
-    mean(values) - mean(other) by Welch's t-test (`scipy.stats.ttest_ind(equal_var=False)`). With no spread t is
-    undefined and the mean is exact: the interval is that value, p 1.0 at 0 and 0.0 elsewhere.
+    mean(values) - mean(other) by Welch's t-test (`scipy.stats.ttest_ind(equal_var=False)`); one set without spread
+    leaves it defined, with the other set's seeds - 1 degrees of freedom. With no spread in any set t is undefined and
+    the mean (or the difference of the two) is exact: the interval is that value, p 1.0 at 0 and 0.0 elsewhere.
     """
     groups = [values] if other is None else [values, other]
     if min(map(len, groups)) < 2:
@@ -37,7 +39,10 @@ def seeds_interval(
     if max(np.ptp(g) for g in groups) == 0:
         exact = float(values[0] - (0.0 if other is None else other[0]))
         return [exact] * 2, 1.0 if exact == 0 else 0.0
-    test = ttest_1samp(values, 0.0) if other is None else ttest_ind(values, other, equal_var=False)
+    with warnings.catch_warnings():
+        # scipy warns of cancellation in the variance of a set of equal values: that variance is 0, as it should be
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        test = ttest_1samp(values, 0.0) if other is None else ttest_ind(values, other, equal_var=False)
     low, high = test.confidence_interval(confidence)
     return [float(low), float(high)], float(test.pvalue)
 
