@@ -154,7 +154,7 @@ class CTRScoringPipeline(Pipeline):
             and model.dtype == torch.bfloat16
         ):
             found = device_precision("cpu")
-            if not found.native_bf16:  # a bf16 checkpoint on e.g. an AVX2 CPU: bf16 matmuls run ~450x slower
+            if not found.native_bf16:  # a bf16 checkpoint on e.g. an AVX2 CPU: bf16 matmuls run >100x slower
                 logger.warning(
                     "ctr-scoring: casting the bf16 model to float32 (dtype='auto'): %s", found.reason
                 )
