@@ -5,11 +5,12 @@
 Interleaves `--samples` rounds of each dtype (so both see the same moments of this shared VM) on three shapes: a 3072²
 matmul (`speed.PeakProbe`, the peak every MFU in `speed.md` is against) and the largest matmul of SmolLM2-135M's
 training step (3,322 tokens x 576 @ 576 x 1,536, the MLP's up projection at `speed.py`'s tokens per step), and a
-512² matmul. Where bf16 is not native (`ccf_llm.precision.device_precision`: AVX2-only CPUs, where it runs over
-100x slower, 116x on the 512² matmul in `matmul_peak.md`, so a 3072² bf16 matmul would take minutes) bf16 is timed
-on the 512² matmul only. Each sample is the best of 3 timed calls after an untimed one (`speed.matmul_tflops`).
-Writes this CPU kind's entry of `benchmarks/results/matmul_peak.{json,md}` with every sample, best, median and min per dtype and shape, and the bf16/fp32
-ratio of the medians. Takes about a minute on two cores; run it with nothing else computing.
+512² matmul. Where bf16 is not native (`ccf_llm.precision.device_precision`: AVX2-only CPUs, where it runs over 100x
+slower, 116x on the 512² matmul in `matmul_peak.md`, so a 3072² bf16 matmul would take minutes) bf16 is timed on the
+512² matmul only. Each sample is the best of 3 timed calls after an untimed one (`speed.matmul_tflops`). Writes this
+CPU kind's entry of `benchmarks/results/matmul_peak.{json,md}` with every sample, best, median and min per dtype and
+shape, and the bf16/fp32 ratio of the medians. Takes about a minute on two cores; run it with nothing else
+computing.
 """
 
 import argparse
